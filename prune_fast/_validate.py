@@ -1,0 +1,83 @@
+"""One input guard for every public entry point.
+
+Each function raises :class:`~prune_fast.errors.InvalidInputError` naming the argument and the
+problem. They only read their inputs, so calling them before any write keeps the promise that bad
+input leaves every weight bit-identical.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .errors import InvalidInputError
+
+_FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+
+
+def check_matrix(name: str, t: object, *, dtypes: tuple[torch.dtype, ...] = _FLOATING) -> torch.Tensor:
+    """A real floating 2-D tensor with only finite values."""
+    if not isinstance(t, torch.Tensor):
+        raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != 2:
+        raise InvalidInputError(f"{name} must be 2-D, got {t.dim()}-D with shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
+        raise InvalidInputError(f"{name} has dtype {t.dtype}; expected one of {allowed}")
+    check_finite(name, t)
+    return t
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        bad = int((~torch.isfinite(t)).sum())
+        raise InvalidInputError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
+
+
+def check_same_placement(name: str, t: torch.Tensor, ref_name: str, ref: torch.Tensor,
+                         *, shape: tuple[int, ...] | None = None) -> None:
+    want = tuple(ref.shape) if shape is None else shape
+    if tuple(t.shape) != want:
+        raise InvalidInputError(f"{name} has shape {tuple(t.shape)} but {ref_name} needs {want}")
+    if t.device != ref.device:
+        raise InvalidInputError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def check_sigma_star(sigma_star: object) -> float | None:
+    if sigma_star is None:
+        return None
+    if isinstance(sigma_star, torch.Tensor):
+        if sigma_star.numel() != 1:
+            raise InvalidInputError(f"sigma_star must be a scalar, got a tensor of shape {tuple(sigma_star.shape)}")
+        sigma_star = float(sigma_star)
+    if isinstance(sigma_star, bool) or not isinstance(sigma_star, (int, float)):
+        raise InvalidInputError(f"sigma_star must be a positive number, got {type(sigma_star).__name__}")
+    if not math.isfinite(sigma_star) or sigma_star <= 0:
+        raise InvalidInputError(f"sigma_star must be finite and > 0, got {sigma_star!r}")
+    return float(sigma_star)
+
+
+def check_factors(u: object, v: object, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``u: (m, r)`` and ``v: (n, r)`` (1-D vectors count as r = 1) for a weight of shape (m, n)."""
+    m, n = weight.shape
+    out = []
+    for name, t, rows in (("u", u, m), ("v", v, n)):
+        if isinstance(t, torch.Tensor) and t.dim() == 1:
+            t = t.unsqueeze(1)
+        check_matrix(name, t)
+        if t.shape[0] != rows:
+            raise InvalidInputError(
+                f"{name} has {t.shape[0]} rows but the weight of shape {tuple(weight.shape)} needs {rows}"
+            )
+        if t.device != weight.device:
+            raise InvalidInputError(f"{name} is on {t.device} but the weight is on {weight.device}")
+        out.append(t)
+    if out[0].shape[1] != out[1].shape[1]:
+        raise InvalidInputError(f"u has {out[0].shape[1]} columns but v has {out[1].shape[1]}; they must match")
+    return out[0], out[1]
+
+
+def check_backend(backend: object) -> str:
+    if backend not in ("auto", "torch", "triton"):
+        raise InvalidInputError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    return backend  # type: ignore[return-value]

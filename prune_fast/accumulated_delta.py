@@ -1,0 +1,173 @@
+"""The raw accumulated update Δ = Σ u_i v_iᵀ of one weight, kept in the cheapest exact form.
+
+Factored form (while it is smaller than a dense matrix):
+
+    Δ = Q_a C Q_bᵀ,   Q_a: m×r_a, Q_b: n×r_b orthonormal (fp32), C: r_a×r_b (float64).
+
+Appending ``u vᵀ`` (u: m×r, v: n×r) orthogonalises u against Q_a and v against Q_b (CGS2), grows
+the bases by the new directions and adds ``[p_a; R_a][p_b; R_b]ᵀ`` to C: O((m+n)(r_a+r)r) work,
+no pass over an m×n matrix. The singular values of Δ are exactly those of the small core C, whose
+top triplets come from a direct SVD when C is tiny and from the warm-started block Krylov solver
+otherwise; mapped back through Q_a, Q_b they are Δ's. This is the QR(A), QR(B), SVD(R_A R_Bᵀ)
+route of the design, kept up to date column block by column block instead of redone.
+
+Dense form: once r_a·m + r_b·n + r_a·r_b ≥ m·n the factors would outweigh Δ itself, so Δ becomes a
+dense fp32 matrix and triplets come from the block Krylov solver on Δ, warm-started.
+"""
+from __future__ import annotations
+
+import torch
+
+from .kernels.orthonormalize import orthonormalize_torch as _orthonormalize
+from .krylov import Triplets, topk_svd
+
+# Cores up to this size are decomposed directly (cheaper than any iteration).
+_DIRECT_CORE = 64
+# Relative residual asked of the Krylov solver on the float64 core; Q_a, Q_b are fp32, so finer
+# than this cannot be represented anyway.
+_CORE_TOL = 1e-9
+
+
+class AccumulatedDelta:
+    """Δ for a weight of shape (m, n), stored in ``dtype`` (fp32, or fp64 for fp64 weights)."""
+
+    def __init__(self, m: int, n: int, dtype: torch.dtype, device: torch.device):
+        self.m, self.n, self.dtype, self.device = m, n, dtype, device
+        self._qa = torch.empty(m, 0, dtype=dtype, device=device)
+        self._qb = torch.empty(n, 0, dtype=dtype, device=device)
+        self._core = torch.zeros(0, 0, dtype=torch.float64, device=device)
+        self._ra = self._rb = 0
+        self.dense: torch.Tensor | None = None
+
+    # -- state ---------------------------------------------------------------------------------
+    @property
+    def is_dense(self) -> bool:
+        return self.dense is not None
+
+    @property
+    def rank(self) -> int | None:
+        """Rank of the stored factorisation (None when dense)."""
+        return None if self.is_dense else min(self._ra, self._rb)
+
+    @property
+    def qa(self) -> torch.Tensor:
+        return self._qa[:, : self._ra]
+
+    @property
+    def qb(self) -> torch.Tensor:
+        return self._qb[:, : self._rb]
+
+    @property
+    def core(self) -> torch.Tensor:
+        return self._core[: self._ra, : self._rb]
+
+    def frobenius_sq(self) -> float:
+        src = self.dense if self.is_dense else self.core
+        return float(torch.linalg.vector_norm(src.to(torch.float64)) ** 2)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        if self.is_dense:
+            return {"delta": self.dense.contiguous()}
+        return {"qa": self.qa.contiguous(), "qb": self.qb.contiguous(), "core": self.core.contiguous()}
+
+    @classmethod
+    def from_state_tensors(cls, m: int, n: int, dtype: torch.dtype, device: torch.device,
+                           tensors: dict[str, torch.Tensor]) -> "AccumulatedDelta":
+        out = cls(m, n, dtype, device)
+        if "delta" in tensors:
+            out.dense = tensors["delta"].to(device, dtype, copy=True)
+        else:
+            qa, qb, core = tensors["qa"], tensors["qb"], tensors["core"]
+            out._qa, out._qb = qa.to(device, dtype, copy=True), qb.to(device, dtype, copy=True)
+            out._core = core.to(device, torch.float64, copy=True)
+            out._ra, out._rb = qa.shape[1], qb.shape[1]
+        return out
+
+    # -- updates -------------------------------------------------------------------------------
+    def append_(self, u: torch.Tensor, v: torch.Tensor) -> None:
+        """Δ += u vᵀ  (u: m×r, v: n×r, already validated and in ``dtype``)."""
+        if self.is_dense:
+            self.dense.addmm_(u, v.T)
+            return
+        pa, qa_new, ra_new = self._extend(u, self.qa)
+        pb, qb_new, rb_new = self._extend(v, self.qb)
+        ra, rb = self._ra + qa_new.shape[1], self._rb + qb_new.shape[1]
+        if ra * self.m + rb * self.n + ra * rb >= self.m * self.n:
+            self.dense = self.dense_delta()
+            self.dense.addmm_(u, v.T)
+            self._qa = self._qb = torch.empty(0, 0, dtype=self.dtype, device=self.device)
+            self._core = torch.zeros(0, 0, dtype=torch.float64, device=self.device)
+            self._ra = self._rb = 0
+            return
+        self._qa = _append_columns(self._qa, self._ra, qa_new)
+        self._qb = _append_columns(self._qb, self._rb, qb_new)
+        core = torch.zeros(ra, rb, dtype=torch.float64, device=self.device)
+        core[: self._ra, : self._rb] = self.core
+        left = torch.cat([pa, ra_new], 0).to(torch.float64)
+        right = torch.cat([pb, rb_new], 0).to(torch.float64)
+        core += left @ right.T
+        self._core, self._ra, self._rb = core, ra, rb
+
+    def _extend(self, x: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Split x = basis p + q r with q ⟂ basis; drop directions below rounding level."""
+        q, r, p = _orthonormalize(x, against=basis)
+        if p is None:
+            p = torch.zeros(0, x.shape[1], dtype=x.dtype, device=x.device)
+        # r may be rank-deficient (x inside the span, or repeated columns): keep its significant part.
+        pr, sr, hr = torch.linalg.svd(r.to(torch.float64))
+        floor = 32 * torch.finfo(self.dtype).eps * float(torch.linalg.vector_norm(x.to(torch.float64)))
+        keep = sr > floor
+        q_new = q @ pr[:, keep].to(self.dtype)
+        r_new = (sr[keep, None] * hr[keep]).to(self.dtype)
+        return p, q_new, r_new
+
+    def dense_delta(self) -> torch.Tensor:
+        """Δ as a dense m×n matrix in ``dtype`` (a new tensor)."""
+        if self.is_dense:
+            return self.dense.clone()
+        left = (self.qa.to(torch.float64) @ self.core).to(self.dtype) if self._ra else self.qa
+        return left @ self.qb.T if self._rb else torch.zeros(self.m, self.n, dtype=self.dtype, device=self.device)
+
+    def low_rank_parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(L, R)`` with Δ = L Rᵀ (factored form only)."""
+        return (self.qa.to(torch.float64) @ self.core).to(self.dtype), self.qb
+
+    # -- spectrum ------------------------------------------------------------------------------
+    def triplets_above(self, threshold: float, start_u: torch.Tensor | None = None,
+                       start_v: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Triplets:
+        """Every singular triplet of Δ with σ ≥ threshold, plus the next value as a bound."""
+        if self.is_dense:
+            return topk_svd(self.dense, threshold=threshold, start_u=start_u, start_v=start_v,
+                            frobenius_sq=self.frobenius_sq(), generator=generator)
+        if min(self._ra, self._rb) == 0:
+            z = torch.zeros
+            return Triplets(z(self.m, 0, dtype=self.dtype, device=self.device), z(0, dtype=torch.float64),
+                            z(self.n, 0, dtype=self.dtype, device=self.device), 0.0, 0.0, 0, 0, True)
+        core = self.core
+        if min(core.shape) <= _DIRECT_CORE:
+            pc, sc, hc = torch.linalg.svd(core, full_matrices=False)
+            keep = int((sc >= threshold).sum())
+            uc, s, vc = pc[:, :keep], sc[:keep], hc[:keep].T
+            residual, next_value = 0.0, float(sc[keep]) if keep < sc.numel() else 0.0
+            basis, exact = min(core.shape), True
+        else:
+            su = None if start_u is None else (self.qa.T @ start_u.to(self.dtype)).to(torch.float64)
+            sv = None if start_v is None else (self.qb.T @ start_v.to(self.dtype)).to(torch.float64)
+            t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL,
+                         frobenius_sq=self.frobenius_sq(), generator=generator)
+            uc, s, vc = t.u, t.s, t.v
+            residual, next_value, basis, exact = t.residual, t.next_value, t.basis_size, t.exact
+        u = self.qa @ uc.to(self.dtype)
+        v = self.qb @ vc.to(self.dtype)
+        return Triplets(u, s.to(torch.float64), v, residual, next_value, basis, 0, exact)
+
+
+def _append_columns(buf: torch.Tensor, used: int, new: torch.Tensor) -> torch.Tensor:
+    """Write ``new`` after the first ``used`` columns, doubling the capacity when full."""
+    need = used + new.shape[1]
+    if need > buf.shape[1]:
+        grown = torch.empty(buf.shape[0], max(need, 2 * buf.shape[1], 8), dtype=buf.dtype, device=buf.device)
+        grown[:, :used] = buf[:, :used]
+        buf = grown
+    buf[:, used:need] = new
+    return buf

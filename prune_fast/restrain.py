@@ -1,0 +1,109 @@
+"""``restrain_``: PRUNE on one weight, in place, after any editor.
+
+    Ŵ = W − U_k diag(σ_k − F(σ_k)) V_kᵀ,     k = #{σ(Δ) ≥ σ*},  σ* = σ_max(W − Δ)
+
+Only the k triplets of Δ at or above σ* are computed (block Krylov, ``krylov.py``); the weight is
+then corrected by one rank-k update that reads and writes it once. Layout does not matter: Δ and
+Δᵀ have the same singular values, so nn.Linear (out×in) and GPT-2 Conv1D (in×out) weights are
+handled alike.
+"""
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from . import _validate
+from .kernels import resolve_backend
+from .kernels.apply_correction import apply_correction_torch_
+from .krylov import topk_svd
+from .restraint_fn import FnLike, RestraintFn, resolve_fn
+from .results import RestrainResult
+
+__all__ = ["restrain_", "sigma_max"]
+
+
+def compute_dtype(weight: torch.Tensor) -> torch.dtype:
+    """Products and state run in fp32, or fp64 for fp64 weights; half weights are never accumulated."""
+    return torch.float64 if weight.dtype == torch.float64 else torch.float32
+
+
+def sigma_max(matrix: torch.Tensor, *, generator: torch.Generator | None = None) -> tuple[float, float]:
+    """``(σ_max, relative residual bound)`` of a 2-D tensor, by block Krylov (no full SVD)."""
+    t = topk_svd(matrix, k=1, generator=generator)
+    return (float(t.s[0]), t.residual) if t.s.numel() else (0.0, 0.0)
+
+
+@torch.no_grad()
+def restrain_(
+    weight: torch.Tensor,
+    delta: torch.Tensor,
+    *,
+    alpha: float = math.e,
+    fn: FnLike = "log",
+    sigma_star: float | None = None,
+    backend: str = "auto",
+) -> RestrainResult:
+    """Restrain the edit held in ``weight`` in place; ``delta`` is read, never modified.
+
+    On entry ``weight`` holds W0 + Δ (``delta`` = Δ, same shape and device, any floating dtype);
+    on return it holds W0 + F(Δ), where F changes only the singular values σ ≥ σ* = σ_max(W0).
+
+    Args:
+        weight: 2-D fp32/fp16/bf16 (or fp64) tensor or Parameter, either layout, any strides.
+        delta: the accumulated update, same shape and device.
+        alpha: log base for ``fn="log"`` (> 1).
+        fn: ``"log"``, ``"ln"``, ``"log2"``, ``"log1.5"``, ``"log1.2"``, ``"linear"`` or a callable
+            ``(sigma, sigma_star) -> Tensor`` applied to the values ≥ σ*.
+        sigma_star: σ_max(W0) if known; otherwise computed from ``weight - delta``.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+
+    Returns:
+        :class:`RestrainResult`. If nothing reaches σ* the weight is left bit-identical.
+
+    Example::
+
+        res = prune_fast.restrain_(layer.weight, delta)
+        print(res)   # RestrainResult(ln, σ*=…: 3 restrained, top σ … → …; … ms, torch)
+    """
+    start = time.perf_counter()
+    _validate.check_matrix("weight", weight)
+    _validate.check_matrix("delta", delta)
+    _validate.check_same_placement("delta", delta, "weight", weight)
+    f = resolve_fn(fn, alpha)
+    sigma_star = _validate.check_sigma_star(sigma_star)
+    used = resolve_backend(_validate.check_backend(backend), weight.device)
+
+    acc = compute_dtype(weight)
+    d = delta.detach().to(acc)
+    if sigma_star is None:
+        w0 = weight.detach().to(acc) - d
+        sigma_star, _ = sigma_max(w0)
+        del w0
+        if sigma_star == 0.0:
+            raise _validate.InvalidInputError("weight - delta (W0) is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
+    fro_sq = float(torch.linalg.vector_norm(d, dtype=torch.float64) ** 2)
+    if fro_sq == 0.0:
+        return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=used, fn=f.describe())
+    trip = topk_svd(d, threshold=sigma_star, frobenius_sq=fro_sq)
+    return _finish(weight, trip.u, trip.s, trip.v, trip.residual, f, sigma_star, used, start)
+
+
+def correction_for(s: torch.Tensor, f: RestraintFn, sigma_star: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(F(σ), σ − F(σ))`` for the triplets to restrain (float64)."""
+    s_new = f(s.to(torch.float64), sigma_star)
+    return s_new, s.to(torch.float64) - s_new
+
+
+def _finish(weight: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, residual: float,
+            f: RestraintFn, sigma_star: float, backend: str, start: float) -> RestrainResult:
+    if s.numel() == 0:
+        return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=backend,
+                              fn=f.describe(), residual=residual)
+    s_new, c = correction_for(s, f, sigma_star)
+    apply_correction_torch_(weight.data, -(u * c.to(u.dtype)), v)
+    return RestrainResult(
+        n_restrained=int(s.numel()), sigma_star=sigma_star, sigma_before=s.tolist(), sigma_after=s_new.tolist(),
+        elapsed_s=time.perf_counter() - start, backend=backend, fn=f.describe(), residual=residual,
+    )

@@ -1,0 +1,282 @@
+"""``SpectralTracker``: one weight under sequential editing, restrained without compounding or drift.
+
+State (full precision, never the half-precision weight itself):
+
+    W0                      a snapshot of the original weight (its own dtype, bit-exact)
+    Δ                       the RAW accumulated update Σ u_i v_iᵀ (``AccumulatedDelta``)
+    (U_a, c_a, V_a)         the correction currently applied: live = W0 + Δ − U_a diag(c_a) V_aᵀ
+
+Restraining recomputes (U, c, V) from the raw Δ, so restraining after every edit and once at the
+end give the same weight (no compounding: F is never applied to its own output). The live weight
+moves by the exact low-rank difference u vᵀ + U_a c_a V_aᵀ − U c Vᵀ, accumulated in fp32 — in the
+weight itself for fp32 weights, in an fp32 shadow for fp16/bf16 weights, which are only ever
+written by rounding the shadow — and is recomputed from W0 + Δ − U_a c_a V_aᵀ every
+``refresh_every`` steps, so rounding cannot drift (no drift).
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import torch
+
+from . import _validate
+from .accumulated_delta import AccumulatedDelta
+from .errors import InvalidInputError
+from .kernels import resolve_backend
+from .kernels.apply_correction import apply_correction_torch_, write_restrained_torch_
+from .krylov import topk_svd
+from .restrain import _finish, compute_dtype, correction_for, sigma_max
+from .restraint_fn import FnLike, resolve_fn
+from .results import RestrainResult, SpectrumReport
+
+__all__ = ["SpectralTracker"]
+
+_FORMAT = "prune_fast.SpectralTracker/1"
+
+
+class SpectralTracker:
+    """Track the raw update of one 2-D weight and keep it restrained: weight = W0 + F(Δ).
+
+    Args:
+        weight: the parameter to manage (fp32/fp16/bf16, either layout); written in place.
+        alpha, fn: the restraint function, as in :func:`restrain_`.
+        sigma_star: σ_max(W0) if known; otherwise computed once here (block Krylov) and cached.
+        restrain_every: restrain after every K-th ``add_`` (default 1); ``None`` restrains only
+            when :meth:`restrain_` is called. Between restraints the raw updates are added as is.
+        refresh_every: recompute the live weight exactly from W0 + Δ every this many steps.
+
+    Example::
+
+        tr = SpectralTracker(model.transformer.h[3].mlp.c_proj.weight, fn="log1.2")
+        tr.add_(u, v)           # Δ += u vᵀ, weight ← W0 + F(Δ)
+        print(tr.spectrum())
+    """
+
+    def __init__(self, weight: torch.Tensor, *, alpha: float = math.e, fn: FnLike = "log",
+                 sigma_star: float | None = None, restrain_every: int | None = 1, refresh_every: int = 256,
+                 backend: str = "auto", seed: int = 0):
+        _validate.check_matrix("weight", weight)
+        self._fn = resolve_fn(fn, alpha)
+        self._fn_spec = (fn if isinstance(fn, str) else None, float(alpha))
+        sigma_star = _validate.check_sigma_star(sigma_star)
+        if restrain_every is not None and (not isinstance(restrain_every, int) or restrain_every < 1):
+            raise InvalidInputError(f"restrain_every must be a positive int or None, got {restrain_every!r}")
+        if not isinstance(refresh_every, int) or refresh_every < 1:
+            raise InvalidInputError(f"refresh_every must be a positive int, got {refresh_every!r}")
+        self.backend = resolve_backend(_validate.check_backend(backend), weight.device)
+        self.weight = weight
+        self.restrain_every = restrain_every
+        self.refresh_every = refresh_every
+        self._acc = compute_dtype(weight)
+        self._generator = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            self._w0 = weight.detach().clone()
+            # fp32 weights are their own full-precision state; half weights get an fp32 shadow.
+            self._shadow = None if weight.dtype == self._acc else weight.detach().to(self._acc)
+            if sigma_star is None:
+                sigma_star, self.sigma_star_residual = sigma_max(self._live(), generator=self._generator)
+                if sigma_star == 0.0:
+                    raise InvalidInputError("the weight is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
+            else:
+                self.sigma_star_residual = float("nan")
+        self.sigma_star = float(sigma_star)
+        m, n = weight.shape
+        self._delta = AccumulatedDelta(m, n, self._acc, weight.device)
+        self._applied = self._empty_correction()
+        self._last_triplets: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._last_sigma: list[float] = []
+        self.n_edits = 0
+        self._since_restrain = 0
+        self._since_refresh = 0
+
+    # -- public ----------------------------------------------------------------------------------
+    @property
+    def rank(self) -> int | None:
+        """Rank of the stored raw Δ (``None`` once it is stored dense)."""
+        return self._delta.rank
+
+    @property
+    def fn_name(self) -> str:
+        return self._fn.describe()
+
+    @torch.no_grad()
+    def add_(self, u: torch.Tensor, v: torch.Tensor) -> RestrainResult | None:
+        """Raw Δ += u vᵀ (u: m×r, v: n×r, in the weight's layout); restrain if it is due.
+
+        Returns the :class:`RestrainResult` when this call restrained, else ``None``.
+        """
+        u, v = _validate.check_factors(u, v, self.weight)
+        self._check_weight_unchanged()
+        u, v = u.detach().to(self._acc), v.detach().to(self._acc)
+        self._delta.append_(u, v)
+        self.n_edits += 1
+        self._since_restrain += 1
+        self._since_refresh += 1
+        if self.restrain_every is not None and self._since_restrain >= self.restrain_every:
+            return self._restrain(raw=(u, v))
+        apply_correction_torch_(self._live(), u, v)
+        self._publish()
+        return None
+
+    @torch.no_grad()
+    def restrain_(self) -> RestrainResult:
+        """Restrain now: weight ← W0 + F(Δ) for the raw Δ accumulated so far."""
+        self._check_weight_unchanged()
+        return self._restrain(raw=None)
+
+    @torch.no_grad()
+    def spectrum(self) -> SpectrumReport:
+        """Top singular values of the raw Δ (all ≥ σ*, then the next), σ*, and σ_max(live weight)."""
+        trip = self._triplets()
+        values = trip.s.tolist() + ([trip.next_value] if trip.next_value > 0 else [])
+        smax, _ = sigma_max(self._live(), generator=self._generator)
+        return SpectrumReport(sigma_delta=values, sigma_star=self.sigma_star, sigma_max_weight=smax,
+                              n_above=int(trip.s.numel()), n_edits=self.n_edits, rank=self.rank)
+
+    def delta(self) -> torch.Tensor:
+        """The raw accumulated Δ as a new dense tensor (for tests and the at-end protocol)."""
+        return self._delta.dense_delta()
+
+    @property
+    def w0(self) -> torch.Tensor:
+        """The snapshot of the original weight (read-only by convention)."""
+        return self._w0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume exactly: tensors plus a JSON-able ``meta`` dict."""
+        fn_name, alpha = self._fn_spec
+        u_a, c_a, v_a = self._applied
+        meta = {
+            "format": _FORMAT, "shape": list(self.weight.shape), "dtype": str(self.weight.dtype),
+            "sigma_star": self.sigma_star, "fn": fn_name, "alpha": alpha,
+            "restrain_every": self.restrain_every, "refresh_every": self.refresh_every,
+            "n_edits": self.n_edits, "since_restrain": self._since_restrain,
+        }
+        tensors = {"w0": self._w0, "applied_u": u_a, "applied_c": c_a, "applied_v": v_a}
+        tensors.update(self._delta.state_tensors())
+        return {"meta": meta, **{k: t.detach().cpu().contiguous() for k, t in tensors.items()}}
+
+    def meta_json(self) -> str:
+        return json.dumps(self.state_dict()["meta"], sort_keys=True)
+
+    @classmethod
+    @torch.no_grad()
+    def from_state_dict(cls, weight: torch.Tensor, state: dict[str, Any], *, fn: FnLike | None = None,
+                        backend: str = "auto") -> "SpectralTracker":
+        """Rebuild a tracker for ``weight`` and write the live weight W0 + Δ − applied correction.
+
+        ``fn`` is needed only when the tracker was created with a callable.
+        """
+        _validate.check_matrix("weight", weight)
+        meta = state.get("meta") if isinstance(state, dict) else None
+        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+            raise InvalidInputError("state is not a SpectralTracker state_dict (missing or unknown 'meta.format')")
+        if list(weight.shape) != meta["shape"] or str(weight.dtype) != meta["dtype"]:
+            raise InvalidInputError(f"state is for a {meta['dtype']} weight of shape {tuple(meta['shape'])}, "
+                                    f"got {weight.dtype} {tuple(weight.shape)}")
+        if meta["fn"] is None and fn is None:
+            raise InvalidInputError("this state was made with a callable fn: pass fn= to from_state_dict")
+        needed = {"w0", "applied_u", "applied_c", "applied_v"}
+        missing = needed - set(state)
+        if missing or not ({"delta"} <= set(state) or {"qa", "qb", "core"} <= set(state)):
+            raise InvalidInputError(f"state is missing tensors: {sorted(missing) or 'delta/qa/qb/core'}")
+        if tuple(state["w0"].shape) != tuple(weight.shape):
+            raise InvalidInputError(f"state w0 has shape {tuple(state['w0'].shape)}, weight {tuple(weight.shape)}")
+        tr = cls.__new__(cls)
+        tr._fn = resolve_fn(meta["fn"] if fn is None else fn, meta["alpha"])
+        tr._fn_spec = (meta["fn"] if fn is None or isinstance(fn, str) else None, meta["alpha"])
+        tr.backend = resolve_backend(_validate.check_backend(backend), weight.device)
+        tr.weight = weight
+        tr.restrain_every, tr.refresh_every = meta["restrain_every"], meta["refresh_every"]
+        tr._acc = compute_dtype(weight)
+        tr._generator = torch.Generator().manual_seed(0)
+        tr._w0 = state["w0"].to(weight.device, weight.dtype, copy=True)
+        tr._shadow = None if weight.dtype == tr._acc else tr._w0.to(tr._acc)
+        tr.sigma_star, tr.sigma_star_residual = float(meta["sigma_star"]), float("nan")
+        m, n = weight.shape
+        tr._delta = AccumulatedDelta.from_state_tensors(m, n, tr._acc, weight.device, state)
+        dev = weight.device
+        tr._applied = (state["applied_u"].to(dev, tr._acc), state["applied_c"].to(dev, torch.float64),
+                       state["applied_v"].to(dev, tr._acc))
+        tr._last_triplets, tr._last_sigma = None, []
+        tr.n_edits, tr._since_restrain = int(meta["n_edits"]), int(meta["since_restrain"])
+        tr._since_refresh = 0
+        tr._refresh()
+        return tr
+
+    def __repr__(self) -> str:
+        rank = "dense" if self.rank is None else f"rank {self.rank}"
+        return (f"SpectralTracker({tuple(self.weight.shape)} {str(self.weight.dtype).replace('torch.', '')}, "
+                f"{self.fn_name}, σ*={self.sigma_star:.4g}, {self.n_edits} edits, Δ {rank})")
+
+    # -- internals -------------------------------------------------------------------------------
+    def _live(self) -> torch.Tensor:
+        """The full-precision live weight: the weight itself (fp32/fp64) or its shadow."""
+        return self.weight.data if self._shadow is None else self._shadow
+
+    def _publish(self) -> None:
+        if self._shadow is not None:
+            self.weight.data.copy_(self._shadow)
+        self._stamp = self.weight.data.data_ptr(), self.weight._version
+
+    def _check_weight_unchanged(self) -> None:
+        """Refuse to go on if something wrote the weight behind the tracker's back."""
+        stamp = getattr(self, "_stamp", None)
+        if stamp is not None and stamp != (self.weight.data.data_ptr(), self.weight._version):
+            raise InvalidInputError(
+                "the weight was modified outside this SpectralTracker since its last update; "
+                "route every update through add_() (or rebuild the tracker)"
+            )
+
+    def _empty_correction(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        m, n = self.weight.shape
+        dev = self.weight.device
+        return (torch.zeros(m, 0, dtype=self._acc, device=dev), torch.zeros(0, dtype=torch.float64, device=dev),
+                torch.zeros(n, 0, dtype=self._acc, device=dev))
+
+    def _triplets(self):
+        start_u, start_v = self._last_triplets or (None, None)
+        trip = self._delta.triplets_above(self.sigma_star, start_u, start_v, generator=self._generator)
+        if trip.s.numel():
+            self._last_triplets = (trip.u, trip.v)
+        return trip
+
+    def _restrain(self, raw: tuple[torch.Tensor, torch.Tensor] | None) -> RestrainResult:
+        start = time.perf_counter()
+        trip = self._triplets()
+        s_new, c = correction_for(trip.s, self._fn, self.sigma_star)
+        new = (trip.u, c, trip.v)
+        u_a, c_a, v_a = self._applied
+        self._applied = new
+        self._since_restrain = 0
+        if self._since_refresh >= self.refresh_every or self._delta.is_dense and self._since_refresh > 0 and False:
+            self._refresh()
+        else:
+            lefts = [u_a * c_a.to(self._acc), -(trip.u * c.to(self._acc))]
+            rights = [v_a, trip.v]
+            if raw is not None:
+                lefts.insert(0, raw[0])
+                rights.insert(0, raw[1])
+            apply_correction_torch_(self._live(), torch.cat(lefts, 1), torch.cat(rights, 1))
+            self._publish()
+        return RestrainResult(
+            n_restrained=int(trip.s.numel()), sigma_star=self.sigma_star, sigma_before=trip.s.tolist(),
+            sigma_after=s_new.tolist(), elapsed_s=time.perf_counter() - start, backend=self.backend,
+            fn=self._fn.describe(), residual=trip.residual,
+        )
+
+    def _refresh(self) -> None:
+        """live ← W0 + Δ − U_a diag(c_a) V_aᵀ, exactly, from the full-precision state."""
+        u_a, c_a, v_a = self._applied
+        correction_left = -(u_a * c_a.to(self._acc))
+        if self._delta.is_dense:
+            write_restrained_torch_(self._live(), self._w0, correction_left, v_a, dense=self._delta.dense)
+        else:
+            left, right = self._delta.low_rank_parts()
+            write_restrained_torch_(self._live(), self._w0, torch.cat([left, correction_left], 1),
+                                    torch.cat([right, v_a], 1))
+        self._since_refresh = 0
+        self._publish()
