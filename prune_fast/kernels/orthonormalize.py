@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import torch
 
+from .apply_correction import apply_correction_
+from .skinny_matmul import skinny_matmul
+
 
 def _project_out(x: torch.Tensor, basis: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
     if basis is None or basis.shape[1] == 0:
@@ -49,3 +52,71 @@ def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
     r = torch.zeros_like(r0)
     r[:n_keep] = sig[:n_keep, None] * ht[:n_keep]
     return q, r, coeff
+
+
+# ---- CholeskyQR2 on the kernels (the Triton version) -------------------------------------------
+# CholeskyQR2 (Fukaya et al. 2014; Yamamoto et al. 2015): the Gram matrix G = XᵀX comes from the
+# skinny-product kernel (one pass over X, fp32 accumulation), R = chol(G)ᵀ in float64 (b×b, cheap),
+# Q = X R⁻¹ by a triangular solve, done twice. It needs cond(X) ≲ u^(−1/2) (≈ 3e3 in fp32). When
+# Cholesky fails, the first factor's diagonal ratio exceeds u^(−1/2)/4, the second pass is not near
+# the identity, or a column was (numerically) inside span(against) (its normalised rounding noise
+# would not be ⟂ against), it falls back to the torch version on the original X, whose deflation
+# handles every rank-deficient case. These decisions read a few scalars on the host (the
+# synchronisation-free orthonormalisation is ``sigma_power.svqb``).
+
+
+def _cond_limit(dtype: torch.dtype) -> float:
+    """Largest diagonal ratio of the first Cholesky factor CholeskyQR2 accepts: u^(−1/2) / 4."""
+    return 0.25 / torch.finfo(dtype).eps ** 0.5
+
+
+def _cholesky_qr(x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Tensor, bool, float]:
+    """One CholeskyQR pass: ``(q, r, ok, diag_ratio)`` with x = q r (q meaningless unless ok)."""
+    gram = skinny_matmul(x.mT, x, backend=backend).to(torch.float64)
+    low, info = torch.linalg.cholesky_ex(0.5 * (gram + gram.mT))
+    r = low.mT
+    diag = torch.diagonal(r).abs()
+    ratio = float(diag.max() / diag.min().clamp_min(torch.finfo(torch.float64).tiny))
+    q = torch.linalg.solve_triangular(r.to(x.dtype), x, upper=True, left=False)
+    return q, r, int(info) == 0 and ratio == ratio, ratio
+
+
+def cholesky_qr2(x: torch.Tensor, against: torch.Tensor | None = None, *, backend: str = "triton",
+                 generator: torch.Generator | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """CGS2 against ``against`` on the kernels, then CholeskyQR2, with the torch version as fallback.
+
+    x: (m, b) fp32 (or fp64); against: (m, a) orthonormal or None. Same contract as
+    :func:`orthonormalize_torch`: ``x ≈ against @ coeff + q @ r``; coeff is None without ``against``.
+    """
+    if x.shape[1] == 0 or x.shape[0] < x.shape[1]:
+        return orthonormalize_torch(x, against, generator=generator)
+    y, coeff = x, None
+    if against is not None and against.shape[1]:
+        y = x.clone()
+        for _ in range(2):
+            c = skinny_matmul(against.mT, y, backend=backend).to(x.dtype)
+            apply_correction_(y, against, -c.mT, backend=backend)  # y ← y − against c
+            coeff = c if coeff is None else coeff + c
+    q1, r1, ok, ratio = _cholesky_qr(y, backend)
+    if ok and ratio <= _cond_limit(x.dtype):
+        q, r2, ok, ratio = _cholesky_qr(q1, backend)
+        ok = ok and ratio <= 2.0
+        if ok and coeff is not None:
+            ok = float(skinny_matmul(against.mT, q, backend=backend).abs().max()) <= 1e-3
+        if ok:
+            return q, (r2 @ r1).to(x.dtype), coeff
+    return orthonormalize_torch(x, against, generator=generator)
+
+
+# ---- front-end ----------------------------------------------------------------------------------
+def orthonormalize(x: torch.Tensor, against: torch.Tensor | None = None, backend: str = "torch",
+                   generator: torch.Generator | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Dispatch to the torch (Householder + deflation) or Triton (CholeskyQR2) version; same contract.
+
+    ``backend``: a resolved name (``resolve_backend``); fp64 blocks always take the torch version.
+    """
+    if backend == "triton" and x.dtype != torch.float64:
+        return cholesky_qr2(x, against, backend=backend, generator=generator)
+    return orthonormalize_torch(x, against, generator=generator)

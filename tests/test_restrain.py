@@ -1,0 +1,237 @@
+"""restrain_ against exact float64 restraints of matrices with a controlled spectrum."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import prune_fast
+from prune_fast.errors import InvalidInputError
+from prune_fast.reference import restrain_reference
+from prune_fast.restraint_fn import resolve_fn
+from spectral_cases import exact_restrained, make_delta, make_w0, rel_err, spectrum
+
+SHAPES = [(1, 1), (2, 3), (17, 33), (130, 70), (70, 130)]
+
+
+def _case(m, n, n_above, rank, g):
+    sigma_star = 1.0 + float(torch.rand(1, generator=g))
+    w0 = make_w0(m, n, g, sigma_star=sigma_star)  # σ_max(w0) = sigma_star by construction
+    delta, factors = make_delta(m, n, spectrum(n_above, rank, g, sigma_star), g)
+    return w0, delta, factors, sigma_star
+
+
+@pytest.mark.parametrize("n_above", [0, 1, 5, 50], ids=lambda k: f"above{k}")
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_low_rank_delta_fp32(shape, n_above, rng):
+    m, n = shape
+    if n_above > min(m, n):
+        pytest.skip(f"{shape} cannot hold {n_above} singular values")
+    rank = min(min(m, n), n_above + 10)
+    w0, delta, factors, sigma_star = _case(m, n, n_above, rank, rng)
+    weight = (w0 + delta).float()
+    d32 = delta.float()
+    d_before = d32.clone()
+    # The exact answer for the fp32 inputs actually passed in.
+    want, info = restrain_reference(weight.double() - d32.double(), d32.double())
+    res = prune_fast.restrain_(weight, d32)
+    assert res.n_restrained == info["n_restrained"] == n_above
+    assert rel_err(weight, want) <= 1e-5, f"relative error {rel_err(weight, want):.3g}"
+    # ...and against the analytic construction, at fp32 input rounding.
+    assert rel_err(weight, exact_restrained(w0, factors, sigma_star)) <= 1e-5
+    if n_above:
+        s_true = factors[1][:n_above]
+        got = torch.tensor(res.sigma_before, dtype=torch.float64)
+        assert torch.allclose(got, s_true, rtol=1e-5, atol=0), (got - s_true).abs().max()
+        after = torch.tensor(res.sigma_after, dtype=torch.float64)
+        assert torch.allclose(after, resolve_fn("log")(s_true, sigma_star), rtol=1e-5, atol=0)
+    assert torch.equal(d32, d_before), "delta must not be modified"
+
+
+@pytest.mark.parametrize("shape", [(130, 70), (70, 130), (64, 64)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_dense_full_rank_delta(shape, rng):
+    m, n = shape
+    w0, delta, factors, sigma_star = _case(m, n, 3, min(m, n), rng)
+    weight = (w0 + delta).float()
+    want, info = restrain_reference(weight.double() - delta.float().double(), delta.float().double())
+    res = prune_fast.restrain_(weight, delta.float())
+    assert res.n_restrained == info["n_restrained"] == 3
+    assert rel_err(weight, want) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("shape", [(17, 33), (130, 70)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_half_weights(shape, dtype, tol, rng):
+    m, n = shape
+    w0, delta, factors, sigma_star = _case(m, n, 4, 12, rng)
+    weight = (w0 + delta).to(dtype)
+    w_in = weight.double()
+    res = prune_fast.restrain_(weight, delta)  # float64 delta is allowed
+    want, info = restrain_reference(w_in - delta, delta)
+    assert weight.dtype == dtype
+    assert res.n_restrained == info["n_restrained"]
+    # One rounding of the result to the half type: ≤ half an ulp per element.
+    assert rel_err(weight, want) <= tol, rel_err(weight, want)
+
+
+@pytest.mark.parametrize("layout", ["linear_out_in", "conv1d_in_out_view", "strided_columns"])
+def test_layouts_and_views(layout, rng):
+    m, n = 40, 90
+    w0, delta, factors, sigma_star = _case(m, n, 3, 8, rng)
+    if layout == "linear_out_in":
+        storage = (w0 + delta).float().contiguous()
+        weight, d = storage, delta.float()
+    elif layout == "conv1d_in_out_view":
+        storage = (w0 + delta).float().T.contiguous()  # stored in×out, viewed out×in
+        weight, d = storage.T, delta.float()
+    else:
+        storage = torch.zeros(m, 2 * n)
+        storage[:, ::2] = (w0 + delta).float()
+        weight, d = storage[:, ::2], delta.float()
+    untouched = storage[:, 1::2].clone() if layout == "strided_columns" else None
+    assert not weight.is_contiguous() or layout == "linear_out_in"
+    prune_fast.restrain_(weight, d)
+    want, _ = restrain_reference((w0 + delta).float().double() - d.double(), d.double())
+    assert rel_err(weight, want) <= 1e-5
+    if untouched is not None:
+        assert torch.equal(storage[:, 1::2], untouched), "restrain_ wrote outside the view"
+
+
+def test_parameter_with_grad(rng):
+    w0, delta, _, _ = _case(30, 20, 2, 5, rng)
+    p = torch.nn.Parameter((w0 + delta).float())
+    res = prune_fast.restrain_(p, delta.float())
+    want, _ = restrain_reference((w0 + delta).float().double() - delta.float().double(), delta.float().double())
+    assert res.n_restrained == 2 and p.requires_grad
+    assert rel_err(p.detach(), want) <= 1e-5
+
+
+def test_gpt2_xl_shape(rng):
+    m, n = 1600, 6400
+    w0, delta, factors, sigma_star = _case(m, n, 5, 16, rng)
+    weight = (w0 + delta).float()
+    res = prune_fast.restrain_(weight, delta.float())
+    assert res.n_restrained == 5
+    assert rel_err(weight, exact_restrained(w0, factors, sigma_star)) <= 1e-5
+    assert math.isclose(res.sigma_star, sigma_star, rel_tol=1e-5)
+    assert torch.allclose(torch.tensor(res.sigma_before, dtype=torch.float64), factors[1][:5], rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("fn", ["log", "ln", "log2", "log1.5", "log1_5", "log1.2", "linear", "callable"])
+def test_every_restraint_function(fn, rng):
+    w0, delta, factors, sigma_star = _case(50, 35, 4, 9, rng)
+    f = (lambda s, star: star + torch.sqrt(s - star)) if fn == "callable" else fn
+    weight = (w0 + delta).float()
+    res = prune_fast.restrain_(weight, delta.float(), fn=f)
+    want, _ = restrain_reference((w0 + delta).float().double() - delta.float().double(), delta.float().double(),
+                                 fn=f)
+    assert res.n_restrained == 4
+    assert rel_err(weight, want) <= 1e-5
+
+
+def test_alpha_changes_the_base(rng):
+    w0, delta, factors, sigma_star = _case(40, 30, 3, 6, rng)
+    weight = (w0 + delta).float()
+    prune_fast.restrain_(weight, delta.float(), alpha=1.2)
+    want, _ = restrain_reference((w0 + delta).float().double() - delta.float().double(), delta.float().double(),
+                                 fn="log1.2")
+    assert rel_err(weight, want) <= 1e-5
+
+
+def test_known_sigma_star_is_used(rng):
+    w0, delta, factors, sigma_star = _case(40, 30, 3, 6, rng)
+    weight = (w0 + delta).float()
+    res = prune_fast.restrain_(weight, delta.float(), sigma_star=2 * sigma_star)
+    want, info = restrain_reference((w0 + delta).float().double() - delta.float().double(), delta.float().double(),
+                                    sigma_star=2 * sigma_star)
+    assert res.sigma_star == 2 * sigma_star and res.n_restrained == info["n_restrained"]
+    assert rel_err(weight, want) <= 1e-5
+
+
+def test_zero_delta_and_nothing_above_leave_weight_bit_identical(rng):
+    w0, delta, _, _ = _case(30, 20, 0, 5, rng)
+    for d in (torch.zeros(30, 20), delta.float()):
+        weight = (w0 + delta).float()
+        before = weight.clone()
+        res = prune_fast.restrain_(weight, d)
+        assert res.n_restrained == 0
+        assert torch.equal(weight, before)
+
+
+def test_result_prints_one_line(rng):
+    w0, delta, _, _ = _case(30, 20, 2, 4, rng)
+    res = prune_fast.restrain_((w0 + delta).float(), delta.float())
+    line = str(res)
+    assert "\n" not in line and "2 restrained" in line and "σ*" in line
+
+
+BAD = {
+    "1-D weight": lambda w, d: (w[0], d[0]),
+    "3-D weight": lambda w, d: (w[None], d[None]),
+    "shape mismatch": lambda w, d: (w, d[:, :-1]),
+    "int delta": lambda w, d: (w, d.to(torch.int32)),
+    "bool delta": lambda w, d: (w, d > 0),
+    "complex delta": lambda w, d: (w, d.to(torch.complex64)),
+    "NaN in delta": lambda w, d: (w, d.index_put((torch.tensor([1]), torch.tensor([2])), torch.tensor(float("nan")))),
+    "Inf in delta": lambda w, d: (w, d.index_put((torch.tensor([0]), torch.tensor([0])), torch.tensor(float("inf")))),
+    "not a tensor": lambda w, d: (w, d.numpy()),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_bad_tensors_raise_before_writing(case, rng):
+    w0, delta, _, _ = _case(12, 9, 2, 4, rng)
+    weight = (w0 + delta).float()
+    before = weight.clone()
+    w_arg, d_arg = BAD[case](weight, delta.float())
+    with pytest.raises(InvalidInputError):
+        prune_fast.restrain_(w_arg, d_arg)
+    assert torch.equal(weight, before)
+
+
+def test_non_finite_weight_and_integer_weight_raise(rng):
+    w0, delta, _, _ = _case(12, 9, 2, 4, rng)
+    weight = (w0 + delta).float()
+    weight[3, 3] = float("nan")
+    before = weight.clone()
+    with pytest.raises(InvalidInputError, match="non-finite"):
+        prune_fast.restrain_(weight, delta.float())
+    assert torch.equal(weight.nan_to_num(), before.nan_to_num())
+    with pytest.raises(InvalidInputError, match="dtype"):
+        prune_fast.restrain_(torch.ones(3, 3, dtype=torch.int64), torch.zeros(3, 3))
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"alpha": 1.0}, "alpha"), ({"alpha": 0.5}, "alpha"), ({"alpha": float("nan")}, "alpha"),
+    ({"sigma_star": 0.0}, "sigma_star"), ({"sigma_star": -1.0}, "sigma_star"),
+    ({"sigma_star": float("nan")}, "sigma_star"), ({"fn": "log3"}, "unknown fn"),
+    ({"fn": "log2", "alpha": 3.0}, "fixes its own base"), ({"backend": "cuda"}, "backend"),
+], ids=lambda x: str(x))
+def test_bad_options_raise_before_writing(kwargs, match, rng):
+    w0, delta, _, _ = _case(12, 9, 2, 4, rng)
+    weight = (w0 + delta).float()
+    before = weight.clone()
+    with pytest.raises(InvalidInputError, match=match):
+        prune_fast.restrain_(weight, delta.float(), **kwargs)
+    assert torch.equal(weight, before)
+
+
+@settings(max_examples=40, deadline=None)
+@given(m=st.integers(1, 40), n=st.integers(1, 40), n_above=st.integers(0, 8), extra=st.integers(0, 10),
+       fn=st.sampled_from(["log", "log2", "log1.2", "linear"]), seed=st.integers(0, 2**31 - 1))
+def test_property_matches_full_svd(m, n, n_above, extra, fn, seed):
+    g = torch.Generator().manual_seed(seed)
+    k = min(m, n)
+    n_above = min(n_above, k)
+    rank = min(k, n_above + extra)
+    if rank == 0:
+        return
+    w0, delta, factors, sigma_star = _case(m, n, n_above, rank, g)
+    weight = (w0 + delta).float()
+    res = prune_fast.restrain_(weight, delta.float(), fn=fn)
+    want, info = restrain_reference((w0 + delta).float().double() - delta.float().double(), delta.float().double(), fn=fn)
+    assert res.n_restrained == info["n_restrained"]
+    assert rel_err(weight, want) <= 1e-5
