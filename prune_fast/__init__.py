@@ -4,6 +4,8 @@ Public API::
 
     restrain_(weight, delta, *, alpha=math.e, fn="log", sigma_star=None, backend="auto")
     SpectralTracker(weight, *, alpha=math.e, fn="log", sigma_star=None, restrain_every=1)
+    restrain_checkpoint(base, edited, out, *, fn="log", modules=None, dry_run=False) -> RestrainReport
+    restrain_model_(model, original_weights, *, fn="log") -> RestrainReport
 
 Heavy dependencies (transformers, matplotlib) are imported only by the modules that use them.
 """
@@ -19,8 +21,32 @@ __version__ = "0.1.0"
 __all__ = [
     "InvalidInputError",
     "PruneFastError",
+    "RestrainReport",
     "RestrainResult",
     "SpectralTracker",
     "SpectrumReport",
     "restrain_",
+    "restrain_checkpoint",
+    "restrain_model_",
 ]
+
+# Imported on first use, so that ``import prune_fast`` stays light.
+_LAZY = {
+    "restrain_checkpoint": ".checkpoint",
+    "RestrainReport": ".checkpoint",
+    "restrain_model_": ".restrain_model",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

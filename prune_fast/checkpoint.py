@@ -1,0 +1,700 @@
+"""Restrain a model that another tool already edited, from its checkpoints on disk.
+
+    restrain_checkpoint(base, edited, out)       BASE = W0 of every tensor, EDITED = W_N
+
+For every tensor of EDITED that differs (bit for bit) from BASE and is a 2-D floating weight, PRUNE
+is applied once, as in the paper's protocol (Ma et al., ICLR 2025, arXiv 2405.16821)::
+
+    σ* = σ_max(W0),   Δ = W_N − W0 (fp32; fp64 for fp64 weights),   Ŵ = W0 + F(Δ) = restrain_(W_N, Δ)
+
+and Ŵ is written in the tensor's own dtype. Every other tensor is copied byte for byte; the
+sharding, the index JSON, the config, the tokenizer and every other file of EDITED are kept.
+
+Streaming: tensors are compared as raw bytes, read straight from their offsets in the safetensors
+files, and only a differing pair is loaded (``safe_open``); output shards are written tensor by
+tensor (the safetensors header is known in advance, since dtypes and shapes do not change). Peak
+memory is about one tensor pair and its fp32 working copies, never a whole model.
+
+Nothing is written until the inputs are checked (names, shapes, dtypes, OUT), and the output goes to
+a temporary folder beside OUT that is renamed into place only when complete, so a failure midway
+(non-finite values found in a tensor, Ctrl-C, a full disk) never leaves a half-written OUT.
+Pickle checkpoints (``.bin``, ``.pt``) are refused unless ``allow_pickle=True``, which reads them
+with ``torch.load(weights_only=True)`` and writes safetensors.
+
+Example::
+
+    report = prune_fast.restrain_checkpoint("gpt2-xl", "gpt2-xl-memit", "gpt2-xl-memit-prune", fn="log")
+    print(report.format_table())
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import struct
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from . import _validate
+from .errors import InvalidInputError
+from .restrain import compute_dtype, restrain_, sigma_max
+from .restraint_fn import FnLike, resolve_fn
+
+__all__ = ["restrain_checkpoint", "RestrainReport", "TensorReport", "restrain_pair"]
+
+log = logging.getLogger(__name__)
+
+_CHUNK = 64 << 20  # bytes per read when comparing or copying raw tensor data
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+# safetensors dtype codes <-> torch dtypes (only what torch can represent; raw copies need none).
+_ST_TO_TORCH = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool, "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "U16": torch.uint16, "U32": torch.uint32, "U64": torch.uint64,
+}
+_TORCH_TO_ST = {v: k for k, v in _ST_TO_TORCH.items()}
+_FLOAT_CODES = {"F64", "F32", "F16", "BF16"}
+
+
+# --------------------------------------------------------------------------------------- reports
+@dataclass
+class TensorReport:
+    """One tensor that differs between BASE and EDITED, and what was done with it.
+
+    ``action``: ``"restrained"`` (some σ(Δ) ≥ σ*, written restrained), ``"below_sigma_star"``
+    (2-D float, nothing reached σ*: written unchanged), ``"not_2d"`` / ``"not_float"`` (copied
+    unchanged), ``"not_selected"`` (excluded by ``modules``, copied unchanged).
+    ``sigma_delta_before``/``after``: the top singular value of Δ before and after F.
+    ``sigma_before``/``sigma_after``: every restrained singular value of Δ (descending).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    action: str
+    sigma_star: float | None = None
+    sigma_delta_before: float | None = None
+    sigma_delta_after: float | None = None
+    n_restrained: int = 0
+    seconds: float = 0.0
+    sigma_before: list[float] = field(default_factory=list)
+    sigma_after: list[float] = field(default_factory=list)
+    residual: float = 0.0
+    file: str | None = None
+
+
+@dataclass
+class RestrainReport:
+    """What ``restrain_checkpoint`` or ``restrain_model_`` did; one :class:`TensorReport` per differing tensor."""
+
+    fn: str
+    n_tensors: int
+    tensors: list[TensorReport]
+    elapsed_s: float
+    base: str | None = None
+    edited: str | None = None
+    out: str | None = None
+    dry_run: bool = False
+
+    @property
+    def restrained(self) -> list[TensorReport]:
+        return [t for t in self.tensors if t.action == "restrained"]
+
+    @property
+    def n_differing(self) -> int:
+        return len(self.tensors)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["n_differing"] = self.n_differing
+        d["n_restrained_tensors"] = len(self.restrained)
+        return d
+
+    def save_json(self, path: "str | os.PathLike[str]") -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    def format_table(self) -> str:
+        """One row per 2-D float tensor examined (name, shape, σ*, top σ(Δ) before → after, n, seconds)."""
+        head = ("tensor", "shape", "dtype", "σ*", "top σ(Δ)", "→ after", "n", "seconds")
+        rows = []
+        for t in self.tensors:
+            if t.sigma_star is None:
+                continue
+            rows.append((t.name, "×".join(map(str, t.shape)), t.dtype, f"{t.sigma_star:.4g}",
+                         f"{t.sigma_delta_before:.4g}", f"{t.sigma_delta_after:.4g}", str(t.n_restrained),
+                         f"{t.seconds:.3f}"))
+        widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+        lines = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        others = [t for t in self.tensors if t.sigma_star is None]
+        for t in others:
+            lines.append(f"{t.name}  {'×'.join(map(str, t.shape))}  {t.dtype}  differs, copied unchanged ({t.action})")
+        where = "dry run, nothing written" if self.dry_run else (f"written to {self.out}" if self.out else "in memory")
+        lines.append(f"{len(self.restrained)} of {self.n_differing} differing tensors restrained "
+                     f"({self.n_tensors} tensors, fn={self.fn}) in {self.elapsed_s:.2f} s; {where}")
+        return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- the tensor math
+def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: FnLike = "log",
+                  alpha: float = math.e, backend: str = "auto") -> tuple[torch.Tensor | None, TensorReport]:
+    """PRUNE on one (W0, W_N) pair; returns ``(Ŵ in W_N's dtype or None if unchanged, report)``.
+
+    ``w0``, ``w_edited``: 2-D floating, same shape (any layout: Linear out×in or Conv1D in×out).
+    The work runs on ``w_edited``'s device in fp32 (fp64 for fp64): σ* = σ_max(W0),
+    Δ = W_N − W0, Ŵ = W0 + F(Δ). Neither input is modified.
+
+    Example::
+
+        new, rep = restrain_pair("mlp.c_proj.weight", w0, w_n, fn="log1.2")
+    """
+    start = time.perf_counter()
+    acc = compute_dtype(w_edited)
+    weight = w_edited.detach().to(acc, copy=True)
+    w0_acc = w0.detach().to(device=weight.device, dtype=acc)
+    delta = weight - w0_acc
+    rep = TensorReport(name, tuple(w_edited.shape), _dtype_name(w_edited.dtype), "below_sigma_star")
+    sigma_star, _ = sigma_max(w0_acc)
+    del w0_acc
+    if sigma_star == 0.0:
+        raise InvalidInputError(f"{name}: the base weight W0 is zero, so σ* = σ_max(W0) = 0 and PRUNE is undefined")
+    rep.sigma_star = sigma_star
+    if not bool(delta.any()):
+        rep.sigma_delta_before = rep.sigma_delta_after = 0.0
+        rep.seconds = time.perf_counter() - start
+        return None, rep
+    res = restrain_(weight, delta, fn=fn, alpha=alpha, sigma_star=sigma_star, backend=backend)
+    rep.n_restrained, rep.residual = res.n_restrained, res.residual
+    if res.n_restrained:
+        rep.action = "restrained"
+        rep.sigma_before, rep.sigma_after = res.sigma_before, res.sigma_after
+        rep.sigma_delta_before, rep.sigma_delta_after = res.sigma_before[0], res.sigma_after[0]
+        out = weight.to(w_edited.dtype)
+    else:
+        top, _ = sigma_max(delta)
+        rep.sigma_delta_before = rep.sigma_delta_after = top
+        out = None
+    rep.seconds = time.perf_counter() - start
+    return out, rep
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
+
+
+# ------------------------------------------------------------------------------------- reading
+@dataclass(frozen=True)
+class _Entry:
+    """Where one tensor lives: ``dtype`` is the safetensors code (``"F32"``), ``start``/``end``
+    absolute byte offsets in ``file`` (-1 for pickle files)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    file: Path
+    start: int
+    end: int
+
+    @property
+    def nbytes(self) -> int:
+        return self.end - self.start
+
+    def where(self) -> str:
+        return f"tensor {self.name!r} in {self.file}"
+
+
+def _read_header(path: Path) -> tuple[list[_Entry], dict[str, str]]:
+    """Entries of a safetensors file in data order, and its ``__metadata__``."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) != 8:
+            raise InvalidInputError(f"{path} is not a safetensors file (shorter than 8 bytes)")
+        (n,) = struct.unpack("<Q", raw)
+        size = path.stat().st_size
+        if n > size - 8:
+            raise InvalidInputError(f"{path} is not a safetensors file (header length {n} > file size {size})")
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise InvalidInputError(f"{path} is not a safetensors file (bad header: {e})") from None
+    meta = header.pop("__metadata__", None) or {}
+    entries = [_Entry(k, v["dtype"], tuple(v["shape"]), path, 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+               for k, v in header.items()]
+    entries.sort(key=lambda e: (e.start, e.end))
+    return entries, meta
+
+
+class _Source:
+    """A checkpoint on disk: a model folder (single or sharded, with its index JSON) or one file.
+
+    ``shards``: weight files in order; ``entries``: name → :class:`_Entry`; ``index``: the index
+    JSON file if sharded; ``kind``: ``"safetensors"`` or ``"pickle"``.
+    """
+
+    def __init__(self, role: str, path: Path, allow_pickle: bool):
+        self.role, self.path = role, path
+        self._handles: dict[Path, object] = {}
+        self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
+        self._stack = contextlib.ExitStack()
+        if not path.exists():
+            raise InvalidInputError(f"{role} {path} does not exist")
+        self.kind, self.shards, self.index = _find_weights(role, path, allow_pickle)
+        self.metadata: dict[Path, dict[str, str]] = {}
+        self.file_entries: dict[Path, list[_Entry]] = {}
+        for shard in self.shards:
+            if not shard.is_file():
+                raise InvalidInputError(f"{role}: shard {shard} named in {self.index} is missing")
+            if self.kind == "safetensors":
+                self.file_entries[shard], self.metadata[shard] = _read_header(shard)
+            else:
+                self.file_entries[shard] = [
+                    _Entry(k, _st_code(t.dtype, f"tensor {k!r} in {shard}"), tuple(t.shape), shard, -1, -1)
+                    for k, t in self._load_pickle(shard).items()]
+        self.entries: dict[str, _Entry] = {}
+        for shard, ents in self.file_entries.items():
+            for e in ents:
+                if e.name in self.entries:
+                    raise InvalidInputError(f"{role}: tensor {e.name!r} appears in both {self.entries[e.name].file} and {shard}")
+                self.entries[e.name] = e
+        if self.index is not None:
+            mapped = json.loads(self.index.read_text()).get("weight_map", {})
+            for name, e in self.entries.items():
+                if mapped.get(name) not in (None, e.file.name):
+                    raise InvalidInputError(f"{role}: index {self.index} puts {name!r} in {mapped[name]} "
+                                            f"but it is stored in {e.file.name}")
+
+    def _load_pickle(self, shard: Path) -> dict[str, torch.Tensor]:
+        if shard not in self._pickled:
+            log.info("loading pickle checkpoint %s with torch.load(weights_only=True)", shard)
+            try:
+                obj = torch.load(shard, map_location="cpu", weights_only=True, mmap=True)
+            except Exception as e:  # noqa: BLE001 - torch raises many types here; report the file
+                raise InvalidInputError(f"{self.role}: torch.load(weights_only=True) refused {shard}: {e}") from None
+            if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+                raise InvalidInputError(f"{self.role}: {shard} is not a state dict of tensors")
+            self._pickled[shard] = obj
+        return self._pickled[shard]
+
+    def nbytes(self, e: _Entry) -> int:
+        if self.kind == "safetensors":
+            return e.nbytes
+        t = self._pickled[e.file][e.name]
+        return t.numel() * t.element_size()
+
+    def load(self, e: _Entry) -> torch.Tensor:
+        """The tensor, on CPU, in its stored dtype."""
+        if self.kind == "pickle":
+            return self._pickled[e.file][e.name]
+        from safetensors import safe_open
+
+        if e.file not in self._handles:
+            self._handles[e.file] = self._stack.enter_context(safe_open(str(e.file), framework="pt", device="cpu"))
+        return self._handles[e.file].get_tensor(e.name)  # type: ignore[attr-defined]
+
+    def iter_bytes(self, e: _Entry) -> Iterator[bytes | memoryview]:
+        """The tensor's raw little-endian bytes, in chunks (read from disk, never deserialised)."""
+        if self.kind == "pickle":
+            t = self._pickled[e.file][e.name].contiguous().reshape(-1)
+            if t.numel():
+                yield memoryview(t.view(torch.uint8).numpy())
+            return
+        with open(e.file, "rb") as f:
+            f.seek(e.start)
+            left = e.nbytes
+            while left:
+                chunk = f.read(min(left, _CHUNK))
+                if not chunk:
+                    raise InvalidInputError(f"{self.role}: {e.file} is truncated inside {e.name!r}")
+                left -= len(chunk)
+                yield chunk
+
+    def close(self) -> None:
+        self._stack.close()
+        self._handles.clear()
+        self._pickled.clear()
+
+
+def _st_code(dtype: torch.dtype, where: str) -> str:
+    if dtype not in _TORCH_TO_ST:
+        raise InvalidInputError(f"{where} has dtype {dtype}, which safetensors cannot store")
+    return _TORCH_TO_ST[dtype]
+
+
+def _find_weights(role: str, path: Path, allow_pickle: bool) -> tuple[str, list[Path], Path | None]:
+    """``(kind, shard files, index file)`` of a model folder or a single weight file."""
+    if path.is_file():
+        if path.suffix == ".safetensors":
+            return "safetensors", [path], None
+        if path.suffix in _PICKLE_SUFFIXES:
+            _refuse_pickle(role, [path], allow_pickle)
+            return "pickle", [path], None
+        raise InvalidInputError(f"{role} {path} is neither a model folder nor a .safetensors file")
+    indexes = sorted(path.glob("*.safetensors.index.json"))
+    if len(indexes) > 1:
+        raise InvalidInputError(f"{role} {path} has several safetensors indexes: {', '.join(p.name for p in indexes)}")
+    if indexes:
+        return "safetensors", _shards_of(indexes[0]), indexes[0]
+    singles = sorted(path.glob("*.safetensors"))
+    if (path / "model.safetensors").is_file():
+        return "safetensors", [path / "model.safetensors"], None
+    if len(singles) == 1:
+        return "safetensors", singles, None
+    if len(singles) > 1:
+        raise InvalidInputError(f"{role} {path} has several .safetensors files and no index JSON: "
+                                f"{', '.join(p.name for p in singles)}")
+    pickles = sorted(p for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file())
+    if not pickles:
+        raise InvalidInputError(f"{role} {path} holds no .safetensors weights")
+    _refuse_pickle(role, pickles, allow_pickle)
+    pindex = sorted(path.glob("*.bin.index.json"))
+    if pindex:
+        return "pickle", _shards_of(pindex[0]), pindex[0]
+    if len(pickles) > 1:
+        raise InvalidInputError(f"{role} {path} has several pickle files and no index JSON: "
+                                f"{', '.join(p.name for p in pickles)}")
+    return "pickle", pickles, None
+
+
+def _refuse_pickle(role: str, files: list[Path], allow_pickle: bool) -> None:
+    if not allow_pickle:
+        names = ", ".join(str(p) for p in files)
+        raise InvalidInputError(
+            f"{role}: {names} is a pickle checkpoint; prune_fast reads safetensors only. Convert it to "
+            f"safetensors, or allow torch.load(weights_only=True) explicitly (allow_pickle=True, "
+            f"CLI --allow-pickle)")
+
+
+def _shards_of(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise InvalidInputError(f"{index} is not a valid index JSON (needs a weight_map): {e}") from None
+    return [index.parent / f for f in dict.fromkeys(weight_map.values())]
+
+
+# ------------------------------------------------------------------------------------- writing
+class _ShardWriter:
+    """Writes one safetensors file tensor by tensor; the header is written first from ``entries``."""
+
+    def __init__(self, path: Path, entries: list[tuple[str, str, tuple[int, ...], int]], metadata: dict[str, str]):
+        header: dict[str, object] = {}
+        if metadata:
+            header["__metadata__"] = metadata
+        offset = 0
+        self._sizes: dict[str, int] = {}
+        for name, code, shape, nbytes in entries:
+            header[name] = {"dtype": code, "shape": list(shape), "data_offsets": [offset, offset + nbytes]}
+            self._sizes[name] = nbytes
+            offset += nbytes
+        raw = json.dumps(header, separators=(",", ":")).encode()
+        raw += b" " * (-len(raw) % 8)
+        self._f = open(path, "wb")
+        self._f.write(struct.pack("<Q", len(raw)))
+        self._f.write(raw)
+        self.path = path
+
+    def write(self, name: str, chunks: Iterator[bytes | memoryview]) -> None:
+        n = 0
+        for c in chunks:
+            n += len(c) if isinstance(c, bytes) else c.nbytes
+            self._f.write(c)
+        if n != self._sizes[name]:
+            raise RuntimeError(f"wrote {n} bytes for {name!r} in {self.path}, expected {self._sizes[name]}")
+
+    def close(self) -> None:
+        self._f.close()
+
+
+def _tensor_bytes(t: torch.Tensor) -> Iterator[memoryview]:
+    t = t.detach().to("cpu").contiguous().reshape(-1)
+    if t.numel():
+        yield memoryview(t.view(torch.uint8).numpy())
+
+
+def _same_bytes(a: Iterator[bytes | memoryview], b: Iterator[bytes | memoryview]) -> bool:
+    """Compare two chunked byte streams of equal total length."""
+    buf_a, buf_b = b"", b""
+    for ca in a:
+        buf_a += bytes(ca)
+        while len(buf_b) < len(buf_a):
+            nxt = next(b, None)
+            if nxt is None:
+                return False
+            buf_b += bytes(nxt)
+        n = len(buf_a)
+        if buf_a != buf_b[:n]:
+            return False
+        buf_a, buf_b = b"", buf_b[n:]
+    return not buf_b and next(b, None) is None
+
+
+def _out_name(shard: Path, kind: str) -> str:
+    """Output file name of a shard: unchanged for safetensors; ``pytorch_model*.bin`` → ``model*.safetensors``."""
+    if kind == "safetensors":
+        return shard.name
+    stem = shard.stem.replace("pytorch_model", "model")
+    return stem + ".safetensors"
+
+
+# ------------------------------------------------------------------------------------- checks
+def _check_pair(base: _Source, edited: _Source) -> None:
+    missing = [n for n in edited.entries if n not in base.entries]
+    extra = [n for n in base.entries if n not in edited.entries]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"in EDITED but not BASE: {', '.join(map(repr, missing[:5]))}{' …' if len(missing) > 5 else ''}")
+        if extra:
+            parts.append(f"in BASE but not EDITED: {', '.join(map(repr, extra[:5]))}{' …' if len(extra) > 5 else ''}")
+        raise InvalidInputError(f"BASE {base.path} and EDITED {edited.path} hold different tensors; " + "; ".join(parts))
+    for name, e in edited.entries.items():
+        b = base.entries[name]
+        if e.shape != b.shape:
+            raise InvalidInputError(f"{e.where()} has shape {e.shape} but {b.where()} has shape {b.shape}")
+        if e.dtype != b.dtype:
+            raise InvalidInputError(f"{e.where()} has dtype {e.dtype} but {b.where()} has dtype {b.dtype}")
+
+
+def _check_out(out: Path, base: Path, edited: Path, overwrite: bool) -> None:
+    o = out.resolve()
+    for role, p in (("BASE", base.resolve()), ("EDITED", edited.resolve())):
+        if o == p:
+            raise InvalidInputError(f"OUT {out} is the {role} checkpoint itself; choose another output path")
+        if o in p.parents:
+            raise InvalidInputError(f"OUT {out} contains the {role} checkpoint {p}; choose another output path")
+    if edited.is_dir() and edited.resolve() in o.parents:
+        raise InvalidInputError(f"OUT {out} lies inside the EDITED folder {edited}; choose a path outside it")
+    if out.exists() and not overwrite:
+        raise InvalidInputError(f"OUT {out} already exists; pass overwrite=True (CLI --overwrite) to replace it")
+    if not o.parent.is_dir():
+        raise InvalidInputError(f"the folder {o.parent} that should hold OUT does not exist")
+
+
+def _compile_modules(modules: Sequence[str] | str | None) -> list[re.Pattern[str]] | None:
+    if modules is None:
+        return None
+    if isinstance(modules, str):
+        modules = [modules]
+    pats = []
+    for m in modules:
+        try:
+            pats.append(re.compile(m))
+        except re.error as e:
+            raise InvalidInputError(f"modules: {m!r} is not a valid regular expression: {e}") from None
+    return pats
+
+
+def _selected(name: str, pats: list[re.Pattern[str]] | None) -> bool:
+    return pats is None or any(p.search(name) for p in pats)
+
+
+def _check_options(fn: FnLike, alpha: float, backend: str) -> str:
+    _validate.check_backend(backend)
+    return resolve_fn(fn, alpha).describe()
+
+
+# ------------------------------------------------------------------------------------- main
+def restrain_checkpoint(
+    base: "str | os.PathLike[str]",
+    edited: "str | os.PathLike[str]",
+    out: "str | os.PathLike[str] | None",
+    *,
+    fn: FnLike = "log",
+    alpha: float = math.e,
+    modules: Sequence[str] | str | None = None,
+    dry_run: bool = False,
+    overwrite: bool = False,
+    allow_pickle: bool = False,
+    backend: str = "auto",
+    progress: bool = True,
+) -> RestrainReport:
+    """Restrain every edited 2-D weight of EDITED against BASE and write the model to ``out``.
+
+    Args:
+        base: the original model: a Hugging Face folder (single or sharded safetensors) or one
+            ``.safetensors`` file. Provides W0 and σ* = σ_max(W0) of each tensor.
+        edited: the edited model, same tensor names, shapes and dtypes. Its non-weight files
+            (config, tokenizer, generation config, …) and its sharding are kept in ``out``.
+        out: where to write (a folder, or a ``.safetensors`` file when ``edited`` is one); must not
+            exist unless ``overwrite``; may be ``None`` only with ``dry_run``.
+        fn, alpha: the restraint function (see :mod:`prune_fast.restraint_fn`).
+        modules: regular expression(s); only differing tensors whose name matches one (``re.search``)
+            are restrained, the others are copied unchanged. ``None``: all.
+        dry_run: compute and report everything, write nothing.
+        allow_pickle: read ``.bin``/``.pt`` checkpoints with ``torch.load(weights_only=True)``
+            (output is written as safetensors). Off by default: pickle files are refused.
+        backend: ``"auto"``, ``"torch"`` or ``"triton"`` for :func:`prune_fast.restrain_`.
+        progress: show a tqdm bar over tensors.
+
+    Returns:
+        :class:`RestrainReport`, one :class:`TensorReport` per tensor that differs.
+
+    Raises:
+        InvalidInputError: before anything is written, for mismatched names/shapes/dtypes,
+            pickle files, a bad OUT or option; during the pass (then nothing is left at OUT) for
+            non-finite values in a differing float tensor.
+
+    Example::
+
+        rep = restrain_checkpoint("llama-base", "llama-memit", "llama-memit-prune", modules=r"mlp\\.down_proj")
+        print(rep.format_table())
+    """
+    start = time.perf_counter()
+    fn_name = _check_options(fn, alpha, backend)
+    pats = _compile_modules(modules)
+    base_p, edited_p = Path(base), Path(edited)
+    if out is None and not dry_run:
+        raise InvalidInputError("out is required unless dry_run=True")
+    out_p = None if out is None else Path(out)
+    if out_p is not None and not dry_run:
+        _check_out(out_p, base_p, edited_p, overwrite)
+    with contextlib.ExitStack() as stack:
+        src_b = _Source("BASE", base_p, allow_pickle)
+        stack.callback(src_b.close)
+        src_e = _Source("EDITED", edited_p, allow_pickle)
+        stack.callback(src_e.close)
+        _check_pair(src_b, src_e)
+        if out_p is not None and not dry_run and edited_p.is_file() and (out_p.suffix != ".safetensors" or out_p.is_dir()):
+            raise InvalidInputError(f"EDITED {edited_p} is a single file, so OUT {out_p} must be a .safetensors file path")
+        tensors = _run(src_b, src_e, None if dry_run else out_p, fn=fn, alpha=alpha, pats=pats,
+                       backend=backend, progress=progress)
+    report = RestrainReport(fn=fn_name, n_tensors=len(src_e.entries), tensors=tensors,
+                            elapsed_s=time.perf_counter() - start, base=str(base_p), edited=str(edited_p),
+                            out=None if out_p is None else str(out_p), dry_run=dry_run)
+    log.info("%d of %d differing tensors restrained in %.2f s", len(report.restrained), report.n_differing,
+             report.elapsed_s)
+    return report
+
+
+def _run(base: _Source, edited: _Source, out: Path | None, *, fn: FnLike, alpha: float,
+         pats: list[re.Pattern[str]] | None, backend: str, progress: bool) -> list[TensorReport]:
+    from tqdm.auto import tqdm
+
+    reports: list[TensorReport] = []
+    staging = _Staging(out, edited) if out is not None else None
+    try:
+        bar = tqdm(total=len(edited.entries), desc="restrain", unit="tensor", disable=not progress)
+        with bar:
+            for shard, entries in edited.file_entries.items():
+                writer = staging.open_shard(shard, entries) if staging else None
+                try:
+                    for e in entries:
+                        bar.set_postfix_str(e.name, refresh=False)
+                        new, rep = _process(base, edited, e, fn=fn, alpha=alpha, pats=pats, backend=backend)
+                        if rep is not None:
+                            reports.append(rep)
+                        if writer is not None:
+                            writer.write(e.name, _tensor_bytes(new) if new is not None else edited.iter_bytes(e))
+                        bar.update(1)
+                finally:
+                    if writer is not None:
+                        writer.close()
+        if staging is not None:
+            staging.commit()
+    except BaseException:
+        if staging is not None:
+            staging.abort()
+        raise
+    return reports
+
+
+def _process(base: _Source, edited: _Source, e: _Entry, *, fn: FnLike, alpha: float,
+             pats: list[re.Pattern[str]] | None, backend: str) -> tuple[torch.Tensor | None, TensorReport | None]:
+    """``(new tensor or None to copy EDITED's bytes, report or None when identical)``."""
+    b = base.entries[e.name]
+    if _same_bytes(base.iter_bytes(b), edited.iter_bytes(e)):
+        return None, None
+    dtype = _dtype_name(_ST_TO_TORCH[e.dtype]) if e.dtype in _ST_TO_TORCH else e.dtype
+    rep = TensorReport(e.name, e.shape, dtype, "not_float", file=e.file.name)
+    if e.dtype not in _FLOAT_CODES:
+        log.info("%s differs but is not floating (%s): copied unchanged", e.name, e.dtype)
+        return None, rep
+    w_b, w_e = base.load(b), edited.load(e)
+    _validate.check_finite(f"BASE {b.where()}", w_b)
+    _validate.check_finite(f"EDITED {e.where()}", w_e)
+    if len(e.shape) != 2:
+        rep.action = "not_2d"
+        log.info("%s differs but is %d-D: copied unchanged", e.name, len(e.shape))
+        return None, rep
+    if not _selected(e.name, pats):
+        rep.action = "not_selected"
+        return None, rep
+    new, rep = restrain_pair(e.name, w_b, w_e, fn=fn, alpha=alpha, backend=backend)
+    rep.file = e.file.name
+    log.debug("%s: %s", e.name, rep)
+    return new, rep
+
+
+class _Staging:
+    """A temporary folder (or file) beside OUT, renamed onto OUT only by :meth:`commit`."""
+
+    def __init__(self, out: Path, edited: _Source):
+        self.out, self.edited = out, edited
+        self.single = edited.path.is_file()
+        parent = out.resolve().parent
+        self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        self.written: list[str] = []
+
+    def open_shard(self, shard: Path, entries: list[_Entry]) -> _ShardWriter:
+        name = self.out.name if self.single else _out_name(shard, self.edited.kind)
+        metadata = self.edited.metadata[shard] if self.edited.kind == "safetensors" else {"format": "pt"}
+        spec = [(e.name, e.dtype, e.shape, self.edited.nbytes(e)) for e in entries]
+        self.written.append(name)
+        return _ShardWriter(self.tmp / name, spec, metadata)
+
+    def _copy_other_files(self) -> None:
+        src = self.edited.path
+        weight_files = {p.resolve() for p in self.edited.shards}
+        if self.edited.index is not None:
+            weight_files.add(self.edited.index.resolve())
+        for p in sorted(src.rglob("*")):
+            rel = p.relative_to(src)
+            if p.is_dir() or p.resolve() in weight_files:
+                continue
+            if p.suffix in _PICKLE_SUFFIXES and p.name.startswith(("pytorch_model", "model")) or \
+                    p.name.endswith((".bin.index.json", ".safetensors", ".safetensors.index.json")):
+                log.warning("not copying %s: unrestrained weights must not sit beside the restrained ones", p)
+                continue
+            dest = self.tmp / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(p, dest)
+        if self.edited.index is not None:
+            if self.edited.kind == "safetensors":
+                shutil.copy2(self.edited.index, self.tmp / self.edited.index.name)
+            else:
+                self._write_index()
+
+    def _write_index(self) -> None:
+        weight_map = {e.name: _out_name(e.file, "pickle") for e in self.edited.entries.values()}
+        total = sum(self.edited.nbytes(e) for e in self.edited.entries.values())
+        index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+        (self.tmp / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+
+    def commit(self) -> None:
+        if self.single:
+            final = self.tmp / self.out.name
+            os.replace(final, self.out)
+            shutil.rmtree(self.tmp)
+            return
+        self._copy_other_files()
+        old = None
+        if self.out.exists():  # overwrite was allowed: move the old OUT aside, then swap
+            old = Path(tempfile.mkdtemp(prefix=f".{self.out.name}.old-", dir=self.tmp.parent))
+            os.replace(self.out, old / "x")
+        os.replace(self.tmp, self.out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+        log.info("wrote %s", self.out)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
