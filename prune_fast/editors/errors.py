@@ -1,0 +1,20 @@
+"""Errors raised by the editors, always before any weight is written."""
+from __future__ import annotations
+
+__all__ = ["EditorError", "UnsupportedArchitectureError", "InvalidLayerError", "MalformedRequestError"]
+
+
+class EditorError(ValueError):
+    """Base class: an edit was refused before anything was applied."""
+
+
+class UnsupportedArchitectureError(EditorError):
+    """The model's architecture is not in the table of ``prune_fast.editors.architectures``."""
+
+
+class InvalidLayerError(EditorError):
+    """A layer index outside ``[0, num_layers)`` or a module that is not where the table says."""
+
+
+class MalformedRequestError(EditorError):
+    """An edit request (or a CounterFact / ZsRE record) that cannot be edited as given."""

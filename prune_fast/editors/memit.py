@@ -1,0 +1,123 @@
+"""MEMIT (Meng et al., ICLR 2023, arXiv 2210.07229): a batch of facts spread over several layers.
+
+For requests i = 1..b and edited layers l_1 < ... < l_L (down projections, math layout
+``(d_out, d_in)``)::
+
+    z*_i  = optimize_value(...) at the output of block l_L (the residual stream)     (d,)
+    for j, l in enumerate(layers):
+        K   = keys of layer l at the token site, averaged over contexts              (d_in, b)
+        R   = (z* − z_current) / (L − j)        z_current with layers < l updated     (d, b)
+        ΔW_l = R Kᵀ (λ C_l + K Kᵀ)⁻¹            λ = mom2_update_weight                  rank ≤ b
+
+``ΔW_l`` is returned factored as ``R`` and ``(λ C_l + K Kᵀ)⁻¹ K`` (in the parameter's layout).
+The effect of the earlier layers' updates on later keys and residuals is obtained with forward
+hooks that add ``(x Vᵀ...)`` to those modules' outputs — no weight is written here; hand
+``result.updates`` to :class:`prune_fast.editors.TrackerSet`.
+
+Example::
+
+    hp = MEMITHyperParams.preset("testbed")
+    res = compute_memit(model, tok, requests, hp, store)
+    TrackerSet(model, restrain_every=None).apply_(res.updates)
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .apply import FactoredUpdate
+from .architectures import EditSite, resolve_module, resolve_site
+from .covariance import CovarianceStore
+from .hparams import MEMITHyperParams
+from .probes import AddAtOutput, encode, make_batch, site_index
+from .requests import EditRequest
+from .rome import check_requests, covariance_for, mean_key
+from .values import ValueResult, optimize_value
+
+__all__ = ["MEMITResult", "compute_memit"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class MEMITResult:
+    """One update per edited layer, the targets ``z*`` ``(b, d)`` and the per-request searches."""
+
+    updates: list[FactoredUpdate]
+    sites: list[EditSite]
+    targets: torch.Tensor
+    value_searches: list[ValueResult]
+
+
+class _PendingUpdates:
+    """Forward hooks adding ``(x @ Kv) @ Rᵀ`` to each module's output (ΔW = R Kvᵀ, math layout)."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[nn.Module, torch.Tensor, torch.Tensor]] = []
+
+    def add(self, module: nn.Module, r: torch.Tensor, kv: torch.Tensor) -> None:
+        self.items.append((module, r, kv))
+
+    def hooks(self, stack: ExitStack) -> None:
+        for module, r, kv in self.items:
+            def hook(_m: nn.Module, args: tuple[Any, ...], out: torch.Tensor, r=r, kv=kv) -> torch.Tensor:
+                x = args[0]
+                return out + ((x.float() @ kv.to(x.device)) @ r.T.to(x.device)).to(out.dtype)
+            stack.callback(module.register_forward_hook(hook).remove)
+
+
+@torch.no_grad()
+def _block_outputs(model: nn.Module, tokenizer: Any, block: nn.Module, requests: Sequence[EditRequest],
+                   site: str) -> torch.Tensor:
+    """Residual stream at the output of ``block`` at each request's site (plain prompt): ``(b, d)``."""
+    rows = [encode(tokenizer, r.text) for r in requests]
+    sites = [site_index(tokenizer, "{}", r.prompt, r.subject, site) for r in requests]
+    batch = make_batch(model, rows, sites, pad_id=getattr(tokenizer, "pad_token_id", None) or 0)
+    with AddAtOutput(block, batch.sites, None) as probe:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    return probe.before
+
+
+def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp: MEMITHyperParams,
+                  covariance: CovarianceStore | torch.Tensor | dict[int, torch.Tensor]) -> MEMITResult:
+    """The MEMIT updates for a batch of requests; the model is left unchanged.
+
+    ``covariance``: a store, or one ``(d_in, d_in)`` tensor per layer as ``{layer: C}``.
+    Raises before any computation on an unsupported architecture, a bad layer, a malformed request.
+    """
+    hp.validate()
+    reqs = check_requests(requests)
+    sites = [resolve_site(model, layer, hp.mlp_out_template, hp.layer_template) for layer in hp.layers]
+    covs = [covariance_for(model, tokenizer, s, hp, covariance[s.layer] if isinstance(covariance, dict) else covariance)
+            for s in sites]  # all before any update exists: statistics of the unedited model
+    z_block = resolve_module(model, sites[-1].layer_name)
+
+    searches = [optimize_value(model, tokenizer, r, z_block, hp) for r in reqs]
+    dev_z = searches[0].target.device
+    targets = torch.stack([s.target.to(dev_z) for s in searches])                    # (b, d)
+
+    pending = _PendingUpdates()
+    updates: list[FactoredUpdate] = []
+    n_layers = len(sites)
+    for j, (site, cov) in enumerate(zip(sites, covs)):
+        module = resolve_module(model, site.module_name)
+        dev = module.weight.device
+        with ExitStack() as stack:
+            pending.hooks(stack)
+            keys = mean_key(model, tokenizer, module, reqs, hp).to(dev).double().T     # (d_in, b)
+            current = _block_outputs(model, tokenizer, z_block, reqs, hp.site)          # (b, d)
+        resid = ((targets - current.to(dev_z)) / (n_layers - j)).to(dev).double().T  # (d, b)
+        a = hp.mom2_update_weight * cov + keys @ keys.T
+        kv = torch.linalg.solve(a, keys)                                              # (d_in, b)
+        u, v = site.factors(resid.float(), kv.float())
+        updates.append(FactoredUpdate(site.param_name, u, v, site.layer))
+        pending.add(module, resid.float(), kv.float())
+        logger.info("MEMIT layer %d: |resid| %.3g, |ΔW| %.3g", site.layer, resid.norm().item(),
+                    (resid.float() @ kv.float().T).norm().item())
+    return MEMITResult(updates=updates, sites=sites, targets=targets, value_searches=searches)

@@ -1,0 +1,142 @@
+"""Token sites, right-padded batches, and forward hooks that read or change one module's activations.
+
+Both editors need the same three things: the index of the token where a fact is read
+(:func:`site_index`), the input of a module at that token (the key, :func:`module_inputs_at`),
+and a way to add a vector to a module's output at that token during a forward pass
+(:class:`AddAtOutput`).  Every tensor is created on the device of the module it belongs to; the
+model is never assumed to sit on a single device.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import torch
+from torch import nn
+
+__all__ = ["Batch", "site_index", "encode", "make_batch", "input_device", "module_inputs_at", "AddAtOutput", "frozen"]
+
+
+def encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
+    """Token ids of ``text`` (Hugging Face ``encode`` semantics)."""
+    return list(tokenizer.encode(text, add_special_tokens=add_special_tokens))
+
+
+def site_index(tokenizer: Any, context: str, prompt: str, subject: str, site: str) -> int:
+    """Index of the token site in the ids of ``context.format(prompt.format(subject))``.
+
+    ``subject_last``: the subject's last token (the ids of the text up to the end of the subject,
+    minus one).  ``prompt_last``: the prompt's last token.  ``context`` ends with ``{}``.
+    """
+    full = encode(tokenizer, context.format(prompt.format(subject)))
+    if site == "prompt_last":
+        return len(full) - 1
+    if site == "subject_last":
+        head = prompt[: prompt.index("{}")] + subject
+        n = len(encode(tokenizer, context.format(head)))
+        if not 0 < n <= len(full):
+            raise ValueError(f"subject {subject!r} not found as a token span of {prompt!r}")
+        return n - 1
+    raise ValueError(f"unknown token site {site!r}")
+
+
+def input_device(model: nn.Module) -> torch.device:
+    """Device of the input embeddings (where ``input_ids`` must go, also under ``device_map``)."""
+    return model.get_input_embeddings().weight.device
+
+
+@dataclass
+class Batch:
+    """Right-padded ids ``(B, T)`` and mask, with one site index per row."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    sites: torch.Tensor  # (B,) long, on CPU
+    lengths: list[int]
+
+
+def make_batch(model: nn.Module, rows: Sequence[list[int]], sites: Sequence[int], pad_id: int = 0) -> Batch:
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        mask[i, : len(r)] = 1
+    dev = input_device(model)
+    return Batch(ids.to(dev), mask.to(dev), torch.tensor(list(sites), dtype=torch.long), [len(r) for r in rows])
+
+
+def _first(x: Any) -> torch.Tensor:
+    return x[0] if isinstance(x, (tuple, list)) else x
+
+
+@torch.no_grad()
+def module_inputs_at(model: nn.Module, module: nn.Module, batch: Batch) -> torch.Tensor:
+    """The input of ``module`` at each row's site: ``(B, d_in)`` float32 on the module's device."""
+    captured: list[torch.Tensor] = []
+
+    def hook(_mod: nn.Module, args: tuple[Any, ...]) -> None:
+        x = _first(args)
+        rows = torch.arange(x.shape[0], device=x.device)
+        captured.append(x[rows, batch.sites.to(x.device)].float())
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    finally:
+        handle.remove()
+    return captured[0]
+
+
+class AddAtOutput:
+    """Adds ``delta`` (``(d,)`` or per-row ``(B, d)``) to ``module``'s output at each row's site.
+
+    Also records the output at the sites before the addition (``self.before``, ``(B, d)``).
+    Use as a context manager around forward passes::
+
+        with AddAtOutput(block, batch.sites, delta) as add:
+            logits = model(...).logits
+    """
+
+    def __init__(self, module: nn.Module, sites: torch.Tensor, delta: torch.Tensor | None) -> None:
+        self.module, self.sites, self.delta = module, sites, delta
+        self.before: torch.Tensor | None = None
+        self._handle: Any = None
+
+    def _hook(self, _mod: nn.Module, _args: Any, output: Any) -> Any:
+        h = _first(output)
+        rows = torch.arange(h.shape[0], device=h.device)
+        sites = self.sites.to(h.device)
+        self.before = h[rows, sites].detach().float()
+        if self.delta is None:
+            return output
+        add = torch.zeros_like(h)
+        add[rows, sites] = self.delta.to(h.device, h.dtype).expand(h.shape[0], -1)
+        h = h + add
+        if isinstance(output, tuple):
+            return (h,) + tuple(output[1:])
+        if isinstance(output, list):
+            return [h] + list(output[1:])
+        return h
+
+    def __enter__(self) -> "AddAtOutput":
+        self._handle = self.module.register_forward_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._handle.remove()
+
+
+@contextmanager
+def frozen(model: nn.Module) -> Iterator[None]:
+    """Temporarily turn off ``requires_grad`` on every parameter (restored afterwards)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, f in flags:
+            p.requires_grad_(f)

@@ -1,0 +1,130 @@
+"""ROME (Meng et al., NeurIPS 2022, arXiv 2202.05262): one fact, one rank-one update.
+
+For a request (s, r, o → o*) at the down projection ``W`` (math layout ``(d_out, d_in)``, bias b)
+of ``hp.layer``::
+
+    k*  = mean over context templates of the projection's input at the token site      (d_in,)
+    v*  = optimize_value(...)  — the output at the site that makes o* the answer         (d_out,)
+    C   = E[k kᵀ] + ridge · mean(diag C) · I                                               (d_in, d_in)
+    ΔW  = (v* − W k* − b) (C⁻¹ k*)ᵀ / (k*ᵀ C⁻¹ k*)                                         rank one
+
+so that ``(W + ΔW) k* + b = v*`` exactly, while keys uncorrelated with k* under C move little.
+The update is returned factored in the parameter's layout; nothing is written here — hand
+``result.updates`` to :class:`prune_fast.editors.TrackerSet`.
+
+Example::
+
+    hp = ROMEHyperParams.preset("testbed")
+    res = compute_rome(model, tok, request, hp, store)
+    TrackerSet(model, restrain_every=None).apply_(res.updates)
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .apply import FactoredUpdate
+from .architectures import EditSite, Layout, resolve_module, resolve_site
+from .covariance import CovarianceStore
+from .errors import MalformedRequestError
+from .hparams import ROMEHyperParams, ValueHyperParams
+from .probes import encode, make_batch, module_inputs_at, site_index
+from .requests import EditRequest
+from .values import ValueResult, optimize_value
+
+__all__ = ["ROMEResult", "compute_rome", "mean_key", "module_output", "covariance_for"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ROMEResult:
+    """The update and what produced it: ``key`` k* ``(d_in,)``, ``value`` v* ``(d_out,)`` (float32)."""
+
+    updates: list[FactoredUpdate]
+    site: EditSite
+    key: torch.Tensor
+    value: torch.Tensor
+    value_search: ValueResult
+
+
+def check_requests(requests: Any) -> list[EditRequest]:
+    reqs = list(requests)
+    for r in reqs:
+        if not isinstance(r, EditRequest):
+            raise MalformedRequestError(f"expected EditRequest objects, got {type(r).__name__}: {r!r}")
+    if not reqs:
+        raise MalformedRequestError("no requests given")
+    return reqs
+
+
+def mean_key(model: nn.Module, tokenizer: Any, module: nn.Module, requests: list[EditRequest],
+             hp: ValueHyperParams) -> torch.Tensor:
+    """k per request: the module input at the token site, averaged over context templates; ``(b, d_in)``."""
+    rows, sites = [], []
+    for req in requests:
+        for ctx in hp.context_templates:
+            rows.append(encode(tokenizer, ctx.format(req.text)))
+            sites.append(site_index(tokenizer, ctx, req.prompt, req.subject, hp.site))
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    keys = module_inputs_at(model, module, make_batch(model, rows, sites, pad_id=pad))
+    return keys.reshape(len(requests), len(hp.context_templates), -1).mean(dim=1)
+
+
+def module_output(module: nn.Module, site: EditSite, keys: torch.Tensor) -> torch.Tensor:
+    """``W k + b`` in float32 for keys ``(b, d_in)`` -> ``(b, d_out)``, whatever the layout."""
+    w = module.weight.detach().float()
+    out = keys @ w if site.layout is Layout.IN_OUT else keys @ w.T
+    bias = getattr(module, "bias", None)
+    return out + bias.detach().float() if bias is not None else out
+
+
+def covariance_for(model: nn.Module, tokenizer: Any, site: EditSite, hp: ValueHyperParams,
+                   covariance: CovarianceStore | torch.Tensor) -> torch.Tensor:
+    """``C`` ``(d_in, d_in)`` float64 on the edited module's device, from a store or given directly."""
+    if isinstance(covariance, CovarianceStore):
+        cov = covariance.get(model, tokenizer, site, hp.cov_samples, hp.cov_max_tokens)
+    elif isinstance(covariance, torch.Tensor):
+        cov = covariance
+    else:
+        raise TypeError(f"covariance must be a CovarianceStore or a tensor, got {type(covariance).__name__}")
+    if cov.shape != (site.d_in, site.d_in):
+        raise ValueError(f"covariance of shape {tuple(cov.shape)} for {site.module_name} with d_in={site.d_in}")
+    return cov.to(resolve_module(model, site.module_name).weight.device, torch.float64)
+
+
+def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROMEHyperParams,
+                 covariance: CovarianceStore | torch.Tensor) -> ROMEResult:
+    """The ROME update for one request (see the module docstring); the model is left unchanged.
+
+    Raises (before any computation): :class:`UnsupportedArchitectureError`, :class:`InvalidLayerError`,
+    :class:`MalformedRequestError`, ``ValueError`` for bad hyper-parameters.
+    """
+    hp.validate()
+    (request,) = check_requests([request])
+    site = resolve_site(model, hp.layer, hp.mlp_out_template, hp.layer_template)
+    module = resolve_module(model, site.module_name)
+    cov = covariance_for(model, tokenizer, site, hp, covariance)
+
+    key = mean_key(model, tokenizer, module, [request], hp)[0]                    # (d_in,)
+    search = optimize_value(model, tokenizer, request, module, hp)
+    dev = module.weight.device
+    key = key.to(dev)
+    value = search.target.to(dev)
+    current = module_output(module, site, key[None])[0]                           # W k* + b
+
+    k64 = key.double()
+    if hp.cov_ridge > 0:
+        cov = cov + hp.cov_ridge * cov.diagonal().mean() * torch.eye(site.d_in, dtype=cov.dtype, device=cov.device)
+    cinv_k = torch.linalg.solve(cov, k64)                                         # C⁻¹ k*
+    left = cinv_k / (k64 @ cinv_k)                                                # (d_in,)
+    right = (value - current).double()                                            # (d_out,)
+    u, v = site.factors(right[:, None].float(), left[:, None].float())
+    logger.info("ROME %s at %s: nll %.3f -> %.3f, |ΔW| = %.3g", request.case_id, site.module_name,
+                search.nll_start, search.nll_end, (right.norm() * left.norm()).item())
+    return ROMEResult(updates=[FactoredUpdate(site.param_name, u, v, site.layer)], site=site,
+                      key=key, value=value, value_search=search)

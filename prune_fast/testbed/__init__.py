@@ -1,0 +1,16 @@
+"""The package's own small real model: a synthetic world of facts and tasks, and a tiny GPT-2 trained on it.
+
+``load_testbed()`` returns the trained model (training and caching it on first use); tests, the
+demo and the benchmarks all use this one model.  Importing this package does not import
+``transformers``; loading the model does.
+"""
+from .evaluate import answer_correct, task_accuracies, top1_next
+from .model import Testbed, TrainReport, TrainSpec, chance_levels, default_cache_dir, load_testbed, train_model
+from .tokenizer import WordTokenizer
+from .world import RELATIONS, TASKS, Example, Relation, World, WorldSpec
+
+__all__ = [
+    "Testbed", "TrainReport", "TrainSpec", "load_testbed", "train_model", "default_cache_dir", "chance_levels",
+    "WordTokenizer", "World", "WorldSpec", "Relation", "Example", "RELATIONS", "TASKS",
+    "answer_correct", "task_accuracies", "top1_next",
+]

@@ -1,0 +1,217 @@
+"""Build, train, cache and reload the test-bed model: a small GPT-2 trained on the synthetic world.
+
+Training is deterministic (fixed seeds, a fixed number of CPU threads, no dropout) and uses the
+loss on answer tokens only.  With the defaults (4 layers, width 128, AdamW lr 3e-3, batch 48,
+1,300 steps) it reaches >= 95% recall of the facts and well-above-chance addition and copying;
+see ``TrainReport`` of a cached model for the numbers measured when it was trained.
+
+The trained model is cached under ``$PRUNE_FAST_CACHE`` (default ``~/.cache/prune_fast``) in
+``testbed/<key>/`` as ``model.safetensors`` + ``config.json`` (``save_pretrained``),
+``tokenizer.json`` and ``report.json``; ``<key>`` hashes the world and training specs, so a
+changed spec never reuses a stale model.
+
+Example::
+
+    bed = load_testbed()            # trains once (a few minutes), then loads in about a second
+    bed.report.accuracies           # {'recall': 0.99..., 'addition': ..., 'copy': ...}
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .evaluate import encode_pairs, task_accuracies
+from .tokenizer import WordTokenizer
+from .world import World, WorldSpec
+
+__all__ = ["TrainSpec", "TrainReport", "Testbed", "build_model", "train_model", "load_testbed",
+           "default_cache_dir", "chance_levels"]
+
+logger = logging.getLogger(__name__)
+
+_FORMAT = 1  # bump when the world, the tokenizer or the training loop changes meaning
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    """Model size and optimisation settings of the test-bed model."""
+
+    n_layer: int = 4
+    n_embd: int = 128
+    n_head: int = 4
+    n_inner: int = 512
+    n_positions: int = 32
+    steps: int = 1300
+    batch_size: int = 48
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    warmup: int = 100
+    seed: int = 0
+    threads: int = 2
+
+
+@dataclass
+class TrainReport:
+    """What training measured: wall time, threads, final loss and accuracy per task."""
+
+    seconds: float
+    threads: int
+    steps: int
+    final_loss: float
+    accuracies: dict[str, float]
+    torch_version: str = field(default_factory=lambda: torch.__version__)
+
+
+@dataclass
+class Testbed:
+    """The trained model with the world and tokenizer it was trained on."""
+
+    model: Any  # transformers.GPT2LMHeadModel
+    tokenizer: WordTokenizer
+    world: World
+    report: TrainReport
+    path: Path | None = None
+
+
+def default_cache_dir() -> Path:
+    """``$PRUNE_FAST_CACHE`` if set, else ``~/.cache/prune_fast``."""
+    env = os.environ.get("PRUNE_FAST_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "prune_fast"
+
+
+def chance_levels(world: World) -> dict[str, float]:
+    """Accuracy of uniform guessing among the plausible answers of each task."""
+    n_obj = sum(len(r.objects) for r in world.relations) / len(world.relations)
+    return {"recall": 1.0 / n_obj, "addition": 1.0 / 19, "copy": (1.0 / 20) ** 3}
+
+
+def build_model(tokenizer: WordTokenizer, spec: TrainSpec) -> Any:
+    """A freshly initialised ``GPT2LMHeadModel`` sized by ``spec`` (no dropout), seeded by ``spec.seed``."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    config = GPT2Config(
+        vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
+        n_head=spec.n_head, n_inner=spec.n_inner, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    torch.manual_seed(spec.seed)
+    return GPT2LMHeadModel(config)
+
+
+def _lr_at(step: int, spec: TrainSpec) -> float:
+    """Linear warm-up, then cosine decay to 10% of ``spec.lr``."""
+    if step < spec.warmup:
+        return spec.lr * (step + 1) / spec.warmup
+    t = (step - spec.warmup) / max(1, spec.steps - spec.warmup)
+    return spec.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
+
+
+def train_model(world: World, spec: TrainSpec | None = None, progress: bool = True) -> Testbed:
+    """Train the test-bed model from scratch on ``world``; deterministic for a given spec.
+
+    Uses ``spec.threads`` CPU threads for the duration of the call (restored afterwards).
+    """
+    from tqdm.auto import tqdm
+
+    spec = spec or TrainSpec()
+    tok = WordTokenizer(world.vocabulary())
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(spec.threads)
+    try:
+        model = build_model(tok, spec)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, weight_decay=spec.weight_decay,
+                                betas=(0.9, 0.98))
+        stream = world.training_stream(seed=spec.seed)
+        start = time.perf_counter()
+        loss_ema = float("nan")
+        bar = tqdm(range(spec.steps), desc="training test-bed model", disable=not progress)
+        for step in bar:
+            batch = [next(stream) for _ in range(spec.batch_size)]
+            ids, mask, labels = encode_pairs(tok, [(e.prompt, e.answer) for e in batch])
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, spec)
+            loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            loss_ema = loss.item() if math.isnan(loss_ema) else 0.95 * loss_ema + 0.05 * loss.item()
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{loss_ema:.3f}")
+        seconds = time.perf_counter() - start
+        model.eval()
+        acc = task_accuracies(model, tok, world)
+    finally:
+        torch.set_num_threads(old_threads)
+    report = TrainReport(seconds=seconds, threads=spec.threads, steps=spec.steps, final_loss=loss_ema,
+                         accuracies=acc)
+    logger.info("trained test-bed model in %.1f s on %d threads: %s", seconds, spec.threads, acc)
+    return Testbed(model=model, tokenizer=tok, world=world, report=report)
+
+
+def _cache_key(world_spec: WorldSpec, train_spec: TrainSpec) -> str:
+    blob = json.dumps({"format": _FORMAT, "world": asdict(world_spec), "train": asdict(train_spec)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _save(bed: Testbed, folder: Path, world_spec: WorldSpec, train_spec: TrainSpec) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
+    try:
+        bed.model.save_pretrained(tmp, safe_serialization=True)
+        bed.tokenizer.save(tmp / "tokenizer.json")
+        (tmp / "spec.json").write_text(json.dumps({"format": _FORMAT, "world": asdict(world_spec),
+                                                   "train": asdict(train_spec)}, indent=1))
+        (tmp / "report.json").write_text(json.dumps(asdict(bed.report), indent=1))
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process finished first: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def load_testbed(cache_dir: str | Path | None = None, world_spec: WorldSpec | None = None,
+                 train_spec: TrainSpec | None = None, retrain: bool = False, progress: bool = True) -> Testbed:
+    """Load the cached test-bed model, training and caching it first if it is not there.
+
+    Args:
+        cache_dir: root of the cache (default :func:`default_cache_dir`).
+        world_spec, train_spec: what to build (defaults: ``WorldSpec()``, ``TrainSpec()``).
+        retrain: ignore a cached copy and train again (the cache is then replaced).
+    """
+    from transformers import GPT2LMHeadModel
+
+    world_spec = world_spec or WorldSpec()
+    train_spec = train_spec or TrainSpec()
+    world = World.generate(world_spec)
+    folder = Path(cache_dir or default_cache_dir()).expanduser() / "testbed" / _cache_key(world_spec, train_spec)
+    if retrain and folder.exists():
+        shutil.rmtree(folder)
+    if not (folder / "report.json").exists():
+        logger.info("no cached test-bed model at %s: training one", folder)
+        bed = train_model(world, train_spec, progress=progress)
+        _save(bed, folder, world_spec, train_spec)
+        bed.path = folder
+        return bed
+    tok = WordTokenizer.load(folder / "tokenizer.json")
+    if tok.vocab != WordTokenizer(world.vocabulary()).vocab:
+        raise RuntimeError(f"cached tokenizer in {folder} does not match the world; delete the folder")
+    model = GPT2LMHeadModel.from_pretrained(folder)
+    model.eval()
+    report = TrainReport(**json.loads((folder / "report.json").read_text()))
+    return Testbed(model=model, tokenizer=tok, world=world, report=report, path=folder)
