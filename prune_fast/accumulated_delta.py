@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels.orthonormalize import orthonormalize_torch as _orthonormalize
+from .kernels.orthonormalize import orthonormalize
 from .krylov import Triplets, topk_svd
 
 # Cores up to this size are decomposed directly (cheaper than any iteration).
@@ -29,10 +29,13 @@ _CORE_TOL = 1e-9
 
 
 class AccumulatedDelta:
-    """Δ for a weight of shape (m, n), stored in ``dtype`` (fp32, or fp64 for fp64 weights)."""
+    """Δ for a weight of shape (m, n), stored in ``dtype`` (fp32, or fp64 for fp64 weights).
 
-    def __init__(self, m: int, n: int, dtype: torch.dtype, device: torch.device):
-        self.m, self.n, self.dtype, self.device = m, n, dtype, device
+    ``backend``: resolved kernel backend for orthonormalisation and the Krylov solver.
+    """
+
+    def __init__(self, m: int, n: int, dtype: torch.dtype, device: torch.device, backend: str = "torch"):
+        self.m, self.n, self.dtype, self.device, self.backend = m, n, dtype, device, backend
         self._qa = torch.empty(m, 0, dtype=dtype, device=device)
         self._qb = torch.empty(n, 0, dtype=dtype, device=device)
         self._core = torch.zeros(0, 0, dtype=torch.float64, device=device)
@@ -72,8 +75,8 @@ class AccumulatedDelta:
 
     @classmethod
     def from_state_tensors(cls, m: int, n: int, dtype: torch.dtype, device: torch.device,
-                           tensors: dict[str, torch.Tensor]) -> "AccumulatedDelta":
-        out = cls(m, n, dtype, device)
+                           tensors: dict[str, torch.Tensor], backend: str = "torch") -> "AccumulatedDelta":
+        out = cls(m, n, dtype, device, backend)
         if "delta" in tensors:
             out.dense = tensors["delta"].to(device, dtype, copy=True)
         else:
@@ -110,7 +113,7 @@ class AccumulatedDelta:
 
     def _extend(self, x: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Split x = basis p + q r with q ⟂ basis; drop directions below rounding level."""
-        q, r, p = _orthonormalize(x, against=basis)
+        q, r, p = orthonormalize(x, against=basis, backend=self.backend)
         if p is None:
             p = torch.zeros(0, x.shape[1], dtype=x.dtype, device=x.device)
         # r may be rank-deficient (x inside the span, or repeated columns): keep its significant part.
@@ -138,7 +141,7 @@ class AccumulatedDelta:
         """Every singular triplet of Δ with σ ≥ threshold, plus the next value as a bound."""
         if self.is_dense:
             return topk_svd(self.dense, threshold=threshold, start_u=start_u, start_v=start_v,
-                            frobenius_sq=self.frobenius_sq(), generator=generator)
+                            frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
         if min(self._ra, self._rb) == 0:
             z = torch.zeros
             return Triplets(z(self.m, 0, dtype=self.dtype, device=self.device), z(0, dtype=torch.float64),
@@ -154,7 +157,7 @@ class AccumulatedDelta:
             su = None if start_u is None else (self.qa.T @ start_u.to(self.dtype)).to(torch.float64)
             sv = None if start_v is None else (self.qb.T @ start_v.to(self.dtype)).to(torch.float64)
             t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL,
-                         frobenius_sq=self.frobenius_sq(), generator=generator)
+                         frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
             uc, s, vc = t.u, t.s, t.v
             residual, next_value, basis, exact = t.residual, t.next_value, t.basis_size, t.exact
         u = self.qa @ uc.to(self.dtype)

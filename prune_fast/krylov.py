@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels.orthonormalize import orthonormalize_torch as _orthonormalize
+from .kernels.orthonormalize import orthonormalize
 from .operators import DenseOperator, MatrixOperator, TransposedOperator
 
 __all__ = ["Triplets", "topk_svd", "default_tol"]
@@ -81,11 +81,14 @@ def topk_svd(
     tol: float | None = None,
     frobenius_sq: float | None = None,
     generator: torch.Generator | None = None,
+    backend: str = "torch",
 ) -> Triplets:
     """Top-``k`` singular triplets of ``a``, or all with σ ≥ ``threshold`` (exactly one of the two).
 
     ``start_u``/``start_v``: previous left/right singular vectors to warm-start from (optional).
     ``frobenius_sq``: ‖A‖_F² if known, enabling the Weyl certificate in threshold mode.
+    ``backend``: resolved kernel backend (``"torch"``/``"triton"``) for the orthonormalisations;
+    products go through the operator (which carries its own backend).
 
     Example::
 
@@ -95,6 +98,10 @@ def topk_svd(
     if (k is None) == (threshold is None):
         raise ValueError("topk_svd needs exactly one of k or threshold")
     op = _as_operator(a)
+
+    def _orthonormalize(x: torch.Tensor, against: torch.Tensor | None = None):
+        return orthonormalize(x, against, backend=backend, generator=generator)
+
     transposed = op.shape[0] < op.shape[1]
     if transposed:
         op = TransposedOperator(op)

@@ -16,8 +16,9 @@ import torch
 
 from . import _validate
 from .kernels import resolve_backend
-from .kernels.apply_correction import apply_correction_torch_
+from .kernels.apply_correction import apply_correction_
 from .krylov import topk_svd
+from .operators import ImplicitDifferenceOperator
 from .restraint_fn import FnLike, RestraintFn, resolve_fn
 from .results import RestrainResult
 
@@ -29,9 +30,9 @@ def compute_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
-def sigma_max(matrix: torch.Tensor, *, generator: torch.Generator | None = None) -> tuple[float, float]:
-    """``(σ_max, relative residual bound)`` of a 2-D tensor, by block Krylov (no full SVD)."""
-    t = topk_svd(matrix, k=1, generator=generator)
+def sigma_max(matrix, *, generator: torch.Generator | None = None, backend: str = "torch") -> tuple[float, float]:
+    """``(σ_max, relative residual bound)`` of a 2-D tensor or operator, by block Krylov (no full SVD)."""
+    t = topk_svd(matrix, k=1, generator=generator, backend=backend)
     return (float(t.s[0]), t.residual) if t.s.numel() else (0.0, 0.0)
 
 
@@ -78,15 +79,15 @@ def restrain_(
     acc = compute_dtype(weight)
     d = delta.detach().to(acc)
     if sigma_star is None:
-        w0 = weight.detach().to(acc) - d
-        sigma_star, _ = sigma_max(w0)
+        w0 = ImplicitDifferenceOperator(weight.detach(), d, backend=used)  # W − Δ, never formed
+        sigma_star, _ = sigma_max(w0, backend=used)
         del w0
         if sigma_star == 0.0:
             raise _validate.InvalidInputError("weight - delta (W0) is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
     fro_sq = float(torch.linalg.vector_norm(d, dtype=torch.float64) ** 2)
     if fro_sq == 0.0:
         return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=used, fn=f.describe())
-    trip = topk_svd(d, threshold=sigma_star, frobenius_sq=fro_sq)
+    trip = topk_svd(d, threshold=sigma_star, frobenius_sq=fro_sq, backend=used)
     return _finish(weight, trip.u, trip.s, trip.v, trip.residual, f, sigma_star, used, start)
 
 
@@ -102,7 +103,7 @@ def _finish(weight: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Ten
         return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=backend,
                               fn=f.describe(), residual=residual)
     s_new, c = correction_for(s, f, sigma_star)
-    apply_correction_torch_(weight.data, -(u * c.to(u.dtype)), v)
+    apply_correction_(weight.data, -(u * c.to(u.dtype)), v, backend=backend)
     return RestrainResult(
         n_restrained=int(s.numel()), sigma_star=sigma_star, sigma_before=s.tolist(), sigma_after=s_new.tolist(),
         elapsed_s=time.perf_counter() - start, backend=backend, fn=f.describe(), residual=residual,

@@ -26,7 +26,7 @@ from . import _validate
 from .accumulated_delta import AccumulatedDelta
 from .errors import InvalidInputError
 from .kernels import resolve_backend
-from .kernels.apply_correction import apply_correction_torch_, write_restrained_torch_
+from .kernels.apply_correction import apply_correction_, write_restrained_
 from .krylov import topk_svd
 from .restrain import _finish, compute_dtype, correction_for, sigma_max
 from .restraint_fn import FnLike, resolve_fn
@@ -77,14 +77,15 @@ class SpectralTracker:
             # fp32 weights are their own full-precision state; half weights get an fp32 shadow.
             self._shadow = None if weight.dtype == self._acc else weight.detach().to(self._acc)
             if sigma_star is None:
-                sigma_star, self.sigma_star_residual = sigma_max(self._live(), generator=self._generator)
+                sigma_star, self.sigma_star_residual = sigma_max(self._live(), generator=self._generator,
+                                                                 backend=self.backend)
                 if sigma_star == 0.0:
                     raise InvalidInputError("the weight is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
             else:
                 self.sigma_star_residual = float("nan")
         self.sigma_star = float(sigma_star)
         m, n = weight.shape
-        self._delta = AccumulatedDelta(m, n, self._acc, weight.device)
+        self._delta = AccumulatedDelta(m, n, self._acc, weight.device, self.backend)
         self._applied = self._empty_correction()
         self._last_triplets: tuple[torch.Tensor, torch.Tensor] | None = None
         self._last_sigma: list[float] = []
@@ -117,7 +118,7 @@ class SpectralTracker:
         self._since_refresh += 1
         if self.restrain_every is not None and self._since_restrain >= self.restrain_every:
             return self._restrain(raw=(u, v))
-        apply_correction_torch_(self._live(), u, v)
+        apply_correction_(self._live(), u, v, backend=self.backend)
         self._publish()
         return None
 
@@ -132,7 +133,7 @@ class SpectralTracker:
         """Top singular values of the raw Δ (all ≥ σ*, then the next), σ*, and σ_max(live weight)."""
         trip = self._triplets()
         values = trip.s.tolist() + ([trip.next_value] if trip.next_value > 0 else [])
-        smax, _ = sigma_max(self._live(), generator=self._generator)
+        smax, _ = sigma_max(self._live(), generator=self._generator, backend=self.backend)
         return SpectrumReport(sigma_delta=values, sigma_star=self.sigma_star, sigma_max_weight=smax,
                               n_above=int(trip.s.numel()), n_edits=self.n_edits, rank=self.rank)
 
@@ -197,7 +198,7 @@ class SpectralTracker:
         tr._shadow = None if weight.dtype == tr._acc else tr._w0.to(tr._acc)
         tr.sigma_star, tr.sigma_star_residual = float(meta["sigma_star"]), float("nan")
         m, n = weight.shape
-        tr._delta = AccumulatedDelta.from_state_tensors(m, n, tr._acc, weight.device, state)
+        tr._delta = AccumulatedDelta.from_state_tensors(m, n, tr._acc, weight.device, state, tr.backend)
         dev = weight.device
         tr._applied = (state["applied_u"].to(dev, tr._acc), state["applied_c"].to(dev, torch.float64),
                        state["applied_v"].to(dev, tr._acc))
@@ -260,7 +261,7 @@ class SpectralTracker:
             if raw is not None:
                 lefts.insert(0, raw[0])
                 rights.insert(0, raw[1])
-            apply_correction_torch_(self._live(), torch.cat(lefts, 1), torch.cat(rights, 1))
+            apply_correction_(self._live(), torch.cat(lefts, 1), torch.cat(rights, 1), backend=self.backend)
             self._publish()
         return RestrainResult(
             n_restrained=int(trip.s.numel()), sigma_star=self.sigma_star, sigma_before=trip.s.tolist(),
@@ -273,10 +274,11 @@ class SpectralTracker:
         u_a, c_a, v_a = self._applied
         correction_left = -(u_a * c_a.to(self._acc))
         if self._delta.is_dense:
-            write_restrained_torch_(self._live(), self._w0, correction_left, v_a, dense=self._delta.dense)
+            write_restrained_(self._live(), self._w0, correction_left, v_a, dense=self._delta.dense,
+                              backend=self.backend)
         else:
             left, right = self._delta.low_rank_parts()
-            write_restrained_torch_(self._live(), self._w0, torch.cat([left, correction_left], 1),
-                                    torch.cat([right, v_a], 1))
+            write_restrained_(self._live(), self._w0, torch.cat([left, correction_left], 1),
+                              torch.cat([right, v_a], 1), backend=self.backend)
         self._since_refresh = 0
         self._publish()
