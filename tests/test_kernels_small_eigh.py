@@ -1,0 +1,86 @@
+"""One-program Jacobi eigensolver, small SVD, and the synchronisation-free block power σ_max."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kernel_cases import DEVICE, assert_within, poison_empty, randn, requires_triton  # noqa: F401
+from prune_fast.kernels.sigma_power import sigma_max_power, svqb
+from prune_fast.kernels.small_eigh import small_eigh, small_svd
+from prune_fast.operators import ImplicitDifferenceOperator
+
+BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=requires_triton)]
+EPS = torch.finfo(torch.float32).eps
+
+
+def _symmetric(batch, k, g):
+    x = randn(batch, k, k, g=g).double()
+    return (x + x.mT).float()
+
+
+@pytest.mark.usefixtures("poison_empty")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("k", [1, 2, 5, 17, 33], ids=lambda k: f"k{k}")
+def test_small_eigh(k, backend, rng):
+    a = _symmetric(2, k, rng)
+    w, v = small_eigh(a, backend=backend)
+    a64 = a.double()
+    want = torch.linalg.eigvalsh(a64).flip(-1)
+    norm = float(torch.linalg.matrix_norm(a64, 2).max())
+    # Jacobi with dot-product rotations: eigenvalues to ~u·k·‖A‖, vectors orthonormal to ~u·k.
+    assert_within(w, want, 16 * EPS * k * norm + 1e-30, f"{backend} eigenvalues (descending)")
+    eye = torch.eye(k, dtype=torch.float64).expand(2, k, k)
+    assert_within(v.double().mT @ v.double(), eye, 16 * EPS * k, f"{backend} VᵀV = I")
+    recon = v.double() @ torch.diag_embed(w.double()) @ v.double().mT
+    assert_within(recon, a64, 16 * EPS * k * norm, f"{backend} V diag(w) Vᵀ = A")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_small_eigh_degenerate(backend):
+    """Repeated and zero eigenvalues (a projector) and an already diagonal matrix."""
+    q, _ = torch.linalg.qr(torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(1)))
+    proj = (q[:, :3] @ q[:, :3].T).float().to(DEVICE)
+    diag = torch.diag(torch.tensor([3.0, -1.0, 2.0, 0.0], device=DEVICE))
+    for a, want in ((proj, [1, 1, 1, 0, 0, 0]), (diag, [3, 2, 0, -1])):
+        w, v = small_eigh(a, backend=backend)
+        assert_within(w, torch.tensor(want, dtype=torch.float64), 64 * EPS, f"{backend} eigenvalues")
+        assert_within(v.double() @ torch.diag(w.double()) @ v.double().T, a.double(), 64 * EPS, f"{backend} recon")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_small_svd(backend, rng):
+    t = randn(9, 5, g=rng)
+    u, s, v = small_svd(t, backend=backend)
+    want = torch.linalg.svdvals(t.double())
+    assert_within(s, want, 1e-4 * float(want[0]), f"{backend} singular values")
+    assert_within((u.double() * s.double()) @ v.double().T, t.double(), 1e-4 * float(want[0]), f"{backend} U S Vᵀ")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_svqb_orthonormal(backend, rng):
+    z = randn(130, 6, g=rng)
+    z[:, 3] = z[:, 2] * 1e-3 + z[:, 3] * 1e-6  # nearly dependent column: SVQB must not blow up
+    q = svqb(z, backend=backend)
+    assert bool(torch.isfinite(q).all())
+    # Columns come in descending eigenvalue order: the five well-determined ones are orthonormal;
+    # the last (scaled Gram eigenvalue ~1e-6, known to ~u/1e-6 in fp32) is only finite and small-ish.
+    good = q[:, :5].double()
+    assert_within(good.T @ good, torch.eye(5, dtype=torch.float64), 1e-4, f"{backend} SVQB")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigma_max_power_implicit_difference(backend, rng):
+    """σ_max(W − W0) with a spectral gap, from a bf16 weight and fp32 snapshot, no value read back."""
+    m, n = 130, 70
+    u, _ = torch.linalg.qr(torch.randn(m, n, dtype=torch.float64, generator=rng))
+    v, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=rng))
+    s = torch.logspace(1, -2, n, dtype=torch.float64)
+    w0 = torch.randn(m, n, generator=rng)
+    w = (w0.double() + (u * s) @ v.T).to(torch.bfloat16)
+    w, w0 = w.to(DEVICE), w0.to(DEVICE)
+    want = float(torch.linalg.svdvals(w.double() - w0.double())[0])
+    res = sigma_max_power(ImplicitDifferenceOperator(w, w0, backend=backend), block=4, iters=15,
+                          generator=torch.Generator().manual_seed(0), backend=backend)
+    assert res.sigma.dim() == 0 and res.sigma.device.type == DEVICE.type
+    assert abs(float(res.sigma) - want) <= 1e-4 * want, (float(res.sigma), want)
+    assert float(res.residual) <= 1e-3
