@@ -15,8 +15,9 @@ from .errors import InvalidInputError
 _FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
 
-def check_matrix(name: str, t: object, *, dtypes: tuple[torch.dtype, ...] = _FLOATING) -> torch.Tensor:
-    """A real floating 2-D tensor with only finite values."""
+def check_matrix(name: str, t: object, *, dtypes: tuple[torch.dtype, ...] = _FLOATING,
+                 finite: bool = True) -> torch.Tensor:
+    """A real floating 2-D tensor, with only finite values unless ``finite=False``."""
     if not isinstance(t, torch.Tensor):
         raise InvalidInputError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if t.dim() != 2:
@@ -24,7 +25,8 @@ def check_matrix(name: str, t: object, *, dtypes: tuple[torch.dtype, ...] = _FLO
     if t.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise InvalidInputError(f"{name} has dtype {t.dtype}; expected one of {allowed}")
-    check_finite(name, t)
+    if finite:
+        check_finite(name, t)
     return t
 
 

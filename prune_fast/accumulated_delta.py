@@ -19,10 +19,8 @@ from __future__ import annotations
 import torch
 
 from .kernels.orthonormalize import orthonormalize
-from .krylov import Triplets, topk_svd
+from .krylov import Triplets, direct_triplets, prefer_direct, topk_svd
 
-# Cores up to this size are decomposed directly (cheaper than any iteration).
-_DIRECT_CORE = 64
 # Relative residual asked of the Krylov solver on the float64 core; Q_a, Q_b are fp32, so finer
 # than this cannot be represented anyway.
 _CORE_TOL = 1e-9
@@ -138,8 +136,15 @@ class AccumulatedDelta:
     # -- spectrum ------------------------------------------------------------------------------
     def triplets_above(self, threshold: float, start_u: torch.Tensor | None = None,
                        start_v: torch.Tensor | None = None, generator: torch.Generator | None = None) -> Triplets:
-        """Every singular triplet of Δ with σ ≥ threshold, plus the next value as a bound."""
+        """Every singular triplet of Δ with σ ≥ threshold, plus the next value as a bound.
+
+        ``start_u``/``start_v``: last step's triplets (warm start; their count predicts how many
+        values are wanted, which decides between a direct SVD of a small matrix and Krylov).
+        """
+        expected = 0 if start_v is None else start_v.shape[1]
         if self.is_dense:
+            if prefer_direct(self.dense.shape, expected):
+                return direct_triplets(self.dense, threshold)
             return topk_svd(self.dense, threshold=threshold, start_u=start_u, start_v=start_v,
                             frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
         if min(self._ra, self._rb) == 0:
@@ -147,22 +152,16 @@ class AccumulatedDelta:
             return Triplets(z(self.m, 0, dtype=self.dtype, device=self.device), z(0, dtype=torch.float64),
                             z(self.n, 0, dtype=self.dtype, device=self.device), 0.0, 0.0, 0, 0, True)
         core = self.core
-        if min(core.shape) <= _DIRECT_CORE:
-            pc, sc, hc = torch.linalg.svd(core, full_matrices=False)
-            keep = int((sc >= threshold).sum())
-            uc, s, vc = pc[:, :keep], sc[:keep], hc[:keep].T
-            residual, next_value = 0.0, float(sc[keep]) if keep < sc.numel() else 0.0
-            basis, exact = min(core.shape), True
+        if prefer_direct(core.shape, expected):
+            t = direct_triplets(core, threshold)
         else:
             su = None if start_u is None else (self.qa.T @ start_u.to(self.dtype)).to(torch.float64)
             sv = None if start_v is None else (self.qb.T @ start_v.to(self.dtype)).to(torch.float64)
             t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL,
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
-            uc, s, vc = t.u, t.s, t.v
-            residual, next_value, basis, exact = t.residual, t.next_value, t.basis_size, t.exact
-        u = self.qa @ uc.to(self.dtype)
-        v = self.qb @ vc.to(self.dtype)
-        return Triplets(u, s.to(torch.float64), v, residual, next_value, basis, 0, exact)
+        u = self.qa @ t.u.to(self.dtype)
+        v = self.qb @ t.v.to(self.dtype)
+        return Triplets(u, t.s.to(torch.float64), v, t.residual, t.next_value, t.basis_size, t.products, t.exact)
 
 
 def _append_columns(buf: torch.Tensor, used: int, new: torch.Tensor) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 from .kernels.orthonormalize import orthonormalize
 from .operators import DenseOperator, MatrixOperator, TransposedOperator
 
-__all__ = ["Triplets", "topk_svd", "default_tol"]
+__all__ = ["Triplets", "topk_svd", "default_tol", "direct_triplets", "prefer_direct"]
 
 
 @dataclass
@@ -188,6 +188,28 @@ def topk_svd(
         bottom = torch.cat([torch.zeros(r.shape[0], dim, dtype=torch.float64), r.to(torch.float64)], 1)
         t_mat = torch.cat([top, bottom], 0)
         u_blocks.append(u_next)
+
+
+# Below this short side, or when a large share of the spectrum is wanted, one dense SVD of the
+# (small) matrix costs less than Krylov iterations: e.g. a 128-wide MLP weight of the test model, or
+# the r×r core of a factored Δ. Real LLM weights (≥ 1600 wide) never take this path for Δ itself.
+DIRECT_MAX_SHORT_SIDE = 64
+DIRECT_MAX_FOR_MANY = 512
+
+
+def prefer_direct(shape: tuple[int, int], expected: int) -> bool:
+    """Whether :func:`direct_triplets` beats the Krylov solver for ``expected`` wanted values."""
+    short = min(shape)
+    return short <= DIRECT_MAX_SHORT_SIDE or (short <= DIRECT_MAX_FOR_MANY and 4 * expected >= short)
+
+
+def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
+    """Every triplet with σ ≥ threshold from one float64 SVD of a small dense matrix (exact)."""
+    p, s, ht = torch.linalg.svd(a.to(torch.float64), full_matrices=False)
+    keep = int((s >= threshold).sum())
+    next_value = float(s[keep]) if keep < s.numel() else 0.0
+    return Triplets(p[:, :keep].to(a.dtype), s[:keep].clone(), ht[:keep].T.to(a.dtype), 0.0, next_value,
+                    min(a.shape), 0, True)
 
 
 def _explicit_residual(op: MatrixOperator, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, scale: float) -> float:

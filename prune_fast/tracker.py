@@ -171,7 +171,7 @@ class SpectralTracker:
 
         ``fn`` is needed only when the tracker was created with a callable.
         """
-        _validate.check_matrix("weight", weight)
+        _validate.check_matrix("weight", weight, finite=False)  # its content is rewritten from the state
         meta = state.get("meta") if isinstance(state, dict) else None
         if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
             raise InvalidInputError("state is not a SpectralTracker state_dict (missing or unknown 'meta.format')")

@@ -1,0 +1,95 @@
+"""Block Krylov top-k SVD against float64 full SVDs: values, subspaces, residuals, thresholds."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prune_fast.krylov import direct_triplets, topk_svd
+from prune_fast.operators import DifferenceOperator
+from spectral_cases import make_delta, spectrum
+
+SHAPES = [(1, 1), (2, 3), (17, 33), (130, 70), (70, 130), (300, 120)]
+
+
+def _subspace_ok(got: torch.Tensor, want: torch.Tensor, tol: float) -> bool:
+    """Sign/rotation-invariant: the principal angles between the two column spaces are ~0."""
+    if got.shape[1] == 0:
+        return want.shape[1] == 0
+    s = torch.linalg.svdvals(got.double().T @ want.double())
+    return bool((1 - s.min()) <= tol)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_topk_values_and_vectors(shape, dtype, tol, rng):
+    m, n = shape
+    a = torch.randn(m, n, generator=rng, dtype=torch.float64)
+    k = min(3, m, n)
+    t = topk_svd(a.to(dtype), k=k, generator=rng)
+    u, s, vh = torch.linalg.svd(a, full_matrices=False)
+    assert torch.allclose(t.s, s[:k], rtol=tol, atol=0), (t.s - s[:k]).abs().max()
+    assert t.residual <= 100 * torch.finfo(dtype).eps * 64
+    # Singular vectors of distinct values: compare directions one by one (sign-invariant).
+    gaps = torch.cat([s[:k - 1] - s[1:k], s[k - 1:k] - (s[k:k + 1] if s.numel() > k else torch.zeros(1, dtype=s.dtype))])
+    for i in range(k):
+        if gaps[i] > 1e-3 * s[0]:
+            assert _subspace_ok(t.u[:, i:i + 1], u[:, i:i + 1], tol=1e2 * tol)
+            assert _subspace_ok(t.v[:, i:i + 1], vh[i:i + 1].T, tol=1e2 * tol)
+
+
+@pytest.mark.parametrize("n_above,rank", [(0, 5), (1, 1), (5, 20), (40, 60)], ids=lambda x: str(x))
+@pytest.mark.parametrize("shape", [(130, 70), (70, 130), (400, 200)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_threshold_finds_every_value_above(shape, n_above, rank, rng):
+    m, n = shape
+    sig = spectrum(n_above, rank, rng)
+    d, (u, s, v) = make_delta(m, n, sig, rng)
+    t = topk_svd(d.float(), threshold=1.0, frobenius_sq=float(d.norm() ** 2), generator=rng)
+    assert t.s.numel() == n_above
+    assert torch.allclose(t.s, s[:n_above], rtol=1e-5, atol=0)
+    assert _subspace_ok(t.u, u[:, :n_above], 1e-5) and _subspace_ok(t.v, v[:, :n_above], 1e-5)
+    assert t.next_value < 1.0
+
+
+def test_dense_noise_below_threshold(rng):
+    """Full-rank Δ: a bulk of small values and a few spikes; the bulk must not be reported."""
+    m, n = 200, 160
+    sig = torch.cat([torch.tensor([9.0, 5.0, 2.5]), torch.linspace(0.7, 0.01, 157)]).double()
+    d, (u, s, v) = make_delta(m, n, sig, rng)
+    t = topk_svd(d.float(), threshold=1.0, generator=rng)
+    assert t.s.numel() == 3 and torch.allclose(t.s, s[:3], rtol=1e-5, atol=0)
+
+
+def test_warm_start_converges_with_fewer_products(rng):
+    m, n = 400, 300
+    d, _ = make_delta(m, n, spectrum(6, 30, rng), rng)
+    cold = topk_svd(d.float(), threshold=1.0, generator=rng)
+    bump = 1e-3 * torch.randn(m, 1, generator=rng).double() @ torch.randn(1, n, generator=rng).double()
+    warm = topk_svd((d + bump).float(), threshold=1.0, start_u=cold.u, start_v=cold.v, generator=rng)
+    fresh = topk_svd((d + bump).float(), threshold=1.0, generator=rng)
+    assert warm.s.numel() == fresh.s.numel() == 6
+    assert torch.allclose(warm.s, fresh.s, rtol=1e-5, atol=0)
+    assert warm.products <= fresh.products
+
+
+def test_difference_operator_matches_materialised(rng):
+    w = torch.randn(90, 60, generator=rng)
+    d = torch.randn(90, 60, generator=rng)
+    t = topk_svd(DifferenceOperator(w, d), k=2, generator=rng)
+    s = torch.linalg.svdvals((w - d).double())
+    assert torch.allclose(t.s, s[:2], rtol=1e-5, atol=0)
+
+
+def test_zero_matrix_and_direct_path(rng):
+    assert topk_svd(torch.zeros(30, 20), threshold=1.0).s.numel() == 0
+    assert topk_svd(torch.zeros(30, 20), k=2).s.numel() == 0
+    a = torch.randn(20, 12, generator=rng, dtype=torch.float64)
+    s = torch.linalg.svdvals(a)
+    t = direct_triplets(a, float(s[2]))
+    assert t.s.numel() == 3 and torch.allclose(t.s, s[:3]) and t.next_value == pytest.approx(float(s[3]))
+
+
+def test_needs_exactly_one_of_k_and_threshold():
+    with pytest.raises(ValueError):
+        topk_svd(torch.eye(3))
+    with pytest.raises(ValueError):
+        topk_svd(torch.eye(3), k=1, threshold=1.0)

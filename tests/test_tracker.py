@@ -1,0 +1,249 @@
+"""SpectralTracker: no compounding, no drift, exact resume — against float64 references."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import prune_fast
+from prune_fast import SpectralTracker
+from prune_fast.errors import InvalidInputError
+from prune_fast.reference import restrain_reference
+from spectral_cases import make_w0, rel_err
+
+
+def _edits(m, n, count, g, scale, rank=1):
+    """Random raw updates whose sum grows well past σ* (like sequential ROME edits)."""
+    return [(scale * torch.randn(m, rank, generator=g, dtype=torch.float64) / m ** 0.5,
+             torch.randn(n, rank, generator=g, dtype=torch.float64) / n ** 0.25) for _ in range(count)]
+
+
+def _raw_sum(edits, m, n):
+    d = torch.zeros(m, n, dtype=torch.float64)
+    for u, v in edits:
+        d += u @ v.T
+    return d
+
+
+def _lowrank_reference(w0, edits, sigma_star, fn="log"):
+    """Exact float64 restraint of W0 + Σ u vᵀ through QR of the stacked factors (independent code)."""
+    u = torch.cat([e[0] for e in edits], 1)
+    v = torch.cat([e[1] for e in edits], 1)
+    qu, ru = torch.linalg.qr(u)
+    qv, rv = torch.linalg.qr(v)
+    p, s, ht = torch.linalg.svd(ru @ rv.T)
+    from prune_fast.restraint_fn import resolve_fn
+    s_new = resolve_fn(fn)(s, sigma_star)
+    return w0 + (qu @ p * s_new) @ (qv @ ht.T).T
+
+
+@pytest.mark.parametrize("shape", [(64, 48), (48, 200), (200, 150)], ids=lambda s: f"{s[0]}x{s[1]}")
+def test_500_rank1_edits_equal_one_reference_restraint(shape, rng):
+    m, n = shape
+    w0 = make_w0(m, n, rng).float()
+    weight = w0.clone()
+    tr = SpectralTracker(weight)
+    edits = _edits(m, n, 500, rng, scale=0.6)
+    for u, v in edits:
+        tr.add_(u.float(), v.float())
+    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    want, info = restrain_reference(w0.double(), d)
+    assert info["n_restrained"] > 0, "the test must cross σ*"
+    assert rel_err(weight, want) <= 1e-5, rel_err(weight, want)
+    assert abs(tr.sigma_star - info["sigma_star"]) <= 1e-5 * info["sigma_star"]
+    assert rel_err(tr.delta(), d) <= 1e-5
+
+
+@pytest.mark.parametrize("fn", ["log", "log1.2", "linear"])
+def test_online_and_at_end_give_the_same_weight(fn, rng):
+    """No compounding: F acts on the raw Δ, so the restraint schedule does not change the result."""
+    m, n = 90, 60
+    w0 = make_w0(m, n, rng).float()
+    edits = _edits(m, n, 120, rng, scale=0.8)
+    weights = {}
+    for every in (1, 7, None):
+        w = w0.clone()
+        tr = SpectralTracker(w, fn=fn, restrain_every=every)
+        for u, v in edits:
+            tr.add_(u.float(), v.float())
+        tr.restrain_()
+        weights[every] = w
+    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    want, info = restrain_reference(w0.double(), d, fn=fn)
+    assert info["n_restrained"] > 0
+    for every, w in weights.items():
+        assert rel_err(w, want) <= 1e-5, (every, rel_err(w, want))
+
+
+def test_between_restraints_raw_updates_are_added(rng):
+    m, n = 40, 30
+    w0 = make_w0(m, n, rng).float()
+    w = w0.clone()
+    tr = SpectralTracker(w, restrain_every=5)
+    edits = _edits(m, n, 7, rng, scale=1.5)
+    for u, v in edits[:5]:
+        tr.add_(u.float(), v.float())
+    after5 = w.double().clone()
+    d5 = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits[:5]], m, n)
+    want5, _ = restrain_reference(w0.double(), d5)
+    assert rel_err(after5, want5) <= 1e-5
+    for u, v in edits[5:]:
+        assert tr.add_(u.float(), v.float()) is None
+    raw = sum(u.float().double() @ v.float().double().T for u, v in edits[5:])
+    assert rel_err(w, after5 + raw) <= 1e-5
+
+
+def test_unrestrained_tracker_holds_w0_plus_delta(rng):
+    m, n = 50, 20
+    w0 = make_w0(m, n, rng).float()
+    w = w0.clone()
+    tr = SpectralTracker(w, restrain_every=None)
+    edits = _edits(m, n, 40, rng, scale=1.0, rank=2)
+    for u, v in edits:
+        tr.add_(u.float(), v.float())
+    want = w0.double() + _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    assert rel_err(w, want) <= 1e-6
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 1e-3), (torch.bfloat16, 8e-3)], ids=["fp16", "bf16"])
+def test_half_weights_do_not_drift(dtype, tol, rng):
+    m, n = 80, 64
+    w0 = make_w0(m, n, rng).to(dtype)
+    w = w0.clone()
+    tr = SpectralTracker(w, refresh_every=1000)  # no refresh: the fp32 shadow alone must prevent drift
+    edits = _edits(m, n, 300, rng, scale=0.5)
+    for u, v in edits:
+        tr.add_(u.float(), v.float())
+    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    want, info = restrain_reference(w0.double(), d)
+    assert w.dtype == dtype and info["n_restrained"] > 0
+    # Only the final rounding to the half type: half an ulp per element.
+    assert rel_err(w, want) <= tol, rel_err(w, want)
+
+
+def test_multi_column_updates_and_transposed_layout(rng):
+    """MEMIT-style rank-b updates on a Conv1D-style (in×out) weight viewed as stored."""
+    m, n = 70, 110
+    w0 = make_w0(n, m, rng).float().T.contiguous()  # stored in×out
+    w = w0.clone()
+    tr = SpectralTracker(w)
+    edits = _edits(m, n, 30, rng, scale=1.2, rank=4)
+    for u, v in edits:
+        tr.add_(u.float(), v.float())
+    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    want, info = restrain_reference(w0.double(), d)
+    assert info["n_restrained"] > 0
+    assert rel_err(w, want) <= 1e-5
+
+
+def test_gpt2_xl_shape_tracker(rng):
+    m, n = 1600, 6400
+    w0 = make_w0(m, n, rng, sigma_star=1.0).float()
+    w = w0.clone()
+    tr = SpectralTracker(w, sigma_star=1.0)
+    edits = _edits(m, n, 40, rng, scale=3.0)
+    for u, v in edits:
+        tr.add_(u.float(), v.float())
+    want = _lowrank_reference(w0.double(), [(u.float().double(), v.float().double()) for u, v in edits], 1.0)
+    assert rel_err(w, want) <= 1e-5
+
+
+def test_spectrum_reports_delta_and_weight(rng):
+    m, n = 60, 45
+    w0 = make_w0(m, n, rng).float()
+    w = w0.clone()
+    tr = SpectralTracker(w)
+    edits = _edits(m, n, 60, rng, scale=1.0)
+    for u, v in edits:
+        tr.add_(u.float(), v.float())
+    rep = tr.spectrum()
+    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    s = torch.linalg.svdvals(d)
+    assert rep.n_above == int((s >= tr.sigma_star).sum()) > 0
+    got = torch.tensor(rep.sigma_delta[: rep.n_above + 1], dtype=torch.float64)
+    assert torch.allclose(got, s[: got.numel()], rtol=1e-5, atol=0)
+    smax = float(torch.linalg.svdvals(w.double())[0])
+    assert abs(rep.sigma_max_weight - smax) <= 1e-5 * smax
+    assert rep.ratio == pytest.approx(smax / tr.sigma_star, rel=1e-5)
+
+
+def test_state_dict_resume_continues_exactly(rng):
+    m, n = 70, 50
+    w0 = make_w0(m, n, rng).float()
+    edits = _edits(m, n, 160, rng, scale=0.8)
+    w_a = w0.clone()
+    tr_a = SpectralTracker(w_a, fn="log1.5")
+    for u, v in edits[:80]:
+        tr_a.add_(u.float(), v.float())
+    state = tr_a.state_dict()
+    w_b = torch.full_like(w0, float("nan"))  # the resumed weight is fully rewritten from the state
+    tr_b = SpectralTracker.from_state_dict(w_b, state)
+    assert rel_err(w_b, w_a.double()) <= 1e-6
+    for u, v in edits[80:]:
+        tr_a.add_(u.float(), v.float())
+        tr_b.add_(u.float(), v.float())
+    assert tr_b.n_edits == 160
+    assert rel_err(w_b, w_a.double()) <= 1e-6
+
+
+def test_state_dict_refuses_other_weights(rng):
+    w = make_w0(20, 10, rng).float()
+    tr = SpectralTracker(w)
+    state = tr.state_dict()
+    other = torch.zeros(10, 20)
+    with pytest.raises(InvalidInputError, match="shape"):
+        SpectralTracker.from_state_dict(other, state)
+    assert torch.equal(other, torch.zeros(10, 20))
+    with pytest.raises(InvalidInputError, match="format"):
+        SpectralTracker.from_state_dict(w, {"w0": w})
+
+
+BAD_FACTORS = {
+    "u rows": lambda m, n: (torch.randn(m + 1, 1), torch.randn(n, 1)),
+    "v rows": lambda m, n: (torch.randn(m, 1), torch.randn(n + 2, 1)),
+    "rank mismatch": lambda m, n: (torch.randn(m, 2), torch.randn(n, 3)),
+    "NaN in u": lambda m, n: (torch.full((m, 1), float("nan")), torch.randn(n, 1)),
+    "Inf in v": lambda m, n: (torch.randn(m, 1), torch.full((n, 1), float("inf"))),
+    "int u": lambda m, n: (torch.ones(m, 1, dtype=torch.int64), torch.randn(n, 1)),
+    "3-D v": lambda m, n: (torch.randn(m, 1), torch.randn(1, n, 1)),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FACTORS), ids=list(BAD_FACTORS))
+def test_bad_factors_raise_before_writing(case, rng):
+    m, n = 20, 12
+    w = make_w0(m, n, rng).float()
+    tr = SpectralTracker(w)
+    tr.add_(torch.randn(m, 1), torch.randn(n, 1))
+    before, n_edits = w.clone(), tr.n_edits
+    with pytest.raises(InvalidInputError):
+        tr.add_(*BAD_FACTORS[case](m, n))
+    assert torch.equal(w, before) and tr.n_edits == n_edits
+
+
+@pytest.mark.parametrize("kwargs", [{"restrain_every": 0}, {"refresh_every": 0}, {"alpha": 1.0},
+                                    {"sigma_star": -2.0}, {"fn": "cube"}], ids=str)
+def test_bad_options_raise_and_leave_weight(kwargs, rng):
+    w = make_w0(20, 12, rng).float()
+    before = w.clone()
+    with pytest.raises(InvalidInputError):
+        SpectralTracker(w, **kwargs)
+    assert torch.equal(w, before)
+
+
+def test_writes_behind_the_trackers_back_are_refused(rng):
+    w = make_w0(20, 12, rng).float()
+    tr = SpectralTracker(w)
+    tr.add_(torch.randn(20, 1), torch.randn(12, 1))
+    with torch.no_grad():
+        w.add_(1.0)
+    before = w.clone()
+    with pytest.raises(InvalidInputError, match="outside"):
+        tr.add_(torch.randn(20, 1), torch.randn(12, 1))
+    assert torch.equal(w, before)
+
+
+def test_repr_and_public_api():
+    assert set(prune_fast.__all__) >= {"restrain_", "SpectralTracker", "RestrainResult", "SpectrumReport",
+                                       "InvalidInputError", "PruneFastError"}
+    tr = SpectralTracker(torch.eye(4) * 3)
+    assert "σ*=3" in repr(tr)
