@@ -314,9 +314,10 @@ def test_restrain_model_refuses_meta_parameters(gpt2_pair):
 
 
 def test_restrain_model_dense_update_plain_module():
-    """Any nn.Module works (no transformers), fp64 and fp32 parameters, both layouts."""
+    """Any nn.Module works (no transformers), fp64 and fp32 parameters, m>n and m<n, dense Δ (> 64 wide:
+    the Krylov path, not the small-matrix direct SVD)."""
     g = torch.Generator().manual_seed(SEED + 11)
-    lin = torch.nn.Sequential(torch.nn.Linear(40, 24), torch.nn.Linear(24, 40, dtype=torch.float64))
+    lin = torch.nn.Sequential(torch.nn.Linear(80, 96), torch.nn.Linear(96, 80, dtype=torch.float64))
     originals = {n: p.detach().clone() for n, p in lin.named_parameters() if p.dim() == 2}
     with torch.no_grad():
         for n, p in lin.named_parameters():
