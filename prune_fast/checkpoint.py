@@ -167,7 +167,8 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
     sigma_star, _ = sigma_max(w0_acc)
     del w0_acc
     if sigma_star == 0.0:
-        raise InvalidInputError(f"{name}: the base weight W0 is zero, so σ* = σ_max(W0) = 0 and PRUNE is undefined")
+        raise InvalidInputError(f"{name}: the base weight W0 is zero, so σ* = σ_max(W0) = 0 and PRUNE is undefined; "
+                                "leave it out with modules= (CLI --modules)")
     rep.sigma_star = sigma_star
     if not bool(delta.any()):
         rep.sigma_delta_before = rep.sigma_delta_after = 0.0
