@@ -62,7 +62,28 @@ def _run_restrain(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[_Sub], None]] = [add_restrain_parser]  # type: ignore[valid-type]
+def add_example_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
+    p = sub.add_parser(
+        "example", help="PRUNE on one GPT-2-XL-sized weight: σ_max(W)/σ* with and without restraint",
+        description="Stream rank-1 edits into a random 1600×6400 weight, with and without PRUNE after "
+                    "every edit, and print σ_max(W)/σ* and the time of one restrained step.")
+    p.add_argument("--edits", type=int, default=200, help="number of rank-1 edits (default 200)")
+    p.add_argument("--fn", default="log", choices=[*FN_NAMES, "log1_5", "log1_2"], help="restraint function")
+    p.add_argument("--rows", type=int, default=1600)
+    p.add_argument("--cols", type=int, default=6400)
+    p.set_defaults(run=_run_example)
+
+
+def _run_example(args: argparse.Namespace) -> int:
+    from .example import format_example, run_example
+
+    marks = tuple(sorted({1, 10, 50, 100, args.edits} & set(range(1, args.edits + 1))))
+    rows, summary = run_example(args.rows, args.cols, args.edits, marks, fn=args.fn)
+    print(format_example(rows, summary))
+    return 0
+
+
+COMMANDS: list[Callable[[_Sub], None]] = [add_restrain_parser, add_example_parser]  # type: ignore[valid-type]
 
 
 def build_parser() -> argparse.ArgumentParser:
