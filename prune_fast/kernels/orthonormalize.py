@@ -2,7 +2,7 @@
 
 ``orthonormalize(X, against=Q)`` returns ``(Q_new, R, C)`` with
 
-    X = Q C + Q_new R + E,     Q_newᵀ Q_new = I,   Qᵀ Q_new ≈ 0,   ‖E‖ ≤ δ‖X‖,  δ = 16 ulp.
+    X = Q C + Q_new R + E,     Q_newᵀ Q_new = I,   Qᵀ Q_new ≈ 0,   ‖E‖ ≤ δ max_j‖x_j‖,  δ = 16 ulp.
 
 Classical Gram–Schmidt is applied twice (CGS2: "twice is enough", Giraud et al. 2005). Directions of
 X that lie numerically inside span(Q) are *deflated*: what is left of them is rounding noise, whose
@@ -32,25 +32,36 @@ def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Return ``(q, r, coeff)``: ``x ≈ against @ coeff + q @ r``, q orthonormal and ⟂ ``against``."""
     rows, cols = x.shape
-    scale = float(torch.linalg.vector_norm(x))
+    # Rounding noise left by the projection is ~ulp × the column's own norm: judge against the
+    # largest column, not the whole block's Frobenius norm (which would drop real content).
+    scale = float(torch.linalg.vector_norm(x, dim=0).max()) if cols else 0.0
     x, coeff = _project_out(x, against)
     q0, r0 = torch.linalg.qr(x)
     if cols == 0 or scale == 0.0:
         return q0, torch.zeros_like(r0), coeff
     p, sig, ht = torch.linalg.svd(r0)
     keep = sig > 16 * torch.finfo(x.dtype).eps * scale
-    if bool(keep.all()):
-        return q0, r0, coeff
-    # Significant directions first, then random replacements for the deflated ones.
     n_keep = int(keep.sum())
     q_keep = q0 @ p[:, :n_keep]
+    r_keep = sig[:n_keep, None] * ht[:n_keep]
+    if against is not None and against.shape[1] and n_keep:
+        # A direction that was mostly inside span(against) keeps ~ulp·scale/σ of it after CGS2;
+        # one more pass (on the unit directions) restores orthogonality to working precision.
+        c3 = against.T @ q_keep
+        if float(c3.abs().max()) > 8 * torch.finfo(x.dtype).eps:
+            q_keep, r3 = torch.linalg.qr(q_keep - against @ c3)
+            coeff = coeff + c3 @ r_keep
+            r_keep = r3 @ r_keep
+    if n_keep == cols:
+        return q_keep, r_keep, coeff
+    # Random replacements (orthogonal to everything so far) for the deflated directions.
     basis = q_keep if against is None else torch.cat([against, q_keep], 1)
     fill = torch.randn(rows, cols - n_keep, dtype=x.dtype, generator=generator).to(x.device)
     fill, _ = _project_out(fill, basis)
     fill, _ = torch.linalg.qr(fill)
     q = torch.cat([q_keep, fill], 1)
     r = torch.zeros_like(r0)
-    r[:n_keep] = sig[:n_keep, None] * ht[:n_keep]
+    r[:n_keep] = r_keep
     return q, r, coeff
 
 
