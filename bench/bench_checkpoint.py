@@ -39,9 +39,11 @@ from typing import Callable
 import torch
 from safetensors.torch import save_file
 
-import prune_fast
-from prune_fast.reference import paper_procedure, restrain_reference
-from prune_fast.restrain import sigma_max
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+import prune_fast  # noqa: E402
+from prune_fast.reference import paper_procedure, restrain_reference  # noqa: E402
+from prune_fast.restrain import sigma_max  # noqa: E402
 
 RANK = 16
 
@@ -93,6 +95,13 @@ def write_pair(folder: Path, shape: tuple[int, int], n_edited: int, n_plain: int
     return folder / "base.safetensors", folder / "edited.safetensors", base, edited
 
 
+def progress(row: "Row") -> "Row":
+    """Log a row to stderr as soon as it is measured (long runs are not lost to an interruption)."""
+    print(f"[{time.strftime('%H:%M:%S')}] {row.case} | {row.method} | {row.shape} | "
+          f"{', '.join(f'{s:.3f}' for s in row.seconds)} s | {row.note}", file=sys.stderr, flush=True)
+    return row
+
+
 def timed(fn: Callable[[], object], repeats: int) -> list[float]:
     out = []
     for _ in range(repeats):
@@ -115,10 +124,10 @@ def bench_case(name: str, shape: tuple[int, int], n_edited: int, n_plain: int, d
     secs = timed(run, repeats)
     rep = reports[-1]
     per = [t.seconds for t in rep.restrained]
-    rows.append(Row(name, "restrain_file", f"restrain_checkpoint, whole file ({n_edited} edited + {n_plain} unedited matrices)",
-                    f"{shape[0]}×{shape[1]} {str(dtype)[6:]}", secs,
-                    f"{len(rep.restrained)} restrained, {sum(t.n_restrained for t in rep.restrained)} σ's"))
-    rows.append(Row(name, "restrain_matrix", "restrain, per edited matrix (σ* + top-k of Δ + update)", f"{shape[0]}×{shape[1]}", per))
+    rows.append(progress(Row(
+        name, "restrain_file", f"restrain_checkpoint, whole file ({n_edited} edited + {n_plain} unedited matrices)",
+        f"{shape[0]}×{shape[1]} {str(dtype)[6:]}", secs,
+        f"{len(rep.restrained)} restrained, {sum(t.n_restrained for t in rep.restrained)} σ's")))
     # accuracy of what was written against the float64 reference, one matrix
     from safetensors import safe_open
 
@@ -127,7 +136,9 @@ def bench_case(name: str, shape: tuple[int, int], n_edited: int, n_plain: int, d
         got = f.get_tensor(first)
     ref, _ = restrain_reference(b[first], e[first].double() - b[first].double())
     err = float(torch.linalg.norm(got.double() - ref) / torch.linalg.norm(ref))
-    rows[-1].note = f"rel. Frobenius error vs float64 reference {err:.1e} ({str(dtype)[6:]} output)"
+    rows.append(progress(Row(name, "restrain_matrix", "restrain, per edited matrix (σ* + top-k of Δ + update)",
+                             f"{shape[0]}×{shape[1]}", per,
+                             f"rel. Frobenius error vs float64 reference {err:.1e} ({str(dtype)[6:]} output)")))
 
     w0, wn = b[first].float(), e[first].float()
 
@@ -135,18 +146,18 @@ def bench_case(name: str, shape: tuple[int, int], n_edited: int, n_plain: int, d
         torch.linalg.svdvals(w0)
         torch.linalg.svd(wn - w0, full_matrices=False)
 
-    rows.append(Row(name, "torch_svd", "torch.linalg.svd(Δ) + svdvals(W0), fp32, one matrix", f"{shape[0]}×{shape[1]}",
-                    timed(torch_full, 1)))
+    rows.append(progress(Row(name, "torch_svd", "torch.linalg.svd(Δ) + svdvals(W0), fp32, one matrix",
+                             f"{shape[0]}×{shape[1]}", timed(torch_full, 1))))
     flops = shape[0] * shape[1] * min(shape)
     if paper:
         secs = timed(lambda: paper_procedure(w0.double().numpy(), wn.double().numpy()), 1)
         paper_per_flop.append(secs[0] / flops)
-        rows.append(Row(name, "paper", "paper procedure (4 full fp64 SVDs + matrix_rank), one matrix",
-                        f"{shape[0]}×{shape[1]}", secs, "measured"))
+        rows.append(progress(Row(name, "paper", "paper procedure (4 full fp64 SVDs + matrix_rank), one matrix",
+                                 f"{shape[0]}×{shape[1]}", secs, "measured")))
     elif paper_per_flop:
         est = paper_per_flop[0] * flops
-        rows.append(Row(name, "paper", "paper procedure, one matrix", f"{shape[0]}×{shape[1]}", [est],
-                        "EXTRAPOLATED from the 1600×6400 measurement by m·n·min(m,n), not measured"))
+        rows.append(progress(Row(name, "paper", "paper procedure, one matrix", f"{shape[0]}×{shape[1]}", [est],
+                                 "EXTRAPOLATED from the 1600×6400 measurement by m·n·min(m,n), not measured")))
     for p in (base, edited, out):
         p.unlink(missing_ok=True)
     return rows
@@ -190,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             rows += bench_case("llama7b-down", (4096, 11008), 1, 1, torch.float16, root, args.repeats,
                                args.paper_large, g, paper_per_flop)
     if args.gaussian:
-        rows.append(gaussian_sigma_star((1600, 6400), g))
+        rows.append(progress(gaussian_sigma_star((1600, 6400), g)))
     print(machine())
     sep = " | " if args.markdown else "  "
     head = ["case", "method", "shape", "median s", "runs", "note"]

@@ -30,7 +30,7 @@ __all__ = ["restrain_model_"]
 
 log = logging.getLogger(__name__)
 
-_FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
+_FLOATING = _validate._FLOATING
 
 
 @torch.no_grad()
