@@ -347,3 +347,50 @@ def test_report_json_round_trip(llama_pair, tmp_path):
     d = json.loads((tmp_path / "r.json").read_text())
     assert d["n_differing"] == len(llama_pair.edits) and d["dry_run"] is True
     assert {t["name"] for t in d["tensors"]} == set(llama_pair.edits)
+
+
+def test_streams_only_differing_tensors(gpt2_pair, tmp_path, monkeypatch):
+    """Identical tensors are compared as bytes and copied, never deserialised: only differing pairs are loaded."""
+    from prune_fast import checkpoint
+
+    loaded: list[str] = []
+    real = checkpoint._Source.load
+
+    def spy(self, e):
+        loaded.append(e.name)
+        return real(self, e)
+
+    monkeypatch.setattr(checkpoint._Source, "load", spy)
+    restrain_checkpoint(gpt2_pair.base, gpt2_pair.edited, tmp_path / "out", progress=False)
+    assert sorted(loaded) == sorted(2 * list(gpt2_pair.edits)), loaded
+
+
+def test_keyboard_interrupt_leaves_no_out(llama_pair, tmp_path, monkeypatch):
+    from prune_fast import checkpoint
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint, "restrain_pair", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        restrain_checkpoint(llama_pair.base, llama_pair.edited, tmp_path / "out", progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_restrain_model_half_model_against_fp32_base(gpt2_pair):
+    """A model loaded in fp16 from an fp32 BASE: W0 is BASE in the parameter's dtype, so only edited weights differ."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(gpt2_pair.edited, dtype=torch.float16)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    report = restrain_model_(model, gpt2_pair.base)
+    assert {t.name: t.action for t in report.tensors} == gpt2_pair.edits, f"seed {SEED}"
+    base = load_all(gpt2_pair.base)
+    for n, p in model.named_parameters():
+        assert p.dtype == torch.float16
+        if n in {t.name for t in report.restrained}:
+            w0 = base[n].half()
+            ref, _ = restrain_reference(w0, before[n].double() - w0.double())
+            assert rel_fro(p.detach(), ref) <= 2e-3, n
+        else:
+            assert torch.equal(p.detach(), before[n]), n
