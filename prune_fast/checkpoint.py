@@ -644,13 +644,11 @@ class _Staging:
         self.single = edited.path.is_file()
         parent = out.resolve().parent
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
-        self.written: list[str] = []
 
     def open_shard(self, shard: Path, entries: list[_Entry]) -> _ShardWriter:
         name = self.out.name if self.single else _out_name(shard, self.edited.kind)
         metadata = self.edited.metadata[shard] if self.edited.kind == "safetensors" else {"format": "pt"}
         spec = [(e.name, e.dtype, e.shape, self.edited.nbytes(e)) for e in entries]
-        self.written.append(name)
         return _ShardWriter(self.tmp / name, spec, metadata)
 
     def _copy_other_files(self) -> None:
@@ -662,8 +660,8 @@ class _Staging:
             rel = p.relative_to(src)
             if p.is_dir() or p.resolve() in weight_files:
                 continue
-            if p.suffix in _PICKLE_SUFFIXES and p.name.startswith(("pytorch_model", "model")) or \
-                    p.name.endswith((".bin.index.json", ".safetensors", ".safetensors.index.json")):
+            stale_pickle = p.suffix in _PICKLE_SUFFIXES and p.name.startswith(("pytorch_model", "model"))
+            if stale_pickle or p.name.endswith((".bin.index.json", ".safetensors", ".safetensors.index.json")):
                 log.warning("not copying %s: unrestrained weights must not sit beside the restrained ones", p)
                 continue
             dest = self.tmp / rel

@@ -394,3 +394,15 @@ def test_restrain_model_half_model_against_fp32_base(gpt2_pair):
             assert rel_fro(p.detach(), ref) <= 2e-3, n
         else:
             assert torch.equal(p.detach(), before[n]), n
+
+
+def test_stale_pickle_weights_beside_safetensors_are_not_copied(tmp_path):
+    g = torch.Generator().manual_seed(SEED + 13)
+    w0 = torch.randn(12, 20, generator=g)
+    for d, w in (("b", w0), ("e", (w0.double() + low_rank_update(w0, [2.0], g)).float())):
+        (tmp_path / d).mkdir()
+        save_file({"w": w}, tmp_path / d / "model.safetensors")
+        torch.save({"w": w0}, tmp_path / d / "pytorch_model.bin")  # unrestrained weights from a past save
+        (tmp_path / d / "config.json").write_text("{}")
+    restrain_checkpoint(tmp_path / "b", tmp_path / "e", tmp_path / "o", progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["config.json", "model.safetensors"]
