@@ -180,6 +180,10 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
         rep.action = "restrained"
         rep.sigma_before, rep.sigma_after = res.sigma_before, res.sigma_after
         rep.sigma_delta_before, rep.sigma_delta_after = res.sigma_before[0], res.sigma_after[0]
+        raised = sum(a > b for a, b in zip(res.sigma_after, res.sigma_before))
+        if raised:  # F(σ) = σ* + log_α(σ/σ*) exceeds σ just above σ* whenever σ* < 1/ln α
+            log.warning("%s: F raised %d of %d restrained singular values (σ* = %.4g is small for fn=%s); "
+                        "the restraint grows this update", name, raised, res.n_restrained, sigma_star, res.fn)
         out = weight.to(w_edited.dtype)
     else:
         top, _ = sigma_max(delta)
