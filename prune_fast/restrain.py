@@ -84,7 +84,11 @@ def restrain_(
     acc = compute_dtype(weight)
     d = delta.detach().to(acc)
     if sigma_star is None:
-        w0 = ImplicitDifferenceOperator(weight.detach(), d, backend=used)  # W − Δ, never formed
+        if used == "triton":
+            w0 = ImplicitDifferenceOperator(weight.detach(), d, backend=used)  # W − Δ, never formed
+        else:
+            # On the CPU one fp32 temporary is cheaper than re-forming W − Δ in every product.
+            w0 = weight.detach().to(acc) - d
         sigma_star, _ = sigma_max(w0, backend=used)
         del w0
         if sigma_star == 0.0:

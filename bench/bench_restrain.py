@@ -1,0 +1,158 @@
+"""Benchmark ``restrain_`` and a ``SpectralTracker`` step at GPT-2 XL's MLP shape (1600×6400).
+
+Compared in the same run on the same machine:
+
+- ``restrain_`` on W0 + Δ with Δ of rank 1, 16, 256 and 1600 (5 singular values above σ*, the rest
+  below; σ* computed inside the call, as a drop-in user would);
+- the same restraint through ``torch.svd_lowrank`` (q = min(rank, 64) + 10, niter = 4) and σ* from
+  ``torch.linalg.matrix_norm(W0, 2)``: what a user might write with stock torch;
+- the paper's per-matrix procedure (``prune_fast.reference.paper_procedure``: four full float64
+  NumPy SVDs + ``matrix_rank``), once (it costs minutes);
+- 1000 sequential rank-1 tracker steps (``prune_fast.synthetic_edits.rome_like_updates``), the
+  median and quantiles of one step at edits 1–100, 401–500 and 901–1000.
+
+Run as a script for the table (``python bench/bench_restrain.py [--quick]``) or through
+pytest-benchmark (``python -m pytest bench/bench_restrain.py --benchmark-only``).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import prune_fast  # noqa: E402
+import prune_fast.restrain  # noqa: E402
+import prune_fast.restraint_fn  # noqa: E402
+from prune_fast.reference import paper_procedure  # noqa: E402
+from prune_fast.synthetic_edits import rome_like_updates  # noqa: E402
+
+M, N = 1600, 6400
+RANKS = (1, 16, 256, 1600)
+
+
+def make_case(rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """W0 (Gaussian, the hard case for σ*) and a Δ of the given rank: min(5, rank) values in
+    [1.5σ*, 6σ*], the rest in (0, 0.8σ*)."""
+    g = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(M, N, generator=g) / math.sqrt(N)
+    sigma_star = prune_fast.restrain.sigma_max(w0)[0]
+    above = min(5, rank)
+    s = torch.cat([torch.linspace(6.0, 1.5, above), 0.8 * torch.rand(rank - above, generator=g)]) * sigma_star
+    u = torch.linalg.qr(torch.randn(M, rank, generator=g))[0]
+    v = torch.linalg.qr(torch.randn(N, rank, generator=g))[0]
+    return w0, (u * s) @ v.T, sigma_star
+
+
+def time_call(fn, repeats: int) -> list[float]:
+    out = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def restrain_fast(w0, delta):
+    w = w0 + delta
+    return lambda: prune_fast.restrain_(w.copy_(w0 + delta), delta)
+
+
+def restrain_svd_lowrank(w0, delta, rank):
+    w = w0 + delta
+    f = prune_fast.restraint_fn.resolve_fn("log")
+
+    def run():
+        w.copy_(w0 + delta)
+        sigma_star = float(torch.linalg.matrix_norm(w - delta, 2))
+        u, s, v = torch.svd_lowrank(delta, q=min(rank, 64) + 10, niter=4)
+        keep = s >= sigma_star
+        c = (s - f(s.double(), sigma_star).float())[keep]
+        w.addmm_(-(u[:, keep] * c), v[:, keep].T)
+    return run
+
+
+def tracker_steps(count: int = 1000, seed: int = 0) -> list[float]:
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(M, N, generator=g) / math.sqrt(N)
+    tr = prune_fast.SpectralTracker(w)
+    steps = []
+    for u, v in rome_like_updates(M, N, count, tr.sigma_star, seed=seed + 1):
+        t0 = time.perf_counter()
+        tr.add_(u, v)
+        steps.append(time.perf_counter() - t0)
+    return steps
+
+
+def _q(xs: list[float], q: float) -> float:
+    return statistics.quantiles(xs, n=20)[int(q * 20) - 1] if len(xs) > 1 else xs[0]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="skip the paper procedure and shorten the tracker run")
+    ap.add_argument("--repeats", type=int, default=5)
+    args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"# {time.strftime('%Y-%m-%d')} · commit {commit} · {platform.processor() or platform.machine()} · "
+          f"torch {torch.__version__} · {torch.get_num_threads()} threads · shape {M}×{N} fp32")
+    print(f"| Δ rank | restrain_ median (s) | svd_lowrank version median (s) | n restrained |")
+    print("|---|---|---|---|")
+    paper_case = None
+    for rank in RANKS:
+        w0, delta, sigma_star = make_case(rank)
+        fast = time_call(restrain_fast(w0, delta), args.repeats)
+        low = time_call(restrain_svd_lowrank(w0, delta, rank), args.repeats)
+        w = w0 + delta
+        n = prune_fast.restrain_(w, delta).n_restrained
+        print(f"| {rank} | {statistics.median(fast):.3f} | {statistics.median(low):.3f} | {n} |", flush=True)
+        if rank == 16:
+            paper_case = (w0, delta)
+    if not args.quick:
+        w0, delta = paper_case
+        t0 = time.perf_counter()
+        paper_procedure(w0.numpy(), (w0 + delta).numpy())
+        print(f"\npaper procedure (4 full float64 SVDs + matrix_rank), rank 16: {time.perf_counter() - t0:.1f} s")
+    steps = tracker_steps(200 if args.quick else 1000)
+    for lo, hi in ((0, 100), (len(steps) - 200, len(steps) - 100), (len(steps) - 100, len(steps))):
+        part = steps[lo:hi]
+        print(f"tracker step, edits {lo + 1}-{hi}: median {1e3 * statistics.median(part):.2f} ms, "
+              f"p90 {1e3 * _q(part, 0.9):.2f} ms, max {1e3 * max(part):.2f} ms")
+
+
+# -- pytest-benchmark ------------------------------------------------------------------------------
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_bench_restrain(benchmark, rank):
+        w0, delta, _ = make_case(rank)
+        benchmark.pedantic(restrain_fast(w0, delta), rounds=3, iterations=1)
+
+    @pytest.mark.parametrize("rank", RANKS)
+    def test_bench_svd_lowrank(benchmark, rank):
+        w0, delta, _ = make_case(rank)
+        benchmark.pedantic(restrain_svd_lowrank(w0, delta, rank), rounds=3, iterations=1)
+
+    def test_bench_paper_procedure(benchmark):
+        w0, delta, _ = make_case(16)
+        benchmark.pedantic(lambda: paper_procedure(w0.numpy(), (w0 + delta).numpy()), rounds=1, iterations=1)
+
+    def test_bench_tracker_step(benchmark):
+        steps = benchmark.pedantic(lambda: tracker_steps(1000), rounds=1, iterations=1)
+        benchmark.extra_info["median_step_ms_last_100"] = 1e3 * statistics.median(steps[-100:])
+
+
+if __name__ == "__main__":
+    main()
