@@ -125,12 +125,13 @@ def topk_svd(
     v_blk, _, _ = _orthonormalize(torch.cat(starts + [randn(n, b - min(n_start, b))], 1)[:, :b])
     u_blk, r, _ = _orthonormalize(op.matmul(v_blk))
     products = 1
-    u_blocks, v_blocks = [u_blk], [v_blk]
+    u_basis, v_basis = _Basis(u_blk, 8 * b), _Basis(v_blk, 8 * b)
+    u_last = u_blk
     t_mat = r.to(torch.float64)
     verified_failures = 0
     while True:
-        ub, vb = torch.cat(u_blocks, 1), torch.cat(v_blocks, 1)
-        z = op.rmatmul(u_blocks[-1])
+        ub, vb = u_basis.view, v_basis.view
+        z = op.rmatmul(u_last)
         products += 1
         dim = vb.shape[1]
         remaining = n - dim
@@ -144,7 +145,7 @@ def topk_svd(
         else:
             n_want = int((theta >= threshold).sum())
             guard = n_want if n_want < dim else None
-        b_last = u_blocks[-1].shape[1]
+        b_last = u_last.shape[1]
         b_next = min(remaining, max(b_last, min(2 * b_last, max(block, n_want + oversample))))
         if remaining > 0:
             extra = b_next - b_last
@@ -184,13 +185,14 @@ def topk_svd(
                 return _orient(out, transposed)
             verified_failures += 1
         del check
-        v_blocks.append(v_next)
+        v_basis.append(v_next)
         u_next, r, coeff = _orthonormalize(op.matmul(v_next), against=ub)
         products += 1
         top = torch.cat([t_mat, coeff.to(torch.float64)], 1)
         bottom = torch.cat([torch.zeros(r.shape[0], dim, dtype=torch.float64), r.to(torch.float64)], 1)
         t_mat = torch.cat([top, bottom], 0)
-        u_blocks.append(u_next)
+        u_basis.append(u_next)
+        u_last = u_next
 
 
 # Below this short side, or when a large share of the spectrum is wanted, one dense SVD of the
@@ -213,6 +215,29 @@ def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
     next_value = float(s[keep]) if keep < s.numel() else 0.0
     return Triplets(p[:, :keep].to(a.dtype), s[:keep].clone(), ht[:keep].T.to(a.dtype), 0.0, next_value,
                     min(a.shape), 0, True)
+
+
+class _Basis:
+    """Orthonormal columns appended block by block into one buffer (no re-concatenation)."""
+
+    def __init__(self, first: torch.Tensor, capacity: int):
+        self.buf = torch.empty(first.shape[0], max(capacity, first.shape[1]), dtype=first.dtype, device=first.device)
+        self.used = 0
+        self.append(first)
+
+    @property
+    def view(self) -> torch.Tensor:
+        return self.buf[:, : self.used]
+
+    def append(self, block: torch.Tensor) -> None:
+        need = self.used + block.shape[1]
+        if need > self.buf.shape[1]:
+            grown = torch.empty(self.buf.shape[0], max(need, 2 * self.buf.shape[1]), dtype=self.buf.dtype,
+                                device=self.buf.device)
+            grown[:, : self.used] = self.view
+            self.buf = grown
+        self.buf[:, self.used: need] = block
+        self.used = need
 
 
 def _explicit_residual(op: MatrixOperator, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, scale: float) -> float:
