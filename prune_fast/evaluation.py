@@ -1,0 +1,217 @@
+"""Evaluation of a sequentially edited model: editing metrics and general abilities.
+
+Editing metrics of a request (each as top-1 accuracy and as the probability contest
+P(new) > P(true), both on the whole answer, teacher forced):
+
+    efficacy        the edit prompt answers ``target_new``
+    generalization  the paraphrase prompts answer ``target_new``
+    locality        the neighbourhood prompts keep their own answers (top-1), and
+                    P(their answer) > P(target_new) (the contest form)
+
+General abilities are (prompt, answer) task families scored by top-1 accuracy, plus the
+perplexity of held-out text.  For the package's test-bed model they are the world's task
+families (``recall`` of facts that were never edited, ``addition``, ``copy``); only families whose
+unedited accuracy is clearly above chance are kept (see :func:`world_abilities`).  For a user's
+model, any JSONL file of ``{"prompt": ..., "answer": ...}`` lines is a task
+(:func:`load_task_jsonl`).
+
+Evaluation reads the model only; it never reaches into the trackers.
+
+Example::
+
+    ev = Evaluator(model, tok, abilities={"addition": pairs}, heldout=texts)
+    ev.edit_scores([request])         # {'efficacy': 1.0, 'efficacy_prob': 1.0, ...}
+    ev.general()                      # {'addition': 0.98, 'perplexity': 3.1}
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .editors.requests import EditRequest
+from .errors import InvalidInputError
+
+__all__ = ["Evaluator", "answer_logprob", "perplexity", "load_task_jsonl", "world_abilities", "EDIT_METRICS"]
+
+EDIT_METRICS = ("efficacy", "efficacy_prob", "generalization", "generalization_prob", "locality",
+                "locality_prob")
+
+
+def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch.device):
+    from .testbed.evaluate import encode_pairs
+
+    return encode_pairs(tokenizer, pairs, device)
+
+
+def _device(model: torch.nn.Module) -> torch.device:
+    return model.get_input_embeddings().weight.device
+
+
+@torch.no_grad()
+def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
+                   batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logprob, correct)`` per (prompt, answer): Σ log P(answer tokens), and all-tokens-top-1.
+
+    Example::
+
+        lp, ok = answer_logprob(model, tok, [("7 plus 5 is", "12")])
+    """
+    lps, oks = [], []
+    device = _device(model)
+    for start in range(0, len(pairs), batch_size):
+        ids, mask, labels = _encode_pairs(tokenizer, pairs[start:start + batch_size], device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        target = labels[:, 1:]
+        logp = torch.log_softmax(logits, -1)
+        take = target.clamp_min(0)
+        tok_lp = logp.gather(-1, take[..., None])[..., 0] * (target != -100)
+        lps.append(tok_lp.sum(1).cpu())
+        oks.append(((logits.argmax(-1) == target) | (target == -100)).all(1).cpu())
+    if not lps:
+        return torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool)
+    return torch.cat(lps), torch.cat(oks)
+
+
+@torch.no_grad()
+def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> float:
+    """exp(mean next-token NLL) over ``texts`` (each scored from its second token on)."""
+    device = _device(model)
+    total, count = 0.0, 0
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    for start in range(0, len(texts), batch_size):
+        seqs = [list(tokenizer.encode(t)) for t in texts[start:start + batch_size]]
+        seqs = [s for s in seqs if len(s) >= 2]
+        if not seqs:
+            continue
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, s in enumerate(seqs):
+            ids[i, :len(s)] = torch.tensor(s)
+            mask[i, :len(s)] = 1
+        ids, mask = ids.to(device), mask.to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        m = mask[:, 1:].float()
+        total += float((nll * m).sum())
+        count += int(m.sum())
+    return math.exp(total / count) if count else float("nan")
+
+
+def load_task_jsonl(path: str | Path) -> list[tuple[str, str]]:
+    """(prompt, answer) pairs from a JSONL file of ``{"prompt": ..., "answer": ...}`` objects.
+
+    A malformed line raises :class:`InvalidInputError` naming the file and line number.
+    """
+    pairs = []
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+            pairs.append((str(rec["prompt"]), str(rec["answer"])))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise InvalidInputError(f"{path}:{i}: expected a JSON object with 'prompt' and 'answer' ({e})") from e
+    if not pairs:
+        raise InvalidInputError(f"{path}: no tasks")
+    return pairs
+
+
+@dataclass
+class Evaluator:
+    """Scores edits and general abilities of ``model``.
+
+    Args:
+        abilities: task name → (prompt, answer) pairs, or a callable ``edited_requests → pairs``
+            (for tasks that depend on which facts were edited, e.g. recall of unedited facts).
+        heldout: texts for perplexity (none: perplexity not reported).
+    """
+
+    model: torch.nn.Module
+    tokenizer: Any
+    abilities: dict[str, Sequence[tuple[str, str]] | Callable[[Sequence[EditRequest]], Sequence[tuple[str, str]]]] = \
+        field(default_factory=dict)
+    heldout: Sequence[str] = ()
+
+    def edit_scores(self, requests: Sequence[EditRequest]) -> dict[str, float]:
+        """Mean of each :data:`EDIT_METRICS` over ``requests`` (NaN where a request set has no prompts)."""
+        eff, gen, loc = [], [], []
+        for r in requests:
+            eff.append((r.text, r.target_new, r.target_true))
+            gen += [(p, r.target_new, r.target_true) for p in r.paraphrase_prompts]
+            loc += [(p, a, r.target_new) for p, a in r.neighborhood()]
+        out: dict[str, float] = {}
+        for name, items, want_first in (("efficacy", eff, True), ("generalization", gen, True),
+                                        ("locality", loc, True)):
+            out[name], out[name + "_prob"] = self._contest(items)
+        return out
+
+    def _contest(self, items: list[tuple[str, str, str | None]]) -> tuple[float, float]:
+        """Top-1 accuracy of the first answer, and the share where P(first) > P(second)."""
+        if not items:
+            return float("nan"), float("nan")
+        lp_a, ok = answer_logprob(self.model, self.tokenizer, [(p, a) for p, a, _ in items])
+        with_b = [i for i, (_, _, b) in enumerate(items) if b is not None]
+        prob = float("nan")
+        if with_b:
+            lp_b, _ = answer_logprob(self.model, self.tokenizer, [(items[i][0], items[i][2]) for i in with_b])
+            prob = float((lp_a[with_b] > lp_b).float().mean())
+        return float(ok.float().mean()), prob
+
+    def general(self, edited: Sequence[EditRequest] = ()) -> dict[str, float]:
+        """Accuracy per ability (and ``perplexity`` if held-out text was given)."""
+        out = {}
+        for name, task in self.abilities.items():
+            pairs = task(edited) if callable(task) else task
+            _, ok = answer_logprob(self.model, self.tokenizer, list(pairs))
+            out[name] = float(ok.float().mean()) if len(ok) else float("nan")
+        if self.heldout:
+            out["perplexity"] = perplexity(self.model, self.tokenizer, list(self.heldout))
+        return out
+
+
+def world_abilities(world: Any, model: torch.nn.Module, tokenizer: Any, *, n_recall: int = 1500,
+                      margin: float = 2.0) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The test bed's task families that trained above chance, for :class:`Evaluator`.
+
+    ``recall`` is scored on a fixed sample of ``n_recall`` fact prompts whose (subject, relation)
+    was not edited.  A family is kept when the unedited model's accuracy is at least ``margin`` ×
+    its chance level.  Returns ``(abilities, info)`` with info per family: accuracy, chance, kept.
+    """
+    import random
+
+    from .testbed import chance_levels
+
+    rng = random.Random(7)
+    facts = []  # (subject, relation, prompt, answer)
+    for s in world.subjects:
+        for r in world.relations:
+            for t in r.templates:
+                facts.append((s, r.name, t.format(s), world.facts[(s, r.name)]))
+    rng.shuffle(facts)
+    template_rel = {t: r.name for r in world.relations for t in r.templates}
+
+    def recall(edited: Sequence[EditRequest]) -> list[tuple[str, str]]:
+        touched = {(q.subject, template_rel.get(q.prompt)) for q in edited}
+        return [(p, a) for s, rel, p, a in facts if (s, rel) not in touched][:n_recall]
+
+    add = [(e.prompt, e.answer) for e in world.addition_examples()]
+    copy = [(e.prompt, e.answer) for e in world.copy_examples(200, seed=4242)]
+    candidates: dict[str, Any] = {"recall": recall, "addition": add, "copy": copy}
+    chance = chance_levels(world)
+    kept, info = {}, {}
+    for name, task in candidates.items():
+        pairs = task(()) if callable(task) else task
+        _, ok = answer_logprob(model, tokenizer, pairs)
+        acc = float(ok.float().mean())
+        keep = acc >= margin * chance[name]
+        info[name] = {"accuracy": acc, "chance": chance[name], "kept": keep}
+        if keep:
+            kept[name] = task
+    return kept, info

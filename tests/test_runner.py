@@ -1,0 +1,116 @@
+"""SequentialEditor on the test-bed model: each protocol, the paper's at-end procedure, the JSON schema."""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from prune_fast.editors import CovarianceStore, ROMEHyperParams
+from prune_fast.errors import InvalidInputError
+from prune_fast.evaluation import EDIT_METRICS, Evaluator, world_abilities
+from prune_fast.reference import paper_procedure, restrain_reference
+from prune_fast.run_results import format_table, results_document, validate_results, write_results
+from prune_fast.runner import RunConfig, SequentialEditor, update_sigma_max
+
+N = 12
+
+
+@functools.lru_cache(maxsize=1)
+def _bed():
+    from prune_fast.testbed import default_cache_dir, load_testbed, shipped_corpus
+
+    torch.set_num_threads(1)
+    bed = load_testbed(progress=False)
+    store = CovarianceStore(shipped_corpus(), cache_dir=default_cache_dir(), progress=False)
+    abilities, info = world_abilities(bed.world, bed.model, bed.tokenizer, n_recall=300)
+    return bed, store, abilities, info
+
+
+@functools.lru_cache(maxsize=None)
+def _run(protocol: str, fn: str = "log1.2"):
+    bed, store, abilities, _ = _bed()
+    model = copy.deepcopy(bed.model)
+    ev = Evaluator(model, bed.tokenizer, abilities=abilities)
+    runner = SequentialEditor(model, bed.tokenizer, hparams=ROMEHyperParams.preset("testbed"), covariance=store,
+                              config=RunConfig(protocol=protocol, fn=fn, eval_every=5), evaluator=ev,
+                              progress=False)
+    result = runner.run(bed.world.edit_requests(N))
+    return runner, result
+
+
+@pytest.mark.parametrize("protocol", ["none", "online", "at_end"])
+def test_each_protocol_records_steps_evals_and_both_edit_protocols(protocol):
+    runner, res = _run(protocol)
+    assert res.name == ("none" if protocol == "none" else f"{protocol}-log1.2")
+    assert len(res.steps) == N and [s.edits for s in res.steps] == list(range(1, N + 1))
+    assert [e.edits for e in res.evals] == [0, 5, 10, N]
+    assert set(res.final["after_sequence"]) == set(EDIT_METRICS)     # all edits re-scored at the end
+    assert set(res.final["immediate"]) == set(EDIT_METRICS)          # each edit scored right after it
+    assert set(res.final["general"]) == {"recall", "addition", "copy"}
+    (param,) = res.spectrum
+    sp = res.spectrum[param]
+    assert len(sp["ratio"]) == N and sp["sigma_star"] > 0
+    step = res.steps[-1].layers[param]
+    assert step["n_restrained"] == (step["n_above"] if protocol == "online" else 0)
+    if protocol == "online":
+        assert all(s.restrain_s > 0 for s in res.steps)
+        assert max(sp["ratio"]) < _run("none")[1].spectrum[param]["ratio"][-1]
+
+
+def test_none_grows_sigma_max_and_edits_land():
+    _, res = _run("none")
+    (sp,) = res.spectrum.values()
+    assert sp["ratio"][-1] > 2.0, sp["ratio"]
+    assert res.final["immediate"]["efficacy"] >= 0.8
+
+
+def test_at_end_equals_the_papers_procedure():
+    runner, res = _run("at_end")
+    (name, tr), = runner.spectral_trackers().items()
+    w0 = tr.w0.double()
+    w_n = w0 + tr.delta().double()              # what the unrestrained run wrote
+    want = torch.from_numpy(paper_procedure(w0.numpy(), w_n.numpy(), fn="log1.2"))
+    got = tr.weight.detach().double()
+    err = float((got - want).abs().max() / want.abs().max())
+    assert err < 1e-5, f"at_end differs from the paper's procedure by {err:.3g} (relative max)"
+    assert res.spectrum[name]["at_end_restraint"]["n_restrained"] >= 1
+
+
+def test_online_weight_is_w0_plus_f_of_raw_delta():
+    runner, _ = _run("online")
+    (tr,) = runner.spectral_trackers().values()
+    want, _ = restrain_reference(tr.w0, tr.delta(), fn="log1.2", sigma_star=tr.sigma_star)
+    err = float((tr.weight.detach().double() - want).abs().max() / want.abs().max())
+    assert err < 1e-5, err
+
+
+def test_results_json_schema(tmp_path):
+    arms = {r.name: r for r in (_run(p)[1] for p in ("none", "online", "at_end"))}
+    doc = results_document({"n": N}, arms, _bed()[3])
+    path = write_results(tmp_path / "results.json", doc)
+    loaded = json.loads(path.read_text())
+    validate_results(loaded)
+    table = format_table(loaded)
+    for name in arms:
+        assert name in table
+    broken = json.loads(path.read_text())
+    del broken["arms"]["none"]["final"]["immediate"]
+    with pytest.raises(InvalidInputError, match=r"arms\['none'\].final lacks \['immediate'\]"):
+        validate_results(broken)
+
+
+def test_update_sigma_max_matches_dense(rng):
+    u, v = torch.randn(30, 3, generator=rng), torch.randn(20, 3, generator=rng)
+    want = float(torch.linalg.svdvals((u @ v.T).double())[0])
+    assert abs(update_sigma_max(u, v) - want) <= 1e-9 * want
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(InvalidInputError, match="protocol"):
+        RunConfig(protocol="sometimes").validate()
+    with pytest.raises(InvalidInputError, match="restrain_every"):
+        RunConfig(restrain_every=0).validate()
