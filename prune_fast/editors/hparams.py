@@ -189,8 +189,8 @@ _ROME_PRESETS: dict[str, dict[str, Any]] = {
                  clamp_norm_factor=4.0, kl_factor=0.0625, cov_samples=100_000),
     "llama": dict(n_layers_ref=32, layer_fraction=5 / 32, v_steps=25, v_lr=0.5, v_weight_decay=1e-3,
                   clamp_norm_factor=4.0, kl_factor=0.0625, cov_samples=100_000),
-    "testbed": dict(n_layers_ref=4, layer_fraction=2 / 4, site="prompt_last", v_steps=30, v_lr=0.1,
-                    v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625, cov_samples=2000,
+    "testbed": dict(n_layers_ref=4, layer_fraction=0.0, site="prompt_last", v_steps=60, v_lr=1.0,
+                    v_weight_decay=0.1, clamp_norm_factor=6.0, kl_factor=0.0625, cov_samples=2000,
                     cov_ridge=0.01),
 }
 _MEMIT_PRESETS: dict[str, dict[str, Any]] = {
@@ -200,7 +200,7 @@ _MEMIT_PRESETS: dict[str, dict[str, Any]] = {
     "llama": dict(n_layers_ref=32, layer_fractions=(4 / 32, 8 / 32), v_steps=25, v_lr=0.5,
                   v_weight_decay=1e-3, clamp_norm_factor=4.0, kl_factor=0.0625, mom2_update_weight=15000.0,
                   cov_samples=100_000),
-    "testbed": dict(n_layers_ref=4, layer_fractions=(1 / 4, 3 / 4), site="prompt_last", v_steps=30, v_lr=0.1,
-                    v_weight_decay=0.5, clamp_norm_factor=4.0, kl_factor=0.0625, mom2_update_weight=100.0,
+    "testbed": dict(n_layers_ref=4, layer_fractions=(0.0, 2 / 4), site="prompt_last", v_steps=60, v_lr=1.0,
+                    v_weight_decay=0.1, clamp_norm_factor=6.0, kl_factor=0.0625, mom2_update_weight=50.0,
                     cov_samples=2000),
 }

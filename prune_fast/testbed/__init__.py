@@ -7,10 +7,12 @@ demo and the benchmarks all use this one model.  Importing this package does not
 from .evaluate import answer_correct, task_accuracies, top1_next
 from .model import Testbed, TrainReport, TrainSpec, chance_levels, default_cache_dir, load_testbed, train_model
 from .tokenizer import WordTokenizer
-from .world import RELATIONS, TASKS, Example, Relation, World, WorldSpec
+from .tracing import TraceResult, trace_fact_sites
+from .world import RELATIONS, TASKS, Example, Relation, World, WorldSpec, shipped_corpus
 
 __all__ = [
     "Testbed", "TrainReport", "TrainSpec", "load_testbed", "train_model", "default_cache_dir", "chance_levels",
     "WordTokenizer", "World", "WorldSpec", "Relation", "Example", "RELATIONS", "TASKS",
-    "answer_correct", "task_accuracies", "top1_next",
+    "answer_correct", "task_accuracies", "top1_next", "shipped_corpus", "TraceResult",
+    "trace_fact_sites",
 ]

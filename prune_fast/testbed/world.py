@@ -27,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 
 from ..editors.requests import EditRequest
 
-__all__ = ["Relation", "WorldSpec", "World", "Example", "RELATIONS", "TASKS"]
+__all__ = ["Relation", "WorldSpec", "World", "Example", "RELATIONS", "TASKS", "shipped_corpus"]
 
 
 @dataclass(frozen=True)
@@ -230,3 +230,18 @@ class World:
 
     def to_dict(self) -> dict:
         return asdict(self.spec)
+
+
+SHIPPED_CORPUS = "data/testbed_corpus.txt"
+
+
+def shipped_corpus() -> list[str]:
+    """The covariance corpus shipped with the package: ``World.generate().corpus(2000)``, one text a line.
+
+    Stored as ``prune_fast/data/testbed_corpus.txt`` so that statistics never depend on code that
+    generates text at run time; a test checks that it still matches the generator.
+    """
+    from importlib import resources
+
+    text = resources.files("prune_fast").joinpath(SHIPPED_CORPUS).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]

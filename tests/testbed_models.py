@@ -1,0 +1,46 @@
+"""The trained test-bed model, loaded (or trained) once per test session and copied per test.
+
+Tests edit models in place, so each gets a deep copy (0.9 M parameters: milliseconds); the
+covariance store is shared because its statistics are of the unedited model.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+from prune_fast.editors import CovarianceStore
+from prune_fast.testbed import Testbed, default_cache_dir, load_testbed, shipped_corpus
+
+
+@functools.lru_cache(maxsize=1)
+def _shared() -> Testbed:
+    return load_testbed(progress=False)
+
+
+def fresh_testbed() -> Testbed:
+    """A copy of the session's test-bed whose model a test may edit."""
+    bed = _shared()
+    return Testbed(model=copy.deepcopy(bed.model), tokenizer=bed.tokenizer, world=bed.world, report=bed.report,
+                   path=bed.path)
+
+
+@functools.lru_cache(maxsize=1)
+def shared_store() -> CovarianceStore:
+    """Key statistics from the shipped corpus, cached on disk beside the model."""
+    return CovarianceStore(shipped_corpus(), cache_dir=default_cache_dir(), progress=False)
+
+
+def one_thread():
+    """Generator for a module-scoped autouse fixture: run on one CPU thread, restore afterwards.
+
+    The test-bed model is tiny; with two OpenMP threads on a shared 2-core machine each forward
+    pass spins for tens of milliseconds, one thread is several times faster.
+    """
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
