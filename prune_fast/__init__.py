@@ -6,6 +6,7 @@ Public API::
     SpectralTracker(weight, *, alpha=math.e, fn="log", sigma_star=None, restrain_every=1)
     restrain_checkpoint(base, edited, out, *, fn="log", modules=None, dry_run=False) -> RestrainReport
     restrain_model_(model, original_weights, *, fn="log") -> RestrainReport
+    SequentialEditor(model, tokenizer, *, hparams, covariance, config=RunConfig(...)).run(requests) -> ArmResult
 
 Heavy dependencies (transformers, matplotlib) are imported only by the modules that use them.
 """
@@ -23,6 +24,7 @@ __all__ = [
     "PruneFastError",
     "RestrainReport",
     "RestrainResult",
+    "SequentialEditor",
     "SpectralTracker",
     "SpectrumReport",
     "restrain_",
@@ -35,6 +37,7 @@ _LAZY = {
     "restrain_checkpoint": ".checkpoint",
     "RestrainReport": ".checkpoint",
     "restrain_model_": ".restrain_model",
+    "SequentialEditor": ".runner",
 }
 
 

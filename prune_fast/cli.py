@@ -83,7 +83,38 @@ def _run_example(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[_Sub], None]] = [add_restrain_parser, add_example_parser]  # type: ignore[valid-type]
+def add_demo_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
+    p = sub.add_parser(
+        "demo", help="sequential ROME on the small test-bed model: none vs PRUNE online vs at the end",
+        description="Load (or train, the first time) the package's small GPT-2, run N sequential ROME edits "
+                    "in three arms from the same start (none, online = restrain after every edit, at_end = the "
+                    "paper's protocol), print a side-by-side table and write results.json and PNG plots to OUT. "
+                    "--sweep runs online and at_end for every F and adds a trade-off plot.")
+    p.add_argument("--out", default="prune_fast_demo", help="output folder (default ./prune_fast_demo)")
+    p.add_argument("--n", type=int, default=200, help="number of edits (default 200; at most 200 on the test bed)")
+    p.add_argument("--fn", default=None, choices=[*FN_NAMES, "log1_5", "log1_2"],
+                   help="restraint function of the PRUNE arms (default log1.2, chosen by the sweep: see docs)")
+    p.add_argument("--sweep", action="store_true", help="run online and at_end for ln, log2, log1.5, log1.2, linear")
+    p.add_argument("--eval-every", type=int, default=25, help="re-score all edits and abilities every E edits")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_demo)
+
+
+def _run_demo(args: argparse.Namespace) -> int:
+    from .demo import DEFAULT_FN, run_demo
+    from .run_results import format_table
+
+    doc = run_demo(args.out, n=args.n, fn=args.fn or DEFAULT_FN, sweep=args.sweep, eval_every=args.eval_every,
+                   threads=args.threads, progress=not args.no_progress, plots=not args.no_plots)
+    print(format_table(doc))
+    print(f"\nresults and plots in {args.out}/ (results.json, sigma_ratio.png, metrics.png"
+          + (", tradeoff.png)" if args.sweep else ")"))
+    return 0
+
+
+COMMANDS: list[Callable[[_Sub], None]] = [add_restrain_parser, add_example_parser, add_demo_parser]  # type: ignore[valid-type]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -354,6 +354,46 @@ class SequentialEditor:
             self.journal.record_eval(final_point, final=True)
         return self._result(requests, steps, evals, end_restraint, time.perf_counter() - wall)
 
+    def run_journaled(self, requests: Sequence[EditRequest], folder: Any, header: dict[str, Any], *,
+                      resume: bool = False, checkpoint_every: int = 50) -> ArmResult:
+        """:meth:`run` with a crash-safe journal in ``folder`` (see :mod:`prune_fast.journal`).
+
+        ``header`` says what is run (model, editor, hyper-parameters, requests...); the arm's config
+        is added to it.  With ``resume=True`` the journal must exist and match, the model must be
+        the unedited one; the run continues after its last committed step.
+
+        Example::
+
+            runner.run_journaled(requests, "run1", {"model": path, "requests": digest})
+            runner.run_journaled(requests, "run1", {"model": path, "requests": digest}, resume=True)
+        """
+        from .journal import Journal
+
+        header = dict(header) | {"arm": self.config.to_dict() | {"editor": self.editor},
+                                 "hparams": self.hparams.to_dict(), "n_requests": len(requests)}
+        if not resume:
+            self.journal = Journal.create(folder, header, checkpoint_every)
+            return self.run(requests)
+        self.journal, state = Journal.resume(folder, header, checkpoint_every)
+        return self._resume(requests, state)
+
+    def _resume(self, requests: Sequence[EditRequest], state: Any) -> ArmResult:
+        from .tracker import SpectralTracker
+
+        last = -1
+        if state.checkpoint_step >= 0:
+            last, states = self.journal.load_checkpoint()
+            params = dict(self.model.named_parameters())
+            self.adopt_trackers({name: SpectralTracker.from_state_dict(params[name], st, fn=self.config.fn)
+                                 for name, st in states.items()})
+        for i in range(last + 1, state.next_step):
+            self.apply_updates(self.journal.load_updates(i))
+        logger.info("resumed %s: checkpoint after step %d, %d staged steps re-applied, continuing at step %d",
+                    self.journal.path, last, state.next_step - last - 1, state.next_step)
+        return self.run(requests, start_step=state.next_step,
+                        prior_steps=[StepRecord(**d) for d in state.steps],
+                        prior_evals=[EvalPoint(**d) for d in state.evals])
+
     def _result(self, requests: list[EditRequest], steps: list[StepRecord], evals: list[EvalPoint],
                 end_restraint: dict[str, Any], wall_s: float) -> ArmResult:
         cfg = self.config
