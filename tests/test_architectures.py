@@ -220,3 +220,47 @@ def test_presets_follow_the_model_depth(family, rome_layer, memit_layers):
     assert MEMITHyperParams.for_model(model).layers == memit_layers
     assert ROMEHyperParams.preset("gpt2").layer == 17  # GPT-2 XL, as in the ROME paper
     assert MEMITHyperParams.preset("gpt2").layers == (13, 14, 15, 16, 17)
+
+
+def test_covariance_is_the_mean_outer_product_of_keys(tmp_path):
+    model = _model("llama")
+    site = resolve_site(model, 1)
+    texts = WORLD.corpus(30)
+    store = CovarianceStore(texts, cache_dir=None, batch_size=7, progress=False)
+    cov = store.get(model, TOK, site, n_samples=30)
+    keys = []
+    module = model.get_submodule(site.module_name)
+    handle = module.register_forward_pre_hook(lambda _m, args: keys.append(args[0][0].double()))
+    with torch.no_grad():
+        for t in texts:  # one text at a time: no padding at all
+            model(input_ids=torch.tensor([TOK.encode(t)]))
+    handle.remove()
+    k = torch.cat(keys)
+    ref = k.T @ k / k.shape[0]
+    err = ((cov.double() - ref).norm() / ref.norm()).item()
+    assert err < 1e-5, f"relative error {err:.2e} against {k.shape[0]} unpadded keys"
+
+
+def test_tracker_set_checks_every_update_before_writing():
+    from prune_fast.editors import EditorError, FactoredUpdate
+
+    model = _model("gpt2")
+    snap = _snapshot(model)
+    site = resolve_site(model, 0)
+    rows, cols = model.get_submodule(site.module_name).weight.shape
+    good = FactoredUpdate(site.param_name, torch.randn(rows, 1), torch.randn(cols, 1), 0)
+    bad_cases = {
+        "name": FactoredUpdate("transformer.h.0.mlp.nope.weight", good.u, good.v),
+        "shape": FactoredUpdate(site.param_name, torch.randn(cols, 1), torch.randn(rows, 1)),
+        "rank": FactoredUpdate(site.param_name, torch.randn(rows, 2), torch.randn(cols, 1)),
+        "nan": FactoredUpdate(site.param_name, torch.full((rows, 1), float("nan")), good.v),
+        "vector": FactoredUpdate("transformer.h.0.mlp.c_proj.bias", torch.randn(cols, 1), torch.randn(1, 1)),
+    }
+    trackers = TrackerSet(model, restrain_every=None)
+    for what, bad in bad_cases.items():
+        with pytest.raises(EditorError):
+            trackers.apply_([good, bad])
+        _assert_unchanged(model, snap)
+    trackers.apply_([good])
+    w = model.get_submodule(site.module_name).weight.detach()
+    assert torch.allclose(w, snap[site.param_name] + good.u @ good.v.T, atol=1e-5)
