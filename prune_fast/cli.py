@@ -114,7 +114,56 @@ def _run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[_Sub], None]] = [add_restrain_parser, add_example_parser, add_demo_parser]  # type: ignore[valid-type]
+def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
+    p = sub.add_parser(
+        "edit", help="sequential ROME/MEMIT edits of a local model from a CounterFact/ZsRE file, with PRUNE",
+        description="Apply the first N requests of a CounterFact or ZsRE file to a local model one after another "
+                    "(MEMIT: in batches), with restraint none, online (after every K edits) or at_end (the paper's "
+                    "protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
+                    "interrupted run in OUT (same model, requests, editor and F, or it refuses).")
+    p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
+    p.add_argument("--requests", required=True, help="CounterFact or ZsRE records: .json list or .jsonl")
+    p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
+    p.add_argument("--editor", default="rome", choices=["rome", "memit"])
+    p.add_argument("--restrain", default="online", choices=["none", "online", "at_end"], help="protocol (default online)")
+    p.add_argument("--fn", default="log1.2", choices=[*FN_NAMES, "log1_5", "log1_2"], help="restraint function")
+    p.add_argument("--restrain-every", type=int, default=1, metavar="K", help="online: restrain every K edit steps")
+    p.add_argument("--n", type=int, default=None, help="number of requests (default: all)")
+    p.add_argument("--batch-size", type=int, default=1, help="MEMIT: requests per edit step")
+    p.add_argument("--out", required=True, help="run folder: journal, checkpoints, results.json")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT")
+    p.add_argument("--hparams", metavar="FILE.yaml", help="editor hyper-parameters (default: preset of the architecture)")
+    p.add_argument("--preset", help="named preset (gpt2, llama, testbed) instead of the architecture's")
+    p.add_argument("--corpus", nargs="+", default=[], metavar="FILE.txt",
+                   help="text lines for the key covariance (required except for the package's test-bed model)")
+    p.add_argument("--tasks", nargs="+", default=[], metavar="NAME=FILE.jsonl",
+                   help="general-ability tasks: JSONL lines {\"prompt\": ..., \"answer\": ...}")
+    p.add_argument("--heldout", metavar="FILE.txt", help="held-out text lines for perplexity")
+    p.add_argument("--eval-every", type=int, default=50, help="re-score all edits and tasks every E edits")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="tracker checkpoint every C steps")
+    p.add_argument("--save-model", action="store_true", help="also save the edited model to OUT/model")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=_run_edit)
+
+
+def _run_edit(args: argparse.Namespace) -> int:
+    from .edit_run import EditJob, run_edit
+    from .run_results import format_table
+
+    job = EditJob(model=args.model, requests=args.requests, out=args.out, n=args.n, editor=args.editor,
+                  protocol=args.restrain, fn=args.fn, restrain_every=args.restrain_every, batch_size=args.batch_size,
+                  format=args.format, hparams=args.hparams, preset=args.preset, corpus=args.corpus, tasks=args.tasks,
+                  heldout=args.heldout, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                  resume=args.resume, save_model=args.save_model, device=args.device, threads=args.threads,
+                  progress=not args.no_progress)
+    print(format_table(run_edit(job)))
+    print(f"\nresults in {args.out}/results.json")
+    return 0
+
+
+COMMANDS: list[Callable[[_Sub], None]] = [add_restrain_parser, add_example_parser, add_demo_parser, add_edit_parser]  # type: ignore[valid-type]
 
 
 def build_parser() -> argparse.ArgumentParser:

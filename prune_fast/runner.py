@@ -369,13 +369,17 @@ class SequentialEditor:
         """
         from .journal import Journal
 
-        header = dict(header) | {"arm": self.config.to_dict() | {"editor": self.editor},
-                                 "hparams": self.hparams.to_dict(), "n_requests": len(requests)}
+        header = self.journal_header(header, len(requests))
         if not resume:
             self.journal = Journal.create(folder, header, checkpoint_every)
             return self.run(requests)
         self.journal, state = Journal.resume(folder, header, checkpoint_every)
         return self._resume(requests, state)
+
+    def journal_header(self, header: dict[str, Any], n_requests: int) -> dict[str, Any]:
+        """``header`` plus this runner's arm config and hyper-parameters: what a resume must match."""
+        return dict(header) | {"arm": self.config.to_dict() | {"editor": self.editor},
+                               "hparams": self.hparams.to_dict(), "n_requests": n_requests}
 
     def _resume(self, requests: Sequence[EditRequest], state: Any) -> ArmResult:
         from .tracker import SpectralTracker

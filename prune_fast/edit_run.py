@@ -1,0 +1,193 @@
+"""``python -m prune_fast edit``: sequential edits of a user's local model from a CounterFact/ZsRE file.
+
+Loads a model folder (``from_pretrained`` on a local path, nothing downloaded; the package's own
+test-bed folders with their word tokenizer work too), reads the first ``n`` requests, and runs one
+arm (``none``, ``online`` or ``at_end`` with F) under a crash-safe journal in ``out``.  Writes
+``out/results.json`` (schema ``prune_fast.sequential/1``) and, with ``save_model``, the edited
+model to ``out/model``.  ``resume=True`` continues an interrupted run in ``out``.
+
+Example::
+
+    job = EditJob(model="models/gpt2-xl", requests="counterfact.json", out="run1", n=1000,
+                  protocol="online", fn="log1.2", corpus="wiki_lines.txt")
+    doc = run_edit(job)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import InvalidInputError
+
+__all__ = ["EditJob", "run_edit", "load_local_model", "load_requests"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EditJob:
+    """Settings of one ``edit`` run (the CLI's options, one to one)."""
+
+    model: str
+    requests: str
+    out: str
+    n: int | None = None
+    editor: str = "rome"
+    protocol: str = "online"
+    fn: str = "log1.2"
+    restrain_every: int = 1
+    batch_size: int = 1
+    format: str = "auto"
+    hparams: str | None = None
+    preset: str | None = None
+    corpus: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    heldout: str | None = None
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    resume: bool = False
+    save_model: bool = False
+    device: str = "cpu"
+    threads: int | None = None
+    progress: bool = True
+
+
+def _is_testbed(folder: Path) -> bool:
+    tok = folder / "tokenizer.json"
+    if not tok.exists():
+        return False
+    try:
+        return json.loads(tok.read_text()).get("format") == "prune_fast.word_tokenizer/1"
+    except (ValueError, AttributeError):
+        return False
+
+
+def load_local_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any, bool]:
+    """``(model, tokenizer, is_testbed)`` from a local folder; never downloads (``local_files_only``)."""
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise InvalidInputError(f"--model {path}: not a local folder (nothing is downloaded here)")
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
+    model.eval()
+    if _is_testbed(folder):
+        from .testbed import WordTokenizer
+
+        return model, WordTokenizer.load(folder / "tokenizer.json"), True
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model, tok, False
+
+
+def load_requests(path: str | Path, fmt: str = "auto", limit: int | None = None) -> list[Any]:
+    """CounterFact or ZsRE requests; ``fmt="auto"`` looks at the first record's fields."""
+    from .editors import load_counterfact, load_zsre
+
+    if fmt == "auto":
+        text = Path(path).read_text(encoding="utf-8")
+        first = json.loads(text.splitlines()[0]) if str(path).endswith(".jsonl") else json.loads(text)[0]
+        fmt = "counterfact" if "requested_rewrite" in first else "zsre" if "src" in first else ""
+        if not fmt:
+            raise InvalidInputError(f"{path}: cannot tell CounterFact from ZsRE; pass --format")
+    if fmt not in ("counterfact", "zsre"):
+        raise InvalidInputError(f"--format must be auto, counterfact or zsre, got {fmt!r}")
+    return (load_counterfact if fmt == "counterfact" else load_zsre)(path, limit=limit)
+
+
+def _sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def _run_config(job: EditJob) -> Any:
+    from .runner import RunConfig
+
+    return RunConfig(protocol=job.protocol, fn=job.fn, restrain_every=job.restrain_every, eval_every=job.eval_every,
+                     batch_size=job.batch_size)
+
+
+def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
+    from .editors.covariance import model_key
+
+    return {"model": str(Path(job.model).resolve()), "model_key": model_key(model),
+            "requests_file": str(Path(job.requests).resolve()), "requests_sha256": _sha256(job.requests), "n": n}
+
+
+def run_edit(job: EditJob) -> dict[str, Any]:
+    """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
+    from .editors import CovarianceStore, MEMITHyperParams, ROMEHyperParams, read_corpus
+    from .evaluation import Evaluator, load_task_jsonl, world_abilities
+    from .run_results import results_document, write_results
+    from .runner import SequentialEditor
+
+    if job.threads:
+        torch.set_num_threads(job.threads)
+    if job.editor not in ("rome", "memit"):
+        raise InvalidInputError(f"--editor must be rome or memit, got {job.editor!r}")
+    model, tok, testbed = load_local_model(job.model, job.device)
+    requests = load_requests(job.requests, job.format, job.n)
+    if job.n is not None and len(requests) < job.n:
+        raise InvalidInputError(f"--n {job.n} but {job.requests} holds only {len(requests)} requests")
+    cls = ROMEHyperParams if job.editor == "rome" else MEMITHyperParams
+    if job.hparams:
+        hp = cls.from_yaml(Path(job.hparams))
+    elif job.preset or testbed:
+        hp = cls.preset(job.preset or "testbed", model.config.num_hidden_layers)
+    else:
+        hp = cls.for_model(model)
+    if job.corpus:
+        texts = read_corpus(job.corpus)
+    elif testbed:
+        from .testbed import shipped_corpus
+
+        texts = shipped_corpus()
+    else:
+        raise InvalidInputError("--corpus is required: ROME/MEMIT need key statistics from text the model reads")
+    out = Path(job.out)
+    if job.resume:  # refuse a mismatched resume before any expensive work
+        from .journal import Journal
+
+        probe = SequentialEditor(model, tok, hparams=hp, covariance=None, config=_run_config(job), progress=False)
+        Journal.resume(out / "run", probe.journal_header(_header(job, model, len(requests)), len(requests)))
+    store = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
+
+    abilities: dict[str, Any] = {}
+    info: dict[str, Any] = {}
+    for spec in job.tasks:
+        name, _, file = spec.rpartition("=")
+        abilities[name or Path(file).stem] = load_task_jsonl(file)
+    if testbed and not job.tasks:
+        from .testbed import World, WorldSpec
+
+        spec_file = Path(job.model) / "spec.json"
+        world = World.generate(WorldSpec(**json.loads(spec_file.read_text())["world"])) if spec_file.exists() \
+            else World.generate()
+        abilities, info = world_abilities(world, model, tok)
+    heldout = read_corpus(job.heldout) if job.heldout else ()
+    evaluator = Evaluator(model, tok, abilities=abilities, heldout=heldout)
+
+    runner = SequentialEditor(model, tok, hparams=hp, covariance=store, config=_run_config(job), evaluator=evaluator,
+                              progress=job.progress)
+    arm = runner.run_journaled(requests, out / "run", _header(job, model, len(requests)), resume=job.resume,
+                               checkpoint_every=job.checkpoint_every)
+    run_config = {"command": "edit", **{k: v for k, v in job.__dict__.items() if k != "progress"},
+                  "hparams_used": hp.to_dict(), "n": len(requests)}
+    doc = results_document(run_config, {arm.name: arm}, info)
+    write_results(out / "results.json", doc)
+    if job.save_model:
+        with torch.no_grad():
+            model.save_pretrained(out / "model", safe_serialization=True)
+        if hasattr(tok, "save_pretrained"):
+            tok.save_pretrained(out / "model")
+        else:
+            tok.save(out / "model" / "tokenizer.json")
+    return doc

@@ -1,0 +1,59 @@
+"""``python -m prune_fast edit`` on a saved test-bed model with a CounterFact-format file."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from prune_fast.run_results import validate_results
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    env = os.environ | {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "prune_fast", *args], capture_output=True, text=True, env=env,
+                          timeout=600)
+
+
+def _counterfact(requests) -> list[dict]:
+    return [{"case_id": i, "requested_rewrite": {"prompt": r.prompt, "subject": r.subject,
+                                                 "target_new": {"str": r.target_new}, "target_true": {"str": r.target_true}},
+             "paraphrase_prompts": list(r.paraphrase_prompts), "neighborhood_prompts": list(r.neighborhood_prompts)}
+            for i, r in enumerate(requests)]
+
+
+def test_edit_help_documents_everything():
+    out = _cli("edit", "--help")
+    assert out.returncode == 0
+    for opt in ("--model", "--requests", "--editor", "--restrain", "--fn", "--n", "--out", "--resume", "--corpus",
+                "--tasks"):
+        assert opt in out.stdout
+
+
+def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
+    from prune_fast.testbed import load_testbed
+
+    bed = load_testbed(progress=False)
+    model_dir = tmp_path / "model"
+    shutil.copytree(bed.path, model_dir)
+    cf = tmp_path / "cf.json"
+    cf.write_text(json.dumps(_counterfact(bed.world.edit_requests(8))))
+    out = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "rome", "--restrain", "online",
+               "--fn", "log1.2", "--n", "6", "--eval-every", "3", "--checkpoint-every", "2", "--out",
+               str(tmp_path / "run"), "--threads", "1", "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    validate_results(doc)
+    (arm,) = doc["arms"].values()
+    assert arm["name"] == "online-log1.2" and arm["n_requests"] == 6
+    assert set(arm["final"]["general"]) == {"recall", "addition", "copy"}
+    assert "online-log1.2" in out.stdout
+
+    again = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--restrain", "online", "--fn", "ln",
+                 "--n", "6", "--out", str(tmp_path / "run"), "--resume", "--threads", "1", "--no-progress")
+    assert again.returncode == 2
+    assert "refusing to resume" in again.stderr and "'log1.2'" in again.stderr and "'ln'" in again.stderr
