@@ -122,6 +122,17 @@ class AccumulatedDelta:
         r_new = (sr[keep, None] * hr[keep]).to(self.dtype)
         return p, q_new, r_new
 
+    def _core_start(self, start_u: torch.Tensor | None, start_v: torch.Tensor | None
+                    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Warm start in core coordinates: last solve's core vectors (the bases only grew since, so
+        they stay valid padded with zeros), else the projections of the full-space start vectors."""
+        last = getattr(self, "_last_core", None)
+        if last is not None and last[0].shape[0] <= self._ra and last[1].shape[0] <= self._rb:
+            return _pad_rows(last[0], self._ra), _pad_rows(last[1], self._rb)
+        su = None if start_u is None else (self.qa.T @ start_u.to(self.dtype)).to(torch.float64)
+        sv = None if start_v is None else (self.qb.T @ start_v.to(self.dtype)).to(torch.float64)
+        return su, sv
+
     def dense_delta(self) -> torch.Tensor:
         """Δ as a dense m×n matrix in ``dtype`` (a new tensor)."""
         if self.is_dense:
@@ -155,13 +166,17 @@ class AccumulatedDelta:
         if prefer_direct(core.shape, expected):
             t = direct_triplets(core, threshold)
         else:
-            su = None if start_u is None else (self.qa.T @ start_u.to(self.dtype)).to(torch.float64)
-            sv = None if start_v is None else (self.qb.T @ start_v.to(self.dtype)).to(torch.float64)
+            su, sv = self._core_start(start_u, start_v)
             t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL,
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
+        self._last_core = (t.u, t.v)
         u = self.qa @ t.u.to(self.dtype)
         v = self.qb @ t.v.to(self.dtype)
         return Triplets(u, t.s.to(torch.float64), v, t.residual, t.next_value, t.basis_size, t.products, t.exact)
+
+
+def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
+    return torch.cat([x, x.new_zeros(rows - x.shape[0], x.shape[1])], 0) if rows > x.shape[0] else x
 
 
 def _append_columns(buf: torch.Tensor, used: int, new: torch.Tensor) -> torch.Tensor:
