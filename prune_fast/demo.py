@@ -35,7 +35,7 @@ __all__ = ["run_demo", "DEFAULT_FN", "SWEEP_FNS"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_FN = "log1.2"
+DEFAULT_FN = "linear"
 SWEEP_FNS = ("ln", "log2", "log1.5", "log1.2", "linear")
 
 

@@ -30,7 +30,7 @@ def test_demo_short_run_writes_results_and_plots(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads((tmp_path / "demo" / "results.json").read_text())
     validate_results(doc)
-    assert list(doc["arms"]) == ["none", "online-log1.2", "at_end-log1.2"]
+    assert list(doc["arms"]) == ["none", "online-linear", "at_end-linear"]
     for name in doc["arms"]:
         assert name in out.stdout
     assert "σmax(W)/σ*" in out.stdout
