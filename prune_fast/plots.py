@@ -49,7 +49,11 @@ def plot_results(doc: Mapping[str, Any], out_dir: str | Path, tradeoff: bool = F
     for name, arm in arms.items():
         for param, sp in arm["spectrum"].items():
             label = name if len(arm["spectrum"]) == 1 else f"{name} {param}"
-            ax.plot(sp["edits"], sp["ratio"], label=label, **_style(name))
+            xs, ys = list(sp["edits"]), list(sp["ratio"])
+            if arm["config"]["protocol"] == "at_end" and sp.get("final"):
+                xs.append(arm["n_requests"])        # the one restraint after the last edit
+                ys.append(sp["final"]["ratio"])
+            ax.plot(xs, ys, label=label, **_style(name))
     ax.axhline(1.0, color="grey", linewidth=0.8)
     ax.set(xlabel="edits", ylabel="σ_max(W) / σ*", title="How far editing pushes the weight (σ* = σ_max(W0))")
     ax.legend(fontsize=7)
