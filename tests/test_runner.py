@@ -105,7 +105,7 @@ def test_results_json_schema(tmp_path):
 
 def test_update_sigma_max_matches_dense(rng):
     u, v = torch.randn(30, 3, generator=rng), torch.randn(20, 3, generator=rng)
-    want = float(torch.linalg.svdvals((u @ v.T).double())[0])
+    want = float(torch.linalg.svdvals(u.double() @ v.double().T)[0])
     assert abs(update_sigma_max(u, v) - want) <= 1e-9 * want
 
 
@@ -114,3 +114,25 @@ def test_bad_config_is_refused():
         RunConfig(protocol="sometimes").validate()
     with pytest.raises(InvalidInputError, match="restrain_every"):
         RunConfig(restrain_every=0).validate()
+
+
+def test_memit_batches_through_the_runner():
+    from prune_fast.editors import MEMITHyperParams
+
+    bed, store, abilities, _ = _bed()
+    model = copy.deepcopy(bed.model)
+    runner = SequentialEditor(model, bed.tokenizer, hparams=MEMITHyperParams.preset("testbed"), covariance=store,
+                              config=RunConfig(protocol="online", fn="linear", batch_size=2, eval_every=0),
+                              evaluator=Evaluator(model, bed.tokenizer, abilities={}), progress=False)
+    res = runner.run(bed.world.edit_requests(4, seed=3))
+    assert len(res.steps) == 2 and res.steps[-1].edits == 4
+    assert len(res.steps[0].case_ids) == 2
+    assert len(res.spectrum) == len(MEMITHyperParams.preset("testbed").layers)
+    assert [e.edits for e in res.evals] == [0, 4]
+
+
+def test_rome_refuses_batches():
+    bed, store, _, _ = _bed()
+    with pytest.raises(InvalidInputError, match="batch_size"):
+        SequentialEditor(bed.model, bed.tokenizer, hparams=ROMEHyperParams.preset("testbed"), covariance=store,
+                         config=RunConfig(batch_size=2))
