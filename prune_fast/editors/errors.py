@@ -1,10 +1,12 @@
 """Errors raised by the editors, always before any weight is written."""
 from __future__ import annotations
 
+from ..errors import PruneFastError
+
 __all__ = ["EditorError", "UnsupportedArchitectureError", "InvalidLayerError", "MalformedRequestError"]
 
 
-class EditorError(ValueError):
+class EditorError(PruneFastError, ValueError):
     """Base class: an edit was refused before anything was applied."""
 
 
