@@ -155,4 +155,16 @@ def format_table(doc: Mapping[str, Any]) -> str:
                      *[_fmt(fin["general"].get(a)) for a in abilities],
                      _fmt(max(ratios) if ratios else None), _fmt(max((u for u in upd if u is not None), default=None)),
                      "—" if cfg["protocol"] == "none" else f"{restrain_ms:.2f}" + (" (once)" if cfg["protocol"] == "at_end" else "")])
-    return "\n".join("| " + " | ".join(r) + " |" for r in rows)
+    lines = ["| " + " | ".join(r) + " |" for r in rows]
+    stars = {param: sp["sigma_star"] for arm in arms.values() for param, sp in arm["spectrum"].items()}
+    lines.append("σ* = σ_max(W0) per edited weight: " + ", ".join(f"{p} {v:.4g}" for p, v in stars.items()))
+    notes: dict[str, str] = {}
+    for arm in arms.values():
+        alpha = arm["config"].get("alpha")
+        fn = str(arm["config"].get("fn"))
+        base = {"ln": math.e, "log2": 2.0, "log1.5": 1.5, "log1.2": 1.2}.get(fn, alpha if fn.startswith("log(") else None)
+        low = [p for p, v in stars.items() if base and v < 1 / math.log(base)]
+        if arm["config"]["protocol"] != "none" and low:
+            notes[fn] = (f"note: {fn} RAISES singular values just above σ* for {', '.join(low)} "
+                         f"(σ* < 1/ln α = {1 / math.log(base):.3g})")
+    return "\n".join(lines + list(notes.values()))

@@ -97,6 +97,12 @@ def test_results_json_schema(tmp_path):
     table = format_table(loaded)
     for name in arms:
         assert name in table
+    assert "σ* = σ_max(W0) per edited weight" in table and "RAISES" not in table
+    low = json.loads(path.read_text())
+    for arm in low["arms"].values():
+        for sp in arm["spectrum"].values():
+            sp["sigma_star"] = 2.0          # < 1/ln 1.2 = 5.48: log1.2 raises values just above σ*
+    assert format_table(low).count("note: log1.2 RAISES") == 1
     broken = json.loads(path.read_text())
     del broken["arms"]["none"]["final"]["immediate"]
     with pytest.raises(InvalidInputError, match=r"arms\['none'\].final lacks \['immediate'\]"):
