@@ -28,22 +28,27 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prune_fast  # noqa: E402
 import prune_fast.restrain  # noqa: E402
 import prune_fast.restraint_fn  # noqa: E402
 from prune_fast.reference import paper_procedure  # noqa: E402
 from prune_fast.synthetic_edits import rome_like_updates  # noqa: E402
+from bench_checkpoint import timed, trained_like  # noqa: E402
 
 M, N = 1600, 6400
 RANKS = (1, 16, 256, 1600)
 
 
-def make_case(rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """W0 (Gaussian, the hard case for σ*) and a Δ of the given rank: min(5, rank) values in
-    [1.5σ*, 6σ*], the rest in (0, 0.8σ*)."""
+def make_case(rank: int, seed: int = 0, w0_kind: str = "gaussian") -> tuple[torch.Tensor, torch.Tensor, float]:
+    """W0 and a Δ of the given rank: min(5, rank) values in [1.5σ*, 6σ*], the rest in (0, 0.8σ*).
+
+    ``w0_kind``: ``"gaussian"`` (clustered top singular values: the hard case for σ*) or
+    ``"trained"`` (a bulk plus separated top directions, like trained weights).
+    """
     g = torch.Generator().manual_seed(seed)
-    w0 = torch.randn(M, N, generator=g) / math.sqrt(N)
+    w0 = torch.randn(M, N, generator=g) / math.sqrt(N) if w0_kind == "gaussian" else trained_like(M, N, g)
     sigma_star = prune_fast.restrain.sigma_max(w0)[0]
     above = min(5, rank)
     s = torch.cat([torch.linspace(6.0, 1.5, above), 0.8 * torch.rand(rank - above, generator=g)]) * sigma_star
@@ -52,18 +57,9 @@ def make_case(rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, flo
     return w0, (u * s) @ v.T, sigma_star
 
 
-def time_call(fn, repeats: int) -> list[float]:
-    out = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t0)
-    return out
-
-
-def restrain_fast(w0, delta):
+def restrain_fast(w0, delta, sigma_star=None):
     w = w0 + delta
-    return lambda: prune_fast.restrain_(w.copy_(w0 + delta), delta)
+    return lambda: prune_fast.restrain_(w.copy_(w0 + delta), delta, sigma_star=sigma_star)
 
 
 def restrain_svd_lowrank(w0, delta, rank):
@@ -104,18 +100,20 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     print(f"# {time.strftime('%Y-%m-%d')} · commit {commit} · {platform.processor() or platform.machine()} · "
           f"torch {torch.__version__} · {torch.get_num_threads()} threads · shape {M}×{N} fp32")
-    print(f"| Δ rank | restrain_ median (s) | svd_lowrank version median (s) | n restrained |")
-    print("|---|---|---|---|")
+    print("| W0 | Δ rank | restrain_ median (s) | restrain_ with σ* given (s) | svd_lowrank version (s) | n restrained |")
+    print("|---|---|---|---|---|---|")
     paper_case = None
-    for rank in RANKS:
-        w0, delta, sigma_star = make_case(rank)
-        fast = time_call(restrain_fast(w0, delta), args.repeats)
-        low = time_call(restrain_svd_lowrank(w0, delta, rank), args.repeats)
-        w = w0 + delta
-        n = prune_fast.restrain_(w, delta).n_restrained
-        print(f"| {rank} | {statistics.median(fast):.3f} | {statistics.median(low):.3f} | {n} |", flush=True)
-        if rank == 16:
-            paper_case = (w0, delta)
+    for kind in ("gaussian", "trained"):
+        for rank in RANKS:
+            w0, delta, sigma_star = make_case(rank, w0_kind=kind)
+            fast = timed(restrain_fast(w0, delta), args.repeats)
+            given = timed(restrain_fast(w0, delta, sigma_star), args.repeats)
+            low = timed(restrain_svd_lowrank(w0, delta, rank), args.repeats)
+            n = prune_fast.restrain_(w0 + delta, delta).n_restrained
+            print(f"| {kind} | {rank} | {statistics.median(fast):.3f} | {statistics.median(given):.3f} | "
+                  f"{statistics.median(low):.3f} | {n} |", flush=True)
+            if rank == 16 and kind == "trained":
+                paper_case = (w0, delta)
     if not args.quick:
         w0, delta = paper_case
         t0 = time.perf_counter()
