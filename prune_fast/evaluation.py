@@ -147,8 +147,7 @@ class Evaluator:
             gen += [(p, r.target_new, r.target_true) for p in r.paraphrase_prompts]
             loc += [(p, a, r.target_new) for p, a in r.neighborhood()]
         out: dict[str, float] = {}
-        for name, items, want_first in (("efficacy", eff, True), ("generalization", gen, True),
-                                        ("locality", loc, True)):
+        for name, items in (("efficacy", eff), ("generalization", gen), ("locality", loc)):
             out[name], out[name + "_prob"] = self._contest(items)
         return out
 
