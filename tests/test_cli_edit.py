@@ -57,3 +57,21 @@ def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
                  "--n", "6", "--out", str(tmp_path / "run"), "--resume", "--threads", "1", "--no-progress")
     assert again.returncode == 2
     assert "refusing to resume" in again.stderr and "'log1.2'" in again.stderr and "'ln'" in again.stderr
+
+
+def test_request_format_is_detected(tmp_path):
+    import pytest
+
+    from prune_fast.edit_run import load_requests
+    from prune_fast.errors import InvalidInputError
+
+    zsre = tmp_path / "zsre.json"
+    zsre.write_text(json.dumps([{"subject": "Bakiro", "src": "Where does Bakiro live?", "alt": "Oslo",
+                                 "answers": ["Paris"], "rephrase": "Bakiro lives where?", "loc": "nq question",
+                                 "loc_ans": "yes"}]))
+    (req,) = load_requests(zsre)
+    assert req.prompt == "Where does {} live?" and req.target_new == "Oslo" and req.target_true == "Paris"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"question": "?"}]))
+    with pytest.raises(InvalidInputError, match="cannot tell CounterFact from ZsRE"):
+        load_requests(other)
