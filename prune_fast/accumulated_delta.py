@@ -23,7 +23,7 @@ from .krylov import Triplets, direct_triplets, prefer_direct, topk_svd
 
 # Relative residual asked of the Krylov solver on the float64 core; Q_a, Q_b are fp32, so finer
 # than this cannot be represented anyway.
-_CORE_TOL = 1e-9
+_CORE_TOL = 1e-7
 
 
 class AccumulatedDelta:

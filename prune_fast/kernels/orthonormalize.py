@@ -4,7 +4,8 @@
 
     X = Q C + Q_new R + E,     Q_newᵀ Q_new = I,   Qᵀ Q_new ≈ 0,   ‖E‖ ≤ δ max_j‖x_j‖,  δ = 16 ulp.
 
-Classical Gram–Schmidt is applied twice (CGS2: "twice is enough", Giraud et al. 2005). Directions of
+Classical Gram–Schmidt is applied twice (CGS2: "twice is enough", Giraud et al. 2005), the second
+pass skipped when no column lost more than 1 − 1/√2 of its norm (Kahan–Parlett criterion). Directions of
 X that lie numerically inside span(Q) are *deflated*: what is left of them is rounding noise, whose
 normalised direction would not be orthogonal to Q, so it is dropped (its part of R is zero) and a
 random direction orthogonal to Q takes its place. This keeps block Krylov bases orthonormal when the
@@ -22,9 +23,13 @@ def _project_out(x: torch.Tensor, basis: torch.Tensor | None) -> tuple[torch.Ten
     if basis is None or basis.shape[1] == 0:
         return x, None
     c1 = basis.T @ x
-    x = x - basis @ c1
-    c2 = basis.T @ x
-    return x - basis @ c2, c1 + c2
+    y = x - basis @ c1
+    # Kahan–Parlett: a column that kept ≥ 1/√2 of its norm is already orthogonal to working
+    # precision after one pass; only otherwise is the second pass needed.
+    if bool((torch.linalg.vector_norm(y, dim=0) >= 0.7071 * torch.linalg.vector_norm(x, dim=0)).all()):
+        return y, c1
+    c2 = basis.T @ y
+    return y - basis @ c2, c1 + c2
 
 
 def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
