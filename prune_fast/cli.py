@@ -93,7 +93,7 @@ def add_demo_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p.add_argument("--out", default="prune_fast_demo", help="output folder (default ./prune_fast_demo)")
     p.add_argument("--n", type=int, default=200, help="number of edits (default 200; at most 200 on the test bed)")
     p.add_argument("--fn", default=None, choices=[*FN_NAMES, "log1_5", "log1_2"],
-                   help="restraint function of the PRUNE arms (default linear, chosen by the sweep: see docs/sequential.md)")
+                   help="restraint function of the PRUNE arms (default linear, chosen by the sweep: see README.md (Sequential runs))")
     p.add_argument("--sweep", action="store_true", help="run online and at_end for ln, log2, log1.5, log1.2, linear")
     p.add_argument("--eval-every", type=int, default=25, help="re-score all edits and abilities every E edits")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

@@ -8,7 +8,7 @@ runs ``online`` and ``at_end`` for every F in :data:`SWEEP_FNS`.  Writes ``resul
 
 Why :data:`DEFAULT_FN` is ``linear``: on this model one ROME update already has a top singular
 value of about 1.9 × σ* (median), so every log base shrinks each edit as it arrives; the measured
-200-edit sweep (docs/sequential.md) gave efficacy ≤ 0.05 for ln, log2, log1.5 and log1.2, and 0.36
+200-edit sweep (README.md (Sequential runs)) gave efficacy ≤ 0.05 for ln, log2, log1.5 and log1.2, and 0.36
 (online) for linear while recall of unedited facts stayed at 0.86 instead of 0.63 without PRUNE.
 
 Example::

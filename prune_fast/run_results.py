@@ -1,6 +1,6 @@
 """The results file of sequential runs: one JSON document, schema ``prune_fast.sequential/1``.
 
-Layout (documented for users in ``docs/sequential.md``)::
+Layout (documented for users in ``README.md (Sequential runs)``)::
 
     {
       "schema": "prune_fast.sequential/1",

@@ -144,7 +144,7 @@ class EvalPoint:
 
 @dataclass
 class ArmResult:
-    """The outcome of one run (one arm); ``to_dict()`` is its JSON form (see docs/sequential.md)."""
+    """The outcome of one run (one arm); ``to_dict()`` is its JSON form (see README.md (Sequential runs))."""
 
     name: str
     config: dict[str, Any]
