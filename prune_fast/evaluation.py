@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from .editors.probes import input_device, pad_rows
 from .editors.requests import EditRequest
 from .errors import InvalidInputError
 
@@ -49,10 +50,6 @@ def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torc
     return encode_pairs(tokenizer, pairs, device)
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
 @torch.no_grad()
 def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
                    batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,7 +60,7 @@ def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple
         lp, ok = answer_logprob(model, tok, [("7 plus 5 is", "12")])
     """
     lps, oks = [], []
-    device = _device(model)
+    device = input_device(model)
     for start in range(0, len(pairs), batch_size):
         ids, mask, labels = _encode_pairs(tokenizer, pairs[start:start + batch_size], device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
@@ -81,7 +78,7 @@ def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple
 @torch.no_grad()
 def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], batch_size: int = 64) -> float:
     """exp(mean next-token NLL) over ``texts`` (each scored from its second token on)."""
-    device = _device(model)
+    device = input_device(model)
     total, count = 0.0, 0
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     for start in range(0, len(texts), batch_size):
@@ -89,12 +86,7 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], bat
         seqs = [s for s in seqs if len(s) >= 2]
         if not seqs:
             continue
-        width = max(len(s) for s in seqs)
-        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)] = torch.tensor(s)
-            mask[i, :len(s)] = 1
+        ids, mask = pad_rows(seqs, pad)
         ids, mask = ids.to(device), mask.to(device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")

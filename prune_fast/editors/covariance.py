@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .architectures import EditSite, resolve_module
-from .probes import encode, input_device
+from .probes import encode, input_device, pad_rows
 
 __all__ = ["CovarianceStore", "read_corpus", "model_key"]
 
@@ -153,12 +153,7 @@ class CovarianceStore:
                 rows = [r for r in rows if r]
                 if not rows:
                     continue
-                width = max(len(r) for r in rows)
-                ids = torch.full((len(rows), width), pad, dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for i, r in enumerate(rows):
-                    ids[i, : len(r)] = torch.tensor(r)
-                    mask[i, : len(r)] = 1
+                ids, mask = pad_rows(rows, pad)
                 mask_holder["mask"] = mask
                 dev_in = input_device(model)
                 model(input_ids=ids.to(dev_in), attention_mask=mask.to(dev_in))

@@ -57,13 +57,19 @@ class Batch:
     lengths: list[int]
 
 
-def make_batch(model: nn.Module, rows: Sequence[list[int]], sites: Sequence[int], pad_id: int = 0) -> Batch:
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad token id rows into ``(ids, attention_mask)``, both ``(B, T)`` long, on the CPU."""
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        ids[i, : len(r)] = torch.tensor(list(r), dtype=torch.long)
         mask[i, : len(r)] = 1
+    return ids, mask
+
+
+def make_batch(model: nn.Module, rows: Sequence[list[int]], sites: Sequence[int], pad_id: int = 0) -> Batch:
+    ids, mask = pad_rows(rows, pad_id)
     dev = input_device(model)
     return Batch(ids.to(dev), mask.to(dev), torch.tensor(list(sites), dtype=torch.long), [len(r) for r in rows])
 
