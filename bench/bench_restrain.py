@@ -130,6 +130,8 @@ def main() -> None:
         paper_procedure(w0.numpy(), (w0 + delta).numpy())
         print(f"\npaper procedure (4 full float64 SVDs + matrix_rank), rank 16: {time.perf_counter() - t0:.1f} s")
     steps = tracker_steps(200 if args.quick else 1000)
+    print(f"tracker step, all {len(steps)} edits: median {1e3 * statistics.median(steps):.2f} ms, "
+          f"p90 {1e3 * _q(steps, 0.9):.2f} ms")
     for lo, hi in ((0, 100), (len(steps) - 200, len(steps) - 100), (len(steps) - 100, len(steps))):
         part = steps[lo:hi]
         print(f"tracker step, edits {lo + 1}-{hi}: median {1e3 * statistics.median(part):.2f} ms, "
