@@ -129,11 +129,8 @@ class ROMEHyperParams(ValueHyperParams):
     @classmethod
     def preset(cls, name: str, n_layers: int | None = None) -> "ROMEHyperParams":
         """Settings of a named preset (``gpt2``, ``llama``, ``testbed``); ``n_layers`` places the layer."""
-        p = _preset(_ROME_PRESETS, name)
-        depth = n_layers or p.pop("n_layers_ref")
-        p.pop("n_layers_ref", None)
-        frac = p.pop("layer_fraction")
-        return cls(layer=min(depth - 1, round(frac * depth)), **p)
+        p, depth = _preset(_ROME_PRESETS, name, n_layers)
+        return cls(layer=_layer_at(p.pop("layer_fraction"), depth), **p)
 
     @classmethod
     def for_model(cls, model: Any) -> "ROMEHyperParams":
@@ -164,22 +161,28 @@ class MEMITHyperParams(ValueHyperParams):
     @classmethod
     def preset(cls, name: str, n_layers: int | None = None) -> "MEMITHyperParams":
         """Settings of a named preset (``gpt2``, ``llama``, ``testbed``); ``n_layers`` places the layers."""
-        p = _preset(_MEMIT_PRESETS, name)
-        depth = n_layers or p.pop("n_layers_ref")
-        p.pop("n_layers_ref", None)
+        p, depth = _preset(_MEMIT_PRESETS, name, n_layers)
         lo, hi = p.pop("layer_fractions")
-        first, last = min(depth - 1, round(lo * depth)), min(depth - 1, round(hi * depth))
-        return cls(layers=tuple(range(first, last + 1)), **p)
+        return cls(layers=tuple(range(_layer_at(lo, depth), _layer_at(hi, depth) + 1)), **p)
 
     @classmethod
     def for_model(cls, model: Any) -> "MEMITHyperParams":
         return cls.preset(architecture_of(model).name, num_layers(model))
 
 
-def _preset(table: dict[str, dict[str, Any]], name: str) -> dict[str, Any]:
+def _preset(table: dict[str, dict[str, Any]], name: str, n_layers: int | None) -> tuple[dict[str, Any], int]:
+    """A copy of the preset's settings without its reference depth, and the depth to place layers in
+    (``n_layers``, else the preset's reference model's)."""
     if name not in table:
         raise ValueError(f"no preset {name!r}; presets: {sorted(table)}")
-    return dict(table[name])
+    p = dict(table[name])
+    depth = p.pop("n_layers_ref")
+    return p, n_layers or depth
+
+
+def _layer_at(fraction: float, depth: int) -> int:
+    """The layer at ``fraction`` of a ``depth``-layer model (clamped to the last layer)."""
+    return min(depth - 1, round(fraction * depth))
 
 
 # Reference settings: ROME / MEMIT papers (GPT-2 XL), EasyEdit (Llama-2-7B); the test bed's were
