@@ -162,7 +162,6 @@ def topk_svd(
             v_next = None
             res = torch.zeros(dim, dtype=torch.float64)
         scale = float(theta[0])
-        check = n_want + (1 if guard is not None else 0)
         wanted_ok = bool((res[:n_want] <= tol * scale).all())
         # The guard need not be resolved inside a cluster of small values: it is enough that its
         # residual interval already lies below the threshold.
@@ -184,7 +183,6 @@ def topk_svd(
                 out = Triplets(u_k, s_k, v_k, explicit, next_value, dim, products, remaining == 0)
                 return _orient(out, transposed)
             verified_failures += 1
-        del check
         v_basis.append(v_next)
         u_next, r, coeff = _orthonormalize(op.matmul(v_next), against=ub)
         products += 1

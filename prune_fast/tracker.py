@@ -88,7 +88,6 @@ class SpectralTracker:
         self._delta = AccumulatedDelta(m, n, self._acc, weight.device, self.backend)
         self._applied = self._empty_correction()
         self._last_triplets: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._last_sigma: list[float] = []
         self.n_edits = 0
         self._since_restrain = 0
         self._since_refresh = 0
@@ -202,7 +201,7 @@ class SpectralTracker:
         dev = weight.device
         tr._applied = (state["applied_u"].to(dev, tr._acc), state["applied_c"].to(dev, torch.float64),
                        state["applied_v"].to(dev, tr._acc))
-        tr._last_triplets, tr._last_sigma = None, []
+        tr._last_triplets = None
         tr.n_edits, tr._since_restrain = int(meta["n_edits"]), int(meta["since_restrain"])
         tr._since_refresh = 0
         tr._refresh()
@@ -253,7 +252,7 @@ class SpectralTracker:
         u_a, c_a, v_a = self._applied
         self._applied = new
         self._since_restrain = 0
-        if self._since_refresh >= self.refresh_every or self._delta.is_dense and self._since_refresh > 0 and False:
+        if self._since_refresh >= self.refresh_every:
             self._refresh()
         else:
             lefts = [u_a * c_a.to(self._acc), -(trip.u * c.to(self._acc))]
