@@ -24,6 +24,14 @@ def _raw_sum(edits, m, n):
     return d
 
 
+def _feed(tracker, edits):
+    """Hand every edit to the tracker in fp32; return the exact float64 sum of what it was given."""
+    for u, v in edits:
+        tracker.add_(u.float(), v.float())
+    m, n = tracker.weight.shape
+    return _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+
+
 def _lowrank_reference(w0, edits, sigma_star, fn="log"):
     """Exact float64 restraint of W0 + Σ u vᵀ through QR of the stacked factors (independent code)."""
     u = torch.cat([e[0] for e in edits], 1)
@@ -43,9 +51,7 @@ def test_500_rank1_edits_equal_one_reference_restraint(shape, rng):
     weight = w0.clone()
     tr = SpectralTracker(weight)
     edits = _edits(m, n, 500, rng, scale=0.6)
-    for u, v in edits:
-        tr.add_(u.float(), v.float())
-    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    d = _feed(tr, edits)
     want, info = restrain_reference(w0.double(), d)
     assert info["n_restrained"] > 0, "the test must cross σ*"
     assert rel_err(weight, want) <= 1e-5, rel_err(weight, want)
@@ -80,10 +86,8 @@ def test_between_restraints_raw_updates_are_added(rng):
     w = w0.clone()
     tr = SpectralTracker(w, restrain_every=5)
     edits = _edits(m, n, 7, rng, scale=1.5)
-    for u, v in edits[:5]:
-        tr.add_(u.float(), v.float())
+    d5 = _feed(tr, edits[:5])
     after5 = w.double().clone()
-    d5 = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits[:5]], m, n)
     want5, _ = restrain_reference(w0.double(), d5)
     assert rel_err(after5, want5) <= 1e-5
     for u, v in edits[5:]:
@@ -98,9 +102,7 @@ def test_unrestrained_tracker_holds_w0_plus_delta(rng):
     w = w0.clone()
     tr = SpectralTracker(w, restrain_every=None)
     edits = _edits(m, n, 40, rng, scale=1.0, rank=2)
-    for u, v in edits:
-        tr.add_(u.float(), v.float())
-    want = w0.double() + _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    want = w0.double() + _feed(tr, edits)
     assert rel_err(w, want) <= 1e-6
 
 
@@ -111,9 +113,7 @@ def test_half_weights_do_not_drift(dtype, tol, rng):
     w = w0.clone()
     tr = SpectralTracker(w, refresh_every=1000)  # no refresh: the fp32 shadow alone must prevent drift
     edits = _edits(m, n, 300, rng, scale=0.5)
-    for u, v in edits:
-        tr.add_(u.float(), v.float())
-    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    d = _feed(tr, edits)
     want, info = restrain_reference(w0.double(), d)
     assert w.dtype == dtype and info["n_restrained"] > 0
     # Only the final rounding to the half type: half an ulp per element.
@@ -127,9 +127,7 @@ def test_multi_column_updates_and_transposed_layout(rng):
     w = w0.clone()
     tr = SpectralTracker(w)
     edits = _edits(m, n, 30, rng, scale=1.2, rank=4)
-    for u, v in edits:
-        tr.add_(u.float(), v.float())
-    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
+    d = _feed(tr, edits)
     want, info = restrain_reference(w0.double(), d)
     assert info["n_restrained"] > 0
     assert rel_err(w, want) <= 1e-5
@@ -153,10 +151,8 @@ def test_spectrum_reports_delta_and_weight(rng):
     w = w0.clone()
     tr = SpectralTracker(w)
     edits = _edits(m, n, 60, rng, scale=1.0)
-    for u, v in edits:
-        tr.add_(u.float(), v.float())
+    d = _feed(tr, edits)
     rep = tr.spectrum()
-    d = _raw_sum([(u.float().double(), v.float().double()) for u, v in edits], m, n)
     s = torch.linalg.svdvals(d)
     assert rep.n_above == int((s >= tr.sigma_star).sum()) > 0
     got = torch.tensor(rep.sigma_delta[: rep.n_above + 1], dtype=torch.float64)
