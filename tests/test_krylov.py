@@ -93,3 +93,64 @@ def test_needs_exactly_one_of_k_and_threshold():
         topk_svd(torch.eye(3))
     with pytest.raises(ValueError):
         topk_svd(torch.eye(3), k=1, threshold=1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
+@pytest.mark.parametrize("transposed", [False, True], ids=["rowmajor", "colmajor"])
+def test_frobenius_sq_bound_is_a_tight_upper_bound(dtype, transposed, rng):
+    from prune_fast.krylov import frobenius_sq_bound
+
+    a64 = torch.randn(300, 170, generator=rng, dtype=torch.float64) * torch.rand(300, 1, generator=rng, dtype=torch.float64)
+    a = a64.to(dtype)
+    a = a.T.contiguous().T if transposed else a
+    exact = float((a.double() ** 2).sum())
+    got = frobenius_sq_bound(a)
+    assert exact <= got <= exact * (1 + 1e-4)
+    assert frobenius_sq_bound(torch.zeros(5, 7, dtype=dtype)) == 0.0
+    # Squares that underflow (or overflow) fp32 fall back to float64: never 0 for a nonzero matrix.
+    tiny = torch.full((4, 4), 1e-30, dtype=dtype)
+    assert frobenius_sq_bound(tiny) >= float((tiny.double() ** 2).sum()) > 0.0
+    huge = torch.full((4, 4), 1e30, dtype=dtype)
+    assert frobenius_sq_bound(huge) == pytest.approx(16e60, rel=1e-6)
+
+
+@pytest.mark.parametrize("cols", [1, 2, 5, 8, 11, 12, 16])
+def test_dense_operator_products_match_float64(cols, rng):
+    """Both orientations of the skinny product (the CPU path rewrites a X as (Xᵀ aᵀ)ᵀ for 2–11 columns)."""
+    from prune_fast.operators import DenseOperator
+
+    a64 = torch.randn(90, 130, generator=rng, dtype=torch.float64)
+    op = DenseOperator(a64.float())
+    x = torch.randn(130, cols, generator=rng, dtype=torch.float64)
+    y = torch.randn(90, cols, generator=rng, dtype=torch.float64)
+    got_x, got_y = op.matmul(x.float()), op.rmatmul(y.float())
+    assert got_x.shape == (90, cols) and got_y.shape == (130, cols)
+    assert torch.allclose(got_x.double(), a64 @ x, rtol=1e-5, atol=1e-4)
+    assert torch.allclose(got_y.double(), a64.T @ y, rtol=1e-5, atol=1e-4)
+
+
+def test_value_error_bound_uses_the_neighbouring_intervals():
+    from prune_fast.krylov import _value_error_bound
+
+    theta = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
+    res = torch.tensor([1e-3, 1e-2, 0.1], dtype=torch.float64)
+    # θ₁: gap to θ₂'s interval 3 − 2.01; θ₂: gap min(2 − 1.1, 2.999 − 2); θ₃: nothing known below.
+    want = torch.tensor([1e-6 / 0.99, 1e-4 / 0.9, float("inf")], dtype=torch.float64)
+    assert torch.allclose(_value_error_bound(theta, res, 3), want)
+    # Overlapping intervals: no gap, no bound.
+    assert _value_error_bound(theta, torch.tensor([0.5, 1.2, 0.1], dtype=torch.float64), 1).isinf().all()
+
+
+@pytest.mark.parametrize("top_gap", [1e-1, 1e-3, 0.0], ids=["separated", "clustered", "double"])
+def test_sigma_max_value_mode_is_accurate_for_clustered_tops(top_gap, rng):
+    """σ* from the gap-bound stop is within 1e-6 of the float64 σ_max, however clustered the top."""
+    from prune_fast.restrain import sigma_max
+
+    m, n = 400, 900
+    s = torch.cat([torch.tensor([1.0, 1.0 - top_gap, 1.0 - 2 * top_gap]), 0.9 * torch.rand(97, generator=rng)]).double()
+    u = torch.linalg.qr(torch.randn(m, 100, generator=rng, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(n, 100, generator=rng, dtype=torch.float64))[0]
+    a = (u * s) @ v.T + 1e-3 * torch.randn(m, n, generator=rng, dtype=torch.float64) / n ** 0.5
+    want = float(torch.linalg.matrix_norm(a, 2))
+    got, _ = sigma_max(a.float(), generator=rng)
+    assert abs(got - want) <= 1e-6 * want

@@ -236,3 +236,27 @@ def test_property_matches_full_svd(m, n, n_above, extra, fn, seed):
     want, info = restrain_reference((w0 + delta).float().double() - delta.float().double(), delta.float().double(), fn=fn)
     assert res.n_restrained == info["n_restrained"]
     assert rel_err(weight, want) <= 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16],
+                         ids=["fp32", "fp64", "fp16", "bf16"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_finite_check_finds_one_bad_value_anywhere(dtype, bad, rng):
+    """The fast finite check (a sum) must see a single NaN/±Inf at any position, in either layout."""
+    from prune_fast._validate import check_finite
+
+    for t in (torch.randn(40, 70, generator=rng).to(dtype), torch.randn(70, 40, generator=rng).to(dtype).T):
+        check_finite("x", t)
+        i, j = (int(torch.randint(n, (1,), generator=rng)) for n in t.shape)
+        t[i, j] = bad
+        with pytest.raises(InvalidInputError, match="1 non-finite"):
+            check_finite("x", t)
+
+
+def test_finite_weights_whose_sum_overflows_are_accepted(rng):
+    """Values near the fp32 maximum sum to Inf: the exact check must then accept them, not reject."""
+    from prune_fast._validate import check_finite
+
+    big = torch.full((8, 8), 3.0e38) * torch.sign(torch.rand(8, 8, generator=rng) + 0.1)
+    assert not torch.isfinite(big.sum())
+    check_finite("weight", big)
