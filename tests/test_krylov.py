@@ -154,3 +154,24 @@ def test_sigma_max_value_mode_is_accurate_for_clustered_tops(top_gap, rng):
     want = float(torch.linalg.matrix_norm(a, 2))
     got, _ = sigma_max(a.float(), generator=rng)
     assert abs(got - want) <= 1e-6 * want
+
+
+@pytest.mark.parametrize("shape", [(120, 40), (40, 120)], ids=["tall", "wide"])
+@pytest.mark.parametrize("ratio", [0.5, 1e-3, 1e-6], ids=["gram", "gram-small", "svd-fallback"])
+def test_direct_triplets_against_float64_svd(shape, ratio, rng):
+    """Both routes (Gram eigh while the threshold ≥ 1e-4 σ₁, SVD below) give the reference triplets."""
+    m, n = shape
+    r = min(m, n)
+    s = torch.cat([torch.tensor([10.0, 9.0, 7.0]), 10.0 * ratio * torch.rand(r - 3, generator=rng) ** 2]).double()
+    s, _ = s.sort(descending=True)
+    u0 = torch.linalg.qr(torch.randn(m, r, generator=rng, dtype=torch.float64))[0]
+    v0 = torch.linalg.qr(torch.randn(n, r, generator=rng, dtype=torch.float64))[0]
+    a = (u0 * s) @ v0.T
+    threshold = float(s[5] + s[6]) / 2 if ratio < 1e-2 else 6.0
+    keep = int((s >= threshold).sum())
+    t = direct_triplets(a, threshold)
+    assert t.s.numel() == keep
+    assert torch.allclose(t.s, s[:keep], rtol=1e-9, atol=0)
+    assert torch.allclose((t.u * t.s) @ t.v.T, (u0[:, :keep] * s[:keep]) @ v0[:, :keep].T, rtol=0, atol=1e-8 * float(s[0]))
+    assert torch.allclose(t.u.T @ t.u, torch.eye(keep, dtype=torch.float64), atol=1e-9)
+    assert t.next_value == pytest.approx(float(s[keep]) if keep < r else 0.0, rel=1e-6, abs=1e-12)
