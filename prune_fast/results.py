@@ -41,7 +41,9 @@ class SpectrumReport:
 
     ``sigma_delta``: top singular values of the raw accumulated Δ (every value ≥ σ*, then the
     largest one below it, descending). ``sigma_max_weight``: σ_max of the live weight.
-    ``rank``: rank of the stored Δ (``None`` once Δ is stored dense).
+    ``rank``: rank of the stored Δ (``None`` once Δ is stored dense). ``cond_weight``: cond(W) =
+    σ_max/σ_min of the live weight where that is cheap (small weights, see
+    :meth:`SpectralTracker.spectrum`), else ``None``.
     """
 
     sigma_delta: list[float]
@@ -50,6 +52,7 @@ class SpectrumReport:
     n_above: int
     n_edits: int
     rank: int | None
+    cond_weight: float | None = None
 
     @property
     def ratio(self) -> float:

@@ -160,6 +160,21 @@ def test_spectrum_reports_delta_and_weight(rng):
     smax = float(torch.linalg.svdvals(w.double())[0])
     assert abs(rep.sigma_max_weight - smax) <= 1e-5 * smax
     assert rep.ratio == pytest.approx(smax / tr.sigma_star, rel=1e-5)
+    sv = torch.linalg.svdvals(w.double())
+    assert rep.cond_weight == pytest.approx(float(sv[0] / sv[-1]), rel=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(512, 128), (128, 512)], ids=["tall", "wide"])
+def test_cond_is_reported_where_cheap_and_not_beyond(shape, rng):
+    """cond(W) per spectrum for test-model-sized weights; None where it would need a full SVD."""
+    m, n = shape
+    w = make_w0(m, n, rng).float()
+    tr = SpectralTracker(w)
+    _feed(tr, _edits(m, n, 5, rng, scale=1.0))
+    sv = torch.linalg.svdvals(w.double())
+    assert tr.spectrum().cond_weight == pytest.approx(float(sv[0] / sv[-1]), rel=1e-6)
+    big = SpectralTracker(make_w0(700, 300, rng).float())
+    assert big.spectrum().cond_weight is None
 
 
 def test_state_dict_resume_continues_exactly(rng):
