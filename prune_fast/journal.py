@@ -41,7 +41,7 @@ import torch
 
 from .errors import PruneFastError
 
-__all__ = ["Journal", "JournalError", "JournalMismatchError", "ResumeState", "JOURNAL_FORMAT"]
+__all__ = ["Journal", "JournalError", "JournalMismatchError", "ResumeState", "JOURNAL_FORMAT", "save_safetensors_atomic"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,8 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
+    """Write ``tensors`` to ``path`` all or nothing: temp file beside it, fsync, rename, fsync the folder."""
     from safetensors.torch import save_file
 
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
@@ -170,7 +171,7 @@ class Journal:
         for k, upd in enumerate(updates):
             tensors[f"{k}.u"], tensors[f"{k}.v"] = upd.u, upd.v
             names.append({"param_name": upd.param_name, "layer": upd.layer})
-        _save_safetensors_atomic(tensors, self._update_path(step), {"updates": json.dumps(names)})
+        save_safetensors_atomic(tensors, self._update_path(step), {"updates": json.dumps(names)})
 
     def load_updates(self, step: int) -> list[Any]:
         """The staged updates of ``step`` (safetensors, no pickle)."""
@@ -208,7 +209,7 @@ class Journal:
             metas[name] = state.pop("meta")
             for key, t in state.items():
                 tensors[f"{name}::{key}"] = t
-        _save_safetensors_atomic(tensors, self.folder / _CHECKPOINT,
+        save_safetensors_atomic(tensors, self.folder / _CHECKPOINT,
                                  {"step": str(step), "trackers": json.dumps(metas)})
         self._append({"type": "checkpoint", "step": step, "params": sorted(trackers)})
         for path in self.updates_dir.glob("step-*.safetensors"):

@@ -2,7 +2,7 @@
 
 Each :class:`ArchitectureSpec` names the ``config.model_type`` values it covers, the template of a
 transformer block (whose output is the residual stream MEMIT targets) and the template of the
-MLP down projection that ROME and MEMIT rewrite.  The *layout* of that weight is detected from the
+MLP down projection that ROME and MEMIT rewrite (MEND also edits the MLP's input projections).  The *layout* of that weight is detected from the
 module's type when the site is resolved, never assumed from the table:
 
     Layout.IN_OUT   transformers ``Conv1D`` (GPT-2):   y = x @ W + b,    W: (d_in, d_out)
@@ -33,17 +33,23 @@ __all__ = ["ArchitectureSpec", "ARCHITECTURES", "Layout", "EditSite", "architect
 
 @dataclass(frozen=True)
 class ArchitectureSpec:
-    """Module-name templates of one family; ``{}`` is the layer index."""
+    """Module-name templates of one family; ``{}`` is the layer index.
+
+    ``mlp_in_templates``: the MLP's input projection(s), edited by MEND besides the output one.
+    """
 
     name: str
     model_types: tuple[str, ...]
     layer_template: str
     mlp_out_template: str
+    mlp_in_templates: tuple[str, ...] = ()
 
 
 ARCHITECTURES: tuple[ArchitectureSpec, ...] = (
-    ArchitectureSpec("gpt2", ("gpt2",), "transformer.h.{}", "transformer.h.{}.mlp.c_proj"),
-    ArchitectureSpec("llama", ("llama", "mistral", "qwen2"), "model.layers.{}", "model.layers.{}.mlp.down_proj"),
+    ArchitectureSpec("gpt2", ("gpt2",), "transformer.h.{}", "transformer.h.{}.mlp.c_proj",
+                     ("transformer.h.{}.mlp.c_fc",)),
+    ArchitectureSpec("llama", ("llama", "mistral", "qwen2"), "model.layers.{}", "model.layers.{}.mlp.down_proj",
+                     ("model.layers.{}.mlp.gate_proj", "model.layers.{}.mlp.up_proj")),
 )
 
 

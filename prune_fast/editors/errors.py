@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from ..errors import PruneFastError
 
-__all__ = ["EditorError", "UnsupportedArchitectureError", "InvalidLayerError", "MalformedRequestError"]
+__all__ = ["EditorError", "UnsupportedArchitectureError", "InvalidLayerError", "MalformedRequestError",
+           "EditorCheckpointError"]
 
 
 class EditorError(PruneFastError, ValueError):
@@ -20,3 +21,8 @@ class InvalidLayerError(EditorError):
 
 class MalformedRequestError(EditorError):
     """An edit request (or a CounterFact / ZsRE record) that cannot be edited as given."""
+
+
+class EditorCheckpointError(EditorError):
+    """A learned editor's checkpoint (MEND) that cannot be used with this model: unreadable or
+    corrupted, missing or misshapen tensors, or written for another model or other weights."""

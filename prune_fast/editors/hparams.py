@@ -21,15 +21,55 @@ import yaml
 
 from .architectures import architecture_of, num_layers
 
-__all__ = ["ValueHyperParams", "ROMEHyperParams", "MEMITHyperParams", "SITES"]
+__all__ = ["HyperParams", "ValueHyperParams", "ROMEHyperParams", "MEMITHyperParams", "MENDHyperParams", "SITES"]
 
 SITES: tuple[str, ...] = ("subject_last", "prompt_last")
 
-_T = TypeVar("_T", bound="ValueHyperParams")
+_H = TypeVar("_H", bound="HyperParams")
 
 
 @dataclass(kw_only=True)
-class ValueHyperParams:
+class HyperParams:
+    """Base of the editors' settings: ``validate()``, dict and YAML round trips."""
+
+    def validate(self) -> None:
+        """``ValueError`` naming the offending field; called by the editors before any work."""
+
+    # -- YAML ----------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        """The YAML text of these settings; also written to ``path`` when given."""
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_dict(cls: type[_H], data: dict[str, Any]) -> _H:
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        hp = cls(**kwargs)
+        hp.validate()
+        return hp
+
+    @classmethod
+    def from_yaml(cls: type[_H], source: str | Path) -> _H:
+        """Read settings from a YAML file path or YAML text (``yaml.safe_load``)."""
+        text = Path(source).read_text() if isinstance(source, Path) or (
+            isinstance(source, str) and "\n" not in source and Path(source).is_file()) else source
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{cls.__name__}.from_yaml expects a mapping, got {type(data).__name__}")
+        return cls.from_dict(data)
+
+
+@dataclass(kw_only=True)
+class ValueHyperParams(HyperParams):
     """Settings shared by ROME and MEMIT: token site, prompts, and the value optimisation.
 
     The target value is ``v* = v0 + δ`` where ``δ`` minimises, with Adam (``v_lr``, ``v_steps``),
@@ -75,38 +115,6 @@ class ValueHyperParams:
         for name in ("v_weight_decay", "kl_factor", "nll_stop"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-
-    # -- YAML ----------------------------------------------------------------------------------
-    def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        """The YAML text of these settings; also written to ``path`` when given."""
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
-
-    @classmethod
-    def from_dict(cls: type[_T], data: dict[str, Any]) -> _T:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
-        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        hp = cls(**kwargs)
-        hp.validate()
-        return hp
-
-    @classmethod
-    def from_yaml(cls: type[_T], source: str | Path) -> _T:
-        """Read settings from a YAML file path or YAML text (``yaml.safe_load``)."""
-        text = Path(source).read_text() if isinstance(source, Path) or (
-            isinstance(source, str) and "\n" not in source and Path(source).is_file()) else source
-        data = yaml.safe_load(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}.from_yaml expects a mapping, got {type(data).__name__}")
-        return cls.from_dict(data)
 
 
 @dataclass(kw_only=True)
@@ -170,6 +178,70 @@ class MEMITHyperParams(ValueHyperParams):
         return cls.preset(architecture_of(model).name, num_layers(model))
 
 
+@dataclass(kw_only=True)
+class MENDHyperParams(HyperParams):
+    """MEND: the edited weights, the editor network's shape, and how it is trained.
+
+    Edited weights: every template of ``module_templates`` (default: the architecture's MLP input
+    and output projections) at every layer of ``layers``.  The network (see
+    :mod:`prune_fast.editors.mend_network`): ``n_hidden`` ReLU residual layers and one linear one,
+    each of rank ``rank``, shared per weight shape; step sizes start at ``edit_lr``.
+
+    Training (:func:`prune_fast.editors.mend.train`): ``steps`` Adam steps (``lr`` for the networks,
+    ``lr_lr`` for the log step sizes, gradient norm clipped at ``grad_clip``), each over
+    ``batch_size`` independent single-request edits; per edit the loss is
+    ``c_edit · NLL(target_new | edit prompt and paraphrases, edited) + c_loc · KL(p_before ‖ p_edited)``
+    on the request's neighbourhood prompts and ``n_loc`` texts of the locality pool (every token).
+    A training-state checkpoint is written every ``checkpoint_every`` steps.
+    """
+
+    layers: tuple[int, ...]
+    module_templates: tuple[str, ...] | None = None
+    rank: int = 1920
+    n_hidden: int = 1
+    edit_lr: float = 1e-4
+    lr: float = 1e-6
+    lr_lr: float = 1e-4
+    c_edit: float = 0.1
+    c_loc: float = 1.0
+    steps: int = 100_000
+    batch_size: int = 10
+    n_loc: int = 4
+    grad_clip: float = 100.0
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def validate(self) -> None:
+        if not self.layers or list(self.layers) != sorted(set(self.layers)):
+            raise ValueError(f"layers must be a non-empty strictly increasing sequence, got {self.layers}")
+        if self.module_templates is not None:
+            if not self.module_templates or any(t.count("{}") != 1 for t in self.module_templates):
+                raise ValueError(f"module_templates must be templates with one '{{}}' each, got {self.module_templates}")
+        for name in ("rank", "steps", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n_hidden", "n_loc", "seed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("edit_lr", "lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("lr_lr", "c_edit", "c_loc"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+
+    @classmethod
+    def preset(cls, name: str, n_layers: int | None = None) -> "MENDHyperParams":
+        """Settings of a named preset (``gpt2``, ``llama``, ``testbed``); ``n_layers`` places the layers."""
+        p, depth = _preset(_MEND_PRESETS, name, n_layers)
+        lo, hi = p.pop("layer_fractions")
+        return cls(layers=tuple(range(_layer_at(lo, depth), _layer_at(hi, depth) + 1)), **p)
+
+    @classmethod
+    def for_model(cls, model: Any) -> "MENDHyperParams":
+        return cls.preset(architecture_of(model).name, num_layers(model))
+
+
 def _preset(table: dict[str, dict[str, Any]], name: str, n_layers: int | None) -> tuple[dict[str, Any], int]:
     """A copy of the preset's settings without its reference depth, and the depth to place layers in
     (``n_layers``, else the preset's reference model's)."""
@@ -206,4 +278,15 @@ _MEMIT_PRESETS: dict[str, dict[str, Any]] = {
     "testbed": dict(n_layers_ref=4, layer_fractions=(0.0, 2 / 4), site="prompt_last", v_steps=60, v_lr=1.0,
                     v_weight_decay=0.1, clamp_norm_factor=6.0, kl_factor=0.0625, mom2_update_weight=50.0,
                     cov_samples=2000),
+}
+# MEND: the paper's settings edit the MLP projections of the last three layers (GPT-2 XL: 45-47);
+# the test bed's were measured on the package's small model (see prune_fast/testbed/mend_editor.py).
+_MEND_PRESETS: dict[str, dict[str, Any]] = {
+    "gpt2": dict(n_layers_ref=48, layer_fractions=(45 / 48, 47 / 48), rank=1920, n_hidden=1, edit_lr=1e-4,
+                 lr=1e-6, lr_lr=1e-4, c_edit=0.1, c_loc=1.0, batch_size=10),
+    "llama": dict(n_layers_ref=32, layer_fractions=(29 / 32, 31 / 32), rank=1920, n_hidden=1, edit_lr=1e-4,
+                  lr=1e-6, lr_lr=1e-4, c_edit=0.1, c_loc=1.0, batch_size=10),
+    "testbed": dict(n_layers_ref=4, layer_fractions=(0.0, 1 / 4), rank=64, n_hidden=1, edit_lr=1e-2,
+                    lr=1e-3, lr_lr=1e-2, c_edit=1.0, c_loc=1.0, steps=600, batch_size=16, n_loc=6,
+                    grad_clip=10.0, checkpoint_every=100),
 }

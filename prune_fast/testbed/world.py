@@ -183,17 +183,20 @@ class World:
                 yield self.copy_example(rng)
 
     # -- edits ---------------------------------------------------------------------------------
-    def edit_requests(self, n: int, seed: int = 0, template: int = 0, n_neighbours: int = 5) -> list[EditRequest]:
+    def edit_requests(self, n: int, seed: int = 0, template: int = 0, n_neighbours: int = 5,
+                      subjects: tuple[str, ...] | list[str] | None = None) -> list[EditRequest]:
         """``n`` counterfactual requests on distinct subjects (distinct (subject, relation) pairs).
 
         The edit uses ``template``; the other templates of the relation are the paraphrases; the
         neighbours are other subjects with the same relation (preferring the same true object),
-        with their own true answers.
+        with their own true answers.  ``subjects`` restricts the edited subjects and their
+        neighbours to a subset (e.g. one side of :meth:`split_subjects`); default: all.
         """
         rng = random.Random(self.spec.seed * 104729 + seed)
-        pairs = [(s, r) for s in self.subjects for r in self.relations]
-        if n > len(self.subjects):
-            raise ValueError(f"asked for {n} edits on distinct subjects but the world has {len(self.subjects)}")
+        pool_subjects = self.subjects if subjects is None else self._known(subjects)
+        pairs = [(s, r) for s in pool_subjects for r in self.relations]
+        if n > len(pool_subjects):
+            raise ValueError(f"asked for {n} edits on distinct subjects but there are {len(pool_subjects)}")
         rng.shuffle(pairs)
         used: set[str] = set()
         out: list[EditRequest] = []
@@ -203,20 +206,61 @@ class World:
             if s in used:
                 continue
             used.add(s)
-            true = self.facts[(s, r.name)]
-            new = rng.choice([o for o in r.objects if o != true])
-            others = [x for x in self.subjects if x != s]
-            same = [x for x in others if self.facts[(x, r.name)] == true]
-            pool = same if len(same) >= n_neighbours else others
-            neigh = rng.sample(pool, n_neighbours)
-            out.append(EditRequest(
-                prompt=r.templates[template], subject=s, target_new=new, target_true=true,
-                paraphrase_prompts=tuple(t.format(s) for i, t in enumerate(r.templates) if i != template),
-                neighborhood_prompts=tuple(r.templates[template].format(x) for x in neigh),
-                neighborhood_answers=tuple(self.facts[(x, r.name)] for x in neigh),
-                case_id=f"{s}/{r.name}",
-            ))
+            new = rng.choice([o for o in r.objects if o != self.facts[(s, r.name)]])
+            out.append(self._request(rng, s, r, template, n_neighbours, pool_subjects, f"{s}/{r.name}", new))
         return out
+
+    def counterfactual_requests(self, subjects: tuple[str, ...] | list[str], seed: int = 0,
+                                n_neighbours: int = 5) -> list[EditRequest]:
+        """Every counterfactual request on ``subjects``: each (subject, relation, template, new object).
+
+        Each template serves as the edit prompt (the others are its paraphrases), each object but
+        the true one as the new target; neighbours come from ``subjects`` only.  This is the
+        training set of a learned editor (MEND): pass one side of :meth:`split_subjects`.
+        """
+        rng = random.Random(self.spec.seed * 15485863 + seed)
+        pool = self._known(subjects)
+        out = []
+        for s in pool:
+            for r in self.relations:
+                for t in range(len(r.templates)):
+                    for new in r.objects:
+                        if new != self.facts[(s, r.name)]:
+                            out.append(self._request(rng, s, r, t, n_neighbours, pool, f"{s}/{r.name}/t{t}/{new}", new))
+        return out
+
+    def split_subjects(self, heldout: float = 0.5, seed: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """``(train, held_out)``: a seeded random partition of the subjects, ``heldout`` of them held out."""
+        if not 0 < heldout < 1:
+            raise ValueError(f"heldout must be in (0, 1), got {heldout}")
+        order = list(self.subjects)
+        random.Random(self.spec.seed * 7727 + seed).shuffle(order)
+        n_out = min(len(order) - 1, max(1, round(heldout * len(order))))
+        held = set(order[:n_out])
+        return (tuple(s for s in self.subjects if s not in held), tuple(s for s in self.subjects if s in held))
+
+    def _known(self, subjects: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+        unknown = sorted(set(subjects) - set(self.subjects))
+        if unknown:
+            raise ValueError(f"subjects not in this world: {unknown[:5]}")
+        if len(set(subjects)) < 2:
+            raise ValueError("need at least two subjects (edits have neighbours)")
+        return tuple(dict.fromkeys(subjects))
+
+    def _request(self, rng: random.Random, s: str, r: Relation, template: int, n_neighbours: int,
+                 pool: tuple[str, ...], case_id: str, new: str) -> EditRequest:
+        true = self.facts[(s, r.name)]
+        others = [x for x in pool if x != s]
+        same = [x for x in others if self.facts[(x, r.name)] == true]
+        neigh_pool = same if len(same) >= n_neighbours else others
+        neigh = rng.sample(neigh_pool, min(n_neighbours, len(neigh_pool)))
+        return EditRequest(
+            prompt=r.templates[template], subject=s, target_new=new, target_true=true,
+            paraphrase_prompts=tuple(t.format(s) for i, t in enumerate(r.templates) if i != template),
+            neighborhood_prompts=tuple(r.templates[template].format(x) for x in neigh),
+            neighborhood_answers=tuple(self.facts[(x, r.name)] for x in neigh),
+            case_id=case_id,
+        )
 
     # -- corpus --------------------------------------------------------------------------------
     def corpus(self, n_lines: int = 2000, seed: int = 2) -> list[str]:
