@@ -44,3 +44,11 @@ def one_thread():
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@functools.lru_cache(maxsize=1)
+def shared_mend():
+    """The test bed's trained MEND editor (trained once per machine, then cached beside the model)."""
+    from prune_fast.testbed.mend_editor import load_testbed_mend
+
+    return load_testbed_mend(_shared(), progress=False)

@@ -5,6 +5,7 @@ demo and the benchmarks all use this one model.  Importing this package does not
 ``transformers``; loading the model does.
 """
 from .evaluate import answer_correct, task_accuracies, top1_next
+from .mend_editor import TestbedMEND, load_testbed_mend, mend_training_data
 from .model import Testbed, TrainReport, TrainSpec, chance_levels, default_cache_dir, load_testbed, train_model
 from .tokenizer import WordTokenizer
 from .tracing import TraceResult, trace_fact_sites
@@ -14,5 +15,5 @@ __all__ = [
     "Testbed", "TrainReport", "TrainSpec", "load_testbed", "train_model", "default_cache_dir", "chance_levels",
     "WordTokenizer", "World", "WorldSpec", "Relation", "Example", "RELATIONS", "TASKS",
     "answer_correct", "task_accuracies", "top1_next", "shipped_corpus", "TraceResult",
-    "trace_fact_sites",
+    "trace_fact_sites", "TestbedMEND", "load_testbed_mend", "mend_training_data",
 ]
