@@ -9,6 +9,7 @@ from typing import Protocol
 
 import torch
 
+from .kernels.cpu_matmul import skinny_matmul_cpu
 from .kernels.skinny_matmul import difference_matmul, skinny_matmul
 
 
@@ -22,18 +23,6 @@ class MatrixOperator(Protocol):
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor: ...
 
 
-def _dense_product(a: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """``a @ x`` for a skinny ``x``, in the form the CPU BLAS runs fastest.
-
-    With 2–11 columns, CPU sgemm is 1.5–3× slower for ``a @ x`` than for the same product written as
-    ``(xᵀ aᵀ)ᵀ`` (measured at 1600×6400, either orientation of ``a``: 10 ms against 3.9 ms for 8
-    columns of Aᵀ Y), and a Krylov pass is exactly such a product.
-    """
-    if a.device.type == "cpu" and 2 <= x.shape[1] < 12:
-        return (x.mT @ a.mT).mT
-    return a @ x
-
-
 class DenseOperator:
     """A held in memory (any stride order), products in ``dtype``."""
 
@@ -44,10 +33,10 @@ class DenseOperator:
         self.device = a.device
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
-        return _dense_product(self.a, x)
+        return skinny_matmul_cpu(self.a, x)
 
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
-        return _dense_product(self.a.T, y)
+        return skinny_matmul_cpu(self.a.T, y)
 
 
 class DifferenceOperator:

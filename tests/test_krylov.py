@@ -115,16 +115,18 @@ def test_frobenius_sq_bound_is_a_tight_upper_bound(dtype, transposed, rng):
 
 
 @pytest.mark.parametrize("cols", [1, 2, 5, 8, 11, 12, 16])
-def test_dense_operator_products_match_float64(cols, rng):
-    """Both orientations of the skinny product (the CPU path rewrites a X as (Xᵀ aᵀ)ᵀ for 2–11 columns)."""
+@pytest.mark.parametrize("shape", [(90, 130), (400, 300)], ids=["small", "onednn-sized"])
+def test_dense_operator_products_match_float64(cols, shape, rng):
+    """Both orientations of the skinny product, through every CPU route (plain, (Xᵀ aᵀ)ᵀ, oneDNN)."""
     from prune_fast.operators import DenseOperator
 
-    a64 = torch.randn(90, 130, generator=rng, dtype=torch.float64)
+    a64 = torch.randn(*shape, generator=rng, dtype=torch.float64)
     op = DenseOperator(a64.float())
-    x = torch.randn(130, cols, generator=rng, dtype=torch.float64)
-    y = torch.randn(90, cols, generator=rng, dtype=torch.float64)
+    m, n = shape
+    x = torch.randn(n, cols, generator=rng, dtype=torch.float64)
+    y = torch.randn(m, cols, generator=rng, dtype=torch.float64)
     got_x, got_y = op.matmul(x.float()), op.rmatmul(y.float())
-    assert got_x.shape == (90, cols) and got_y.shape == (130, cols)
+    assert got_x.shape == (m, cols) and got_y.shape == (n, cols)
     assert torch.allclose(got_x.double(), a64 @ x, rtol=1e-5, atol=1e-4)
     assert torch.allclose(got_y.double(), a64.T @ y, rtol=1e-5, atol=1e-4)
 
@@ -175,3 +177,26 @@ def test_direct_triplets_against_float64_svd(shape, ratio, rng):
     assert torch.allclose((t.u * t.s) @ t.v.T, (u0[:, :keep] * s[:keep]) @ v0[:, :keep].T, rtol=0, atol=1e-8 * float(s[0]))
     assert torch.allclose(t.u.T @ t.u, torch.eye(keep, dtype=torch.float64), atol=1e-9)
     assert t.next_value == pytest.approx(float(s[keep]) if keep < r else 0.0, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "transposed", "column-slice", "fp64"])
+@pytest.mark.parametrize("cols", [1, 3, 16, 40])
+def test_skinny_matmul_cpu_matches_float64(layout, cols, rng):
+    from prune_fast.kernels.cpu_matmul import skinny_matmul_cpu
+
+    a64 = torch.randn(700, 500, generator=rng, dtype=torch.float64)
+    if layout == "contiguous":
+        a = a64.float()
+    elif layout == "transposed":
+        a = a64.float().T.contiguous().T  # column-major storage
+    elif layout == "column-slice":
+        a = torch.randn(700, 520, generator=rng)[:, :500]
+        a.copy_(a64.float())
+    else:
+        a = a64
+    x64 = torch.randn(500, cols, generator=rng, dtype=torch.float64)
+    got = skinny_matmul_cpu(a, x64.to(a.dtype))
+    assert got.shape == (700, cols) and got.dtype == a.dtype and torch.isfinite(got).all()
+    tol = 1e-12 if a.dtype == torch.float64 else 2e-6
+    err = (got.double() - a64 @ x64).norm(dim=0) / (a64 @ x64).norm(dim=0)
+    assert float(err.max()) <= tol
