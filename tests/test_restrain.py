@@ -260,3 +260,31 @@ def test_finite_weights_whose_sum_overflows_are_accepted(rng):
     big = torch.full((8, 8), 3.0e38) * torch.sign(torch.rand(8, 8, generator=rng) + 0.1)
     assert not torch.isfinite(big.sum())
     check_finite("weight", big)
+
+
+def test_scratch_buffer_is_reused_and_never_shared():
+    from prune_fast import _scratch
+
+    _scratch.release()
+    with _scratch.borrow((30, 40), torch.float32) as a:
+        ptr = a.data_ptr()
+        with _scratch.borrow((30, 40), torch.float32) as inner:  # re-entrant: a different tensor
+            assert inner.data_ptr() != ptr
+    with _scratch.borrow((20, 10), torch.float32) as b:  # smaller: the same memory
+        assert b.data_ptr() == ptr and b.shape == (20, 10) and b.is_contiguous()
+    with _scratch.borrow((30, 40), torch.float64) as c:  # another dtype: a new buffer
+        assert c.dtype == torch.float64 and c.shape == (30, 40)
+    _scratch.release()
+
+
+def test_restrain_twice_in_a_row_gives_identical_results(rng):
+    """The reused W0 buffer must not leak one call's W0 into the next (different weights, same shape)."""
+    outs = []
+    for _ in range(2):
+        w0, delta, _, _ = _case(300, 200, 4, 6, rng)
+        w = (w0 + delta).float()
+        ref, info = restrain_reference(w.double() - delta.float().double(), delta.float().double())
+        assert info["n_restrained"] == 4
+        prune_fast.restrain_(w, delta.float())
+        outs.append((w.double() - ref).norm() / ref.norm())
+    assert max(outs) <= 1e-5
