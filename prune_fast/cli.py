@@ -116,7 +116,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p = sub.add_parser(
-        "edit", help="sequential ROME/MEMIT edits of a local model from a CounterFact/ZsRE file, with PRUNE",
+        "edit", help="sequential ROME/MEMIT/MEND edits of a local model from a CounterFact/ZsRE file, with PRUNE",
         description="Apply the first N requests of a CounterFact or ZsRE file to a local model one after another "
                     "(MEMIT: in batches), with restraint none, online (after every K edits) or at_end (the paper's "
                     "protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
@@ -124,7 +124,9 @@ def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
     p.add_argument("--requests", required=True, help="CounterFact or ZsRE records: .json list or .jsonl")
     p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
-    p.add_argument("--editor", default="rome", choices=["rome", "memit"])
+    p.add_argument("--editor", default="rome", choices=["rome", "memit", "mend"])
+    p.add_argument("--mend-checkpoint", metavar="FILE.safetensors",
+                   help="--editor mend: the trained editor (see the mend-train command)")
     p.add_argument("--restrain", default="online", choices=["none", "online", "at_end"], help="protocol (default online)")
     p.add_argument("--fn", default="log1.2", choices=[*FN_NAMES, "log1_5", "log1_2"], help="restraint function")
     p.add_argument("--restrain-every", type=int, default=1, metavar="K", help="online: restrain every K edit steps")
@@ -153,7 +155,7 @@ def _run_edit(args: argparse.Namespace) -> int:
     from .run_results import format_table
 
     job = EditJob(model=args.model, requests=args.requests, out=args.out, n=args.n, editor=args.editor,
-                  protocol=args.restrain, fn=args.fn, restrain_every=args.restrain_every, batch_size=args.batch_size,
+                  mend_checkpoint=args.mend_checkpoint, protocol=args.restrain, fn=args.fn, restrain_every=args.restrain_every, batch_size=args.batch_size,
                   format=args.format, hparams=args.hparams, preset=args.preset, corpus=args.corpus, tasks=args.tasks,
                   heldout=args.heldout, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                   resume=args.resume, save_model=args.save_model, device=args.device, threads=args.threads,
@@ -163,7 +165,49 @@ def _run_edit(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable[[_Sub], None]] = [add_restrain_parser, add_example_parser, add_demo_parser, add_edit_parser]  # type: ignore[valid-type]
+def add_mend_train_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
+    p = sub.add_parser(
+        "mend-train", help="train a MEND editor network for a local model (the test-bed folder needs no data)",
+        description="Train MEND's editor network (the base model stays frozen) on edit requests and write it to OUT "
+                    "(safetensors). On the package's test-bed model folder the requests and the locality texts "
+                    "default to the world's training half of the subjects, and the other half is scored at the end. "
+                    "The training state is saved every checkpoint_every steps beside OUT; --resume continues it.")
+    p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
+    p.add_argument("--out", required=True, help="the editor checkpoint to write (.safetensors)")
+    p.add_argument("--requests", help="CounterFact or ZsRE training records (required except for the test bed)")
+    p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
+    p.add_argument("--locality", nargs="+", default=[], metavar="FILE.txt",
+                   help="unrelated text lines for the locality (KL) loss (required except for the test bed)")
+    p.add_argument("--eval-requests", help="held-out records scored once at the end")
+    p.add_argument("--hparams", metavar="FILE.yaml", help="MEND settings (default: preset of the architecture)")
+    p.add_argument("--preset", help="named preset (gpt2, llama, testbed) instead of the architecture's")
+    p.add_argument("--steps", type=int, help="override the number of training steps")
+    p.add_argument("--resume", action="store_true", help="continue the training state beside OUT")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT or a training state exists")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_mend_train)
+
+
+def _run_mend_train(args: argparse.Namespace) -> int:
+    from .mend_run import MENDTrainJob, run_mend_train
+
+    job = MENDTrainJob(model=args.model, out=args.out, requests=args.requests, format=args.format,
+                       locality=args.locality, eval_requests=args.eval_requests, hparams=args.hparams,
+                       preset=args.preset, steps=args.steps, resume=args.resume, overwrite=args.overwrite,
+                       device=args.device, threads=args.threads, progress=not args.no_progress)
+    report = run_mend_train(job)
+    print(f"trained {report.steps - report.resumed_from} steps in {report.seconds:.1f} s; last losses: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in report.final.items()))
+    if report.heldout:
+        print("held-out edits: " + ", ".join(f"{k} {v:.3f}" for k, v in report.heldout.items()))
+    print(f"editor written to {args.out}")
+    return 0
+
+
+COMMANDS: list[Callable[[_Sub], None]] = [  # type: ignore[valid-type]
+    add_restrain_parser, add_example_parser, add_demo_parser, add_edit_parser, add_mend_train_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

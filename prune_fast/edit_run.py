@@ -39,6 +39,7 @@ class EditJob:
     out: str
     n: int | None = None
     editor: str = "rome"
+    mend_checkpoint: str | None = None
     protocol: str = "online"
     fn: str = "log1.2"
     restrain_every: int = 1
@@ -122,6 +123,21 @@ def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
             "requests_file": str(Path(job.requests).resolve()), "requests_sha256": _sha256(job.requests), "n": n}
 
 
+def _check_editor_options(job: EditJob) -> None:
+    """Refuse editor options that do not fit together, before the model is loaded."""
+    if job.editor not in ("rome", "memit", "mend"):
+        raise InvalidInputError(f"--editor must be rome, memit or mend, got {job.editor!r}")
+    if job.editor == "mend":
+        if not job.mend_checkpoint:
+            raise InvalidInputError("--editor mend needs --mend-checkpoint PATH (a trained editor: see "
+                                    "`python -m prune_fast mend-train`)")
+        if job.hparams or job.preset:
+            raise InvalidInputError("--hparams/--preset do not apply to --editor mend: its settings are in the "
+                                    "checkpoint")
+    elif job.mend_checkpoint:
+        raise InvalidInputError(f"--mend-checkpoint is only used with --editor mend, not {job.editor}")
+
+
 def run_edit(job: EditJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
     from .editors import CovarianceStore, MEMITHyperParams, ROMEHyperParams, read_corpus
@@ -131,34 +147,40 @@ def run_edit(job: EditJob) -> dict[str, Any]:
 
     if job.threads:
         torch.set_num_threads(job.threads)
-    if job.editor not in ("rome", "memit"):
-        raise InvalidInputError(f"--editor must be rome or memit, got {job.editor!r}")
+    _check_editor_options(job)
     model, tok, testbed = load_local_model(job.model, job.device)
     requests = load_requests(job.requests, job.format, job.n)
     if job.n is not None and len(requests) < job.n:
         raise InvalidInputError(f"--n {job.n} but {job.requests} holds only {len(requests)} requests")
-    cls = ROMEHyperParams if job.editor == "rome" else MEMITHyperParams
-    if job.hparams:
-        hp = cls.from_yaml(Path(job.hparams))
-    elif job.preset or testbed:
-        hp = cls.preset(job.preset or "testbed", model.config.num_hidden_layers)
-    else:
-        hp = cls.for_model(model)
-    if job.corpus:
-        texts = read_corpus(job.corpus)
-    elif testbed:
-        from .testbed import shipped_corpus
-
-        texts = shipped_corpus()
-    else:
-        raise InvalidInputError("--corpus is required: ROME/MEMIT need key statistics from text the model reads")
     out = Path(job.out)
+    if job.editor == "mend":
+        from .editors import MEND
+
+        editor_kwargs: dict[str, Any] = {"editor": MEND(model, tok, job.mend_checkpoint)}  # checked before any write
+    else:
+        cls = ROMEHyperParams if job.editor == "rome" else MEMITHyperParams
+        if job.hparams:
+            hp = cls.from_yaml(Path(job.hparams))
+        elif job.preset or testbed:
+            hp = cls.preset(job.preset or "testbed", model.config.num_hidden_layers)
+        else:
+            hp = cls.for_model(model)
+        if job.corpus:
+            texts = read_corpus(job.corpus)
+        elif testbed:
+            from .testbed import shipped_corpus
+
+            texts = shipped_corpus()
+        else:
+            raise InvalidInputError("--corpus is required: ROME/MEMIT need key statistics from text the model reads")
+        editor_kwargs = {"hparams": hp, "covariance": None}
     if job.resume:  # refuse a mismatched resume before any expensive work
         from .journal import Journal
 
-        probe = SequentialEditor(model, tok, hparams=hp, covariance=None, config=_run_config(job), progress=False)
+        probe = SequentialEditor(model, tok, config=_run_config(job), progress=False, **editor_kwargs)
         Journal.resume(out / "run", probe.journal_header(_header(job, model, len(requests)), len(requests)))
-    store = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
+    if job.editor != "mend":
+        editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
 
     abilities: dict[str, Any] = {}
     info: dict[str, Any] = {}
@@ -175,12 +197,12 @@ def run_edit(job: EditJob) -> dict[str, Any]:
     heldout = read_corpus(job.heldout) if job.heldout else ()
     evaluator = Evaluator(model, tok, abilities=abilities, heldout=heldout)
 
-    runner = SequentialEditor(model, tok, hparams=hp, covariance=store, config=_run_config(job), evaluator=evaluator,
-                              progress=job.progress)
+    runner = SequentialEditor(model, tok, config=_run_config(job), evaluator=evaluator, progress=job.progress,
+                              **editor_kwargs)
     arm = runner.run_journaled(requests, out / "run", _header(job, model, len(requests)), resume=job.resume,
                                checkpoint_every=job.checkpoint_every)
     run_config = {"command": "edit", **{k: v for k, v in job.__dict__.items() if k != "progress"},
-                  "hparams_used": hp.to_dict(), "n": len(requests)}
+                  "hparams_used": runner.editor_settings(), "n": len(requests)}
     doc = results_document(run_config, {arm.name: arm}, info)
     write_results(out / "results.json", doc)
     if job.save_model:

@@ -1,5 +1,7 @@
 """``SequentialEditor``: N edits one after another on one model, with PRUNE online, at the end, or not.
 
+The editor is ROME or MEMIT (given by their hyper-parameters) or a trained MEND (an editor object).
+
 Protocols (one per run, ``RunConfig.protocol``):
 
     none     the baseline: W_n = W0 + Δ_n, never restrained
@@ -191,7 +193,9 @@ class SequentialEditor:
         model, tokenizer: the model to edit in place, and its tokenizer.
         hparams: :class:`~prune_fast.editors.ROMEHyperParams` (ROME) or
             :class:`~prune_fast.editors.MEMITHyperParams` (MEMIT, ``config.batch_size`` per call).
-        covariance: what the editor takes as key statistics (a ``CovarianceStore``).
+        covariance: what ROME/MEMIT take as key statistics (a ``CovarianceStore``).
+        editor: instead of ``hparams``/``covariance``: a trained :class:`~prune_fast.editors.MEND` on
+            ``model`` (``config.batch_size`` requests per call, edited from their summed gradient).
         config: :class:`RunConfig`.
         evaluator: an :class:`~prune_fast.evaluation.Evaluator` on the same model (none: no scores).
         journal: a :class:`prune_fast.journal.Journal` for crash-safe runs (optional).
@@ -203,21 +207,32 @@ class SequentialEditor:
                                config=RunConfig(protocol="at_end", fn="linear")).run(requests)
     """
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, hparams: Any, covariance: Any,
-                 config: RunConfig | None = None, evaluator: Evaluator | None = None, journal: Any = None,
-                 progress: bool = True) -> None:
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, hparams: Any = None, covariance: Any = None,
+                 editor: Any = None, config: RunConfig | None = None, evaluator: Evaluator | None = None,
+                 journal: Any = None, progress: bool = True) -> None:
         from .editors.hparams import MEMITHyperParams, ROMEHyperParams
+        from .editors.mend import MEND
 
         self.config = config or RunConfig()
         self.config.validate()
-        if isinstance(hparams, MEMITHyperParams):
+        self.mend: MEND | None = None
+        if editor is not None:
+            if hparams is not None:
+                raise InvalidInputError("pass hparams (ROME, MEMIT) or editor (MEND), not both")
+            if not isinstance(editor, MEND):
+                raise InvalidInputError(f"editor must be a prune_fast.editors.MEND, got {type(editor).__name__}")
+            if editor.model is not model:
+                raise InvalidInputError("the MEND editor was built for another model object than the one to edit")
+            self.editor, self.mend, hparams = "mend", editor, editor.hparams
+        elif isinstance(hparams, MEMITHyperParams):
             self.editor = "memit"
         elif isinstance(hparams, ROMEHyperParams):
             self.editor = "rome"
             if self.config.batch_size != 1:
                 raise InvalidInputError(f"ROME edits one request at a time; batch_size={self.config.batch_size}")
         else:
-            raise InvalidInputError(f"hparams must be ROMEHyperParams or MEMITHyperParams, got {type(hparams).__name__}")
+            raise InvalidInputError("hparams must be ROMEHyperParams or MEMITHyperParams (or pass editor=MEND(...)), "
+                                    f"got {type(hparams).__name__}")
         self.model, self.tokenizer, self.hparams, self.covariance = model, tokenizer, hparams, covariance
         self.evaluator, self.journal, self.progress = evaluator, journal, progress
         cfg = self.config
@@ -243,6 +258,8 @@ class SequentialEditor:
     # -- one step --------------------------------------------------------------------------------
     def compute_updates(self, batch: Sequence[EditRequest]) -> list[FactoredUpdate]:
         """The editor's factored updates for ``batch`` on the current (live) model."""
+        if self.mend is not None:
+            return self.mend.compute(list(batch)).updates
         if self.editor == "rome":
             from .editors.rome import compute_rome
 
@@ -379,7 +396,11 @@ class SequentialEditor:
     def journal_header(self, header: dict[str, Any], n_requests: int) -> dict[str, Any]:
         """``header`` plus this runner's arm config and hyper-parameters: what a resume must match."""
         return dict(header) | {"arm": self.config.to_dict() | {"editor": self.editor},
-                               "hparams": self.hparams.to_dict(), "n_requests": n_requests}
+                               "hparams": self.editor_settings(), "n_requests": n_requests}
+
+    def editor_settings(self) -> dict[str, Any]:
+        """The editor's hyper-parameters (MEND: with its checkpoint's path and digest)."""
+        return self.mend.describe() if self.mend is not None else self.hparams.to_dict()
 
     def _resume(self, requests: Sequence[EditRequest], state: Any) -> ArmResult:
         from .tracker import SpectralTracker
