@@ -30,7 +30,7 @@ def test_edit_help_documents_everything():
     out = _cli("edit", "--help")
     assert out.returncode == 0
     for opt in ("--model", "--requests", "--editor", "--restrain", "--fn", "--n", "--out", "--resume", "--corpus",
-                "--tasks"):
+                "--tasks", "--mend-checkpoint", "mend"):
         assert opt in out.stdout
 
 

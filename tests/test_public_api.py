@@ -25,7 +25,7 @@ def test_import_does_not_pull_heavy_modules():
 
 def test_cli_help_lists_commands():
     out = subprocess.run([sys.executable, "-m", "prune_fast", "--help"], capture_output=True, text=True, check=True).stdout
-    for cmd in ("restrain", "example", "demo"):
+    for cmd in ("restrain", "example", "demo", "edit", "mend-train"):
         assert cmd in out
 
 

@@ -216,7 +216,8 @@ class MENDHyperParams(HyperParams):
             raise ValueError(f"layers must be a non-empty strictly increasing sequence, got {self.layers}")
         if self.module_templates is not None:
             if not self.module_templates or any(t.count("{}") != 1 for t in self.module_templates):
-                raise ValueError(f"module_templates must be templates with one '{{}}' each, got {self.module_templates}")
+                raise ValueError(f"module_templates must be templates with one '{{}}' each, "
+                                 f"got {self.module_templates}")
         for name in ("rank", "steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -279,8 +280,11 @@ _MEMIT_PRESETS: dict[str, dict[str, Any]] = {
                     v_weight_decay=0.1, clamp_norm_factor=6.0, kl_factor=0.0625, mom2_update_weight=50.0,
                     cov_samples=2000),
 }
-# MEND: the paper's settings edit the MLP projections of the last three layers (GPT-2 XL: 45-47);
-# the test bed's were measured on the package's small model (see prune_fast/testbed/mend_editor.py).
+# MEND: the paper's settings edit the MLP projections of the last three layers (GPT-2 XL: 45-47).
+# The test bed's were measured on the package's small model (600 steps, a quarter of the subjects
+# held out, prune_fast/testbed/mend_editor.py): held-out single-edit efficacy / neighbourhood
+# locality 0.78 / 0.62 editing layer 0 only (where the causal trace puts the facts), 0.86 / 0.68
+# layers 0-1, 0.84 / 0.71 layers 0-3; layers 0-1 has the best efficacy with half the weights of 0-3.
 _MEND_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(n_layers_ref=48, layer_fractions=(45 / 48, 47 / 48), rank=1920, n_hidden=1, edit_lr=1e-4,
                  lr=1e-6, lr_lr=1e-4, c_edit=0.1, c_loc=1.0, batch_size=10),

@@ -77,6 +77,9 @@ class _Rows:
     groups: torch.Tensor  # (R,) which edit a row belongs to
 
 
+_MAX_TEXT_TOKENS = 128  # locality texts are cut here (as the covariance pass cuts its corpus)
+
+
 def _encode(tokenizer: Any, items: Sequence[tuple[str, str | None]], groups: Sequence[int],
             device: torch.device) -> _Rows:
     """Rows ``prompt + answer[:-1]`` with the answer as targets, or plain texts (answer ``None``)."""
@@ -84,6 +87,7 @@ def _encode(tokenizer: Any, items: Sequence[tuple[str, str | None]], groups: Seq
     for text, answer in items:
         ids = encode(tokenizer, text)
         if answer is None:
+            ids = ids[:_MAX_TEXT_TOKENS]
             rows.append(ids)
             targets.append([-100] * len(ids))
             continue
