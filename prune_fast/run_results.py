@@ -19,7 +19,7 @@ Layout (documented for users in ``README.md (Sequential runs)``)::
           "timing": {"editor_s_median", "apply_s_median", "restrain_s_median",
                      "restrain_s_at_end", "eval_s_total"},
           "spectrum": {param: {"sigma_star", "edits": [...], "ratio": [...], "sigma_max_weight": [...],
-                               "sigma_max_delta": [...], "n_above": [...], "update_ratio": [...],
+                               "sigma_max_delta": [...], "n_above": [...], "cond": [...], "update_ratio": [...],
                                "update_ratio_median", "final": SpectrumReport, "cond_final",
                                "at_end_restraint": RestrainResult (at_end only)}}
         }

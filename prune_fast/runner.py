@@ -113,7 +113,8 @@ class StepRecord:
     """One editor call (one request for ROME, a batch for MEMIT).
 
     ``layers`` maps each edited parameter to: ``sigma_star``, ``sigma_max_weight`` (live weight),
-    ``ratio`` (= sigma_max_weight / sigma_star), ``sigma_max_delta`` (raw Δ), ``n_above`` (singular
+    ``ratio`` (= sigma_max_weight / sigma_star), ``cond`` (cond(W) of the live weight where cheap,
+    else null: see :meth:`SpectralTracker.spectrum`), ``sigma_max_delta`` (raw Δ), ``n_above`` (singular
     values of Δ ≥ σ*), ``n_restrained`` (restrained by this step; 0 unless ``online``) and
     ``update_ratio`` (σ_max of this step's update / σ*).  Spectrum fields are absent on steps
     skipped by ``spectrum_every``.
@@ -294,7 +295,8 @@ class SequentialEditor:
             if with_spectrum:
                 sp = tr.spectrum()
                 rec.update(sigma_max_weight=sp.sigma_max_weight, ratio=sp.ratio,
-                           sigma_max_delta=sp.sigma_delta[0] if sp.sigma_delta else 0.0, n_above=sp.n_above)
+                           sigma_max_delta=sp.sigma_delta[0] if sp.sigma_delta else 0.0, n_above=sp.n_above,
+                           cond=sp.cond_weight)
             out[upd.param_name] = rec
         return out
 
@@ -429,12 +431,14 @@ class SequentialEditor:
             for name, rec in s.layers.items():
                 sp = spectrum.setdefault(name, {"sigma_star": rec["sigma_star"], "edits": [], "ratio": [],
                                                 "sigma_max_weight": [], "sigma_max_delta": [], "n_above": [],
+                                                "cond": [],
                                                 "update_ratio": []})
                 sp["update_ratio"].append(rec["update_ratio"])
                 if "ratio" in rec:
                     sp["edits"].append(s.edits)
                     for k in ("ratio", "sigma_max_weight", "sigma_max_delta", "n_above"):
                         sp[k].append(rec[k])
+                    sp["cond"].append(rec.get("cond"))  # absent in records journaled before it existed
         for name, tr in self.spectral_trackers().items():
             rep = tr.spectrum()
             sp = spectrum.setdefault(name, {"sigma_star": tr.sigma_star})

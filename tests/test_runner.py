@@ -56,6 +56,12 @@ def test_each_protocol_records_steps_evals_and_both_edit_protocols(protocol):
     assert len(sp["ratio"]) == N and sp["sigma_star"] > 0
     step = res.steps[-1].layers[param]
     assert step["n_restrained"] == (step["n_above"] if protocol == "online" else 0)
+    # cond(W) per step (the test-bed weight is small enough to be cheap); the last step's is the
+    # final weight's except for at_end, whose restraint comes after it.
+    assert len(sp["cond"]) == N and all(c > 1 for c in sp["cond"])
+    if protocol != "at_end":
+        sv = torch.linalg.svdvals(runner.spectral_trackers()[param].weight.detach().double())
+        assert step["cond"] == pytest.approx(float(sv[0] / sv[-1]), rel=1e-6)
     if protocol == "online":
         assert all(s.restrain_s > 0 for s in res.steps)
         assert max(sp["ratio"]) < _run("none")[1].spectrum[param]["ratio"][-1]
