@@ -41,7 +41,8 @@ import torch
 
 from .errors import PruneFastError
 
-__all__ = ["Journal", "JournalError", "JournalMismatchError", "ResumeState", "JOURNAL_FORMAT", "save_safetensors_atomic"]
+__all__ = ["Journal", "JournalError", "JournalMismatchError", "ResumeState", "JOURNAL_FORMAT",
+           "save_safetensors_atomic"]
 
 logger = logging.getLogger(__name__)
 

@@ -142,6 +142,16 @@ def test_cli_edit_with_mend_end_to_end(tmp_path, model_dir):
     assert len(arm["spectrum"]) == len(MEND(bed.model, bed.tokenizer, shared_mend().path).sites)
     assert not (tmp_path / "run" / "covariance").exists()          # MEND needs no key statistics
 
+    from prune_fast.editors.mend_checkpoint import fingerprint, save_editor
+
+    mend = MEND(bed.model, bed.tokenizer, shared_mend().path)
+    other = save_editor(tmp_path / "other.safetensors", mend.net, mend.hparams, fingerprint(bed.model, mend.sites),
+                        {"note": "same network, other file"})
+    again = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "mend", "--mend-checkpoint",
+                 str(other), "--restrain", "online", "--fn", "linear", "--n", "5", "--out", str(tmp_path / "run"),
+                 "--resume", "--threads", "1", "--no-progress")
+    assert again.returncode == 2 and "refusing to resume" in again.stderr and "checkpoint_sha256" in again.stderr
+
 
 def test_cli_edit_mend_option_errors(tmp_path, model_dir):
     cf = tmp_path / "cf.json"

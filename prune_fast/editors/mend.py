@@ -269,9 +269,8 @@ class MEND:
         self.net.to(resolve_module(model, self.sites[0].module_name).weight.device)
 
     def describe(self) -> dict[str, Any]:
-        """What a run must record to be reproducible (and what a resume must match)."""
-        return {"checkpoint": str(self.checkpoint.resolve()), "checkpoint_sha256": self.sha256,
-                **self.hparams.to_dict()}
+        """What a resumed run must match: the checkpoint's digest (not its path: it may move) and settings."""
+        return {"checkpoint_sha256": self.sha256, **self.hparams.to_dict()}
 
     @torch.no_grad()
     def deltas(self, requests: EditRequest | Sequence[EditRequest]) -> tuple[torch.Tensor, Factors]:
