@@ -54,15 +54,18 @@ def bench_tracker(rows: int, cols: int, steps: int, skip_paper: bool) -> None:
     w = torch.randn(rows, cols, generator=g) / math.sqrt(cols)
     s_star = sigma_max(w)[0]
     tr = SpectralTracker(w, fn="linear", sigma_star=s_star)
-    times = []
+    times, restrained = [], []
     for u, v in rome_like_updates(rows, cols, steps, s_star, scale=2.0):
         t0 = time.perf_counter()
-        tr.add_(u, v)
+        res = tr.add_(u, v)
         times.append(time.perf_counter() - t0)
+        restrained.append(res.n_restrained)
     k = max(1, min(100, steps // 10))
     print(f"(a) {steps} rank-1 steps on {rows}×{cols}, restrained after every edit — {machine()}")
     print(f"    edits/s: {steps / sum(times):.1f}")
     print(f"    steps 1–{k}: {_q(times[:k])};  last {k}: {_q(times[-k:])}")
+    print(f"    singular values restrained per step: {restrained[k - 1]} at step {k}, {restrained[-1]} at step "
+          f"{steps}; Δ rank {tr.rank if tr.rank is not None else 'dense'}")
     if not skip_paper:
         w0 = tr.w0.double().numpy()
         wn = w0 + tr.delta().double().numpy()
