@@ -159,12 +159,7 @@ def run_edit(job: EditJob) -> dict[str, Any]:
         editor_kwargs: dict[str, Any] = {"editor": MEND(model, tok, job.mend_checkpoint)}  # checked before any write
     else:
         cls = ROMEHyperParams if job.editor == "rome" else MEMITHyperParams
-        if job.hparams:
-            hp = cls.from_yaml(Path(job.hparams))
-        elif job.preset or testbed:
-            hp = cls.preset(job.preset or "testbed", model.config.num_hidden_layers)
-        else:
-            hp = cls.for_model(model)
+        hp = cls.resolve(model, yaml_path=job.hparams, preset=job.preset, testbed=testbed)
         if job.corpus:
             texts = read_corpus(job.corpus)
         elif testbed:

@@ -54,12 +54,7 @@ def run_mend_train(job: MENDTrainJob) -> Any:
     if job.threads:
         torch.set_num_threads(job.threads)
     model, tok, testbed = load_local_model(job.model, job.device)
-    if job.hparams:
-        hp = MENDHyperParams.from_yaml(Path(job.hparams))
-    elif job.preset or testbed:
-        hp = MENDHyperParams.preset(job.preset or "testbed", model.config.num_hidden_layers)
-    else:
-        hp = MENDHyperParams.for_model(model)
+    hp = MENDHyperParams.resolve(model, yaml_path=job.hparams, preset=job.preset, testbed=testbed)
     if job.steps is not None:
         hp = dataclasses.replace(hp, steps=job.steps)
         hp.validate()

@@ -27,8 +27,7 @@ from .accumulated_delta import AccumulatedDelta
 from .errors import InvalidInputError
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_, write_restrained_
-from .krylov import topk_svd
-from .restrain import _finish, compute_dtype, correction_for, sigma_max
+from .restrain import compute_dtype, correction_for, sigma_max
 from .restraint_fn import FnLike, resolve_fn
 from .results import RestrainResult, SpectrumReport
 

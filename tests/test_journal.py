@@ -1,7 +1,6 @@
 """Crash-safe runs: SIGKILL mid-way and resume equals an uninterrupted run; corrupt and mismatched journals."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess

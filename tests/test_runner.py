@@ -5,7 +5,6 @@ import copy
 import functools
 import json
 
-import numpy as np
 import pytest
 import torch
 

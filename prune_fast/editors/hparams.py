@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -56,6 +56,26 @@ class HyperParams:
         hp = cls(**kwargs)
         hp.validate()
         return hp
+
+    @classmethod
+    def preset(cls: type[_H], name: str, n_layers: int | None = None) -> _H:
+        raise NotImplementedError
+
+    @classmethod
+    def for_model(cls: type[_H], model: Any) -> _H:
+        """The preset of the model's architecture, its layers placed by the model's depth."""
+        return cls.preset(architecture_of(model).name, num_layers(model))
+
+    @classmethod
+    def resolve(cls: type[_H], model: Any, *, yaml_path: str | None = None, preset: str | None = None,
+                testbed: bool = False) -> _H:
+        """What a command line asks for: a YAML file, else a named preset (the test bed's for the
+        package's own model), else the preset of the model's architecture."""
+        if yaml_path:
+            return cls.from_yaml(Path(yaml_path))
+        if preset or testbed:
+            return cls.preset(preset or "testbed", num_layers(model))
+        return cls.for_model(model)
 
     @classmethod
     def from_yaml(cls: type[_H], source: str | Path) -> _H:
@@ -140,11 +160,6 @@ class ROMEHyperParams(ValueHyperParams):
         p, depth = _preset(_ROME_PRESETS, name, n_layers)
         return cls(layer=_layer_at(p.pop("layer_fraction"), depth), **p)
 
-    @classmethod
-    def for_model(cls, model: Any) -> "ROMEHyperParams":
-        """The preset of the model's architecture, its layer placed by the model's depth."""
-        return cls.preset(architecture_of(model).name, num_layers(model))
-
 
 @dataclass(kw_only=True)
 class MEMITHyperParams(ValueHyperParams):
@@ -169,13 +184,7 @@ class MEMITHyperParams(ValueHyperParams):
     @classmethod
     def preset(cls, name: str, n_layers: int | None = None) -> "MEMITHyperParams":
         """Settings of a named preset (``gpt2``, ``llama``, ``testbed``); ``n_layers`` places the layers."""
-        p, depth = _preset(_MEMIT_PRESETS, name, n_layers)
-        lo, hi = p.pop("layer_fractions")
-        return cls(layers=tuple(range(_layer_at(lo, depth), _layer_at(hi, depth) + 1)), **p)
-
-    @classmethod
-    def for_model(cls, model: Any) -> "MEMITHyperParams":
-        return cls.preset(architecture_of(model).name, num_layers(model))
+        return cls(**_layer_range_preset(_MEMIT_PRESETS, name, n_layers))
 
 
 @dataclass(kw_only=True)
@@ -234,13 +243,7 @@ class MENDHyperParams(HyperParams):
     @classmethod
     def preset(cls, name: str, n_layers: int | None = None) -> "MENDHyperParams":
         """Settings of a named preset (``gpt2``, ``llama``, ``testbed``); ``n_layers`` places the layers."""
-        p, depth = _preset(_MEND_PRESETS, name, n_layers)
-        lo, hi = p.pop("layer_fractions")
-        return cls(layers=tuple(range(_layer_at(lo, depth), _layer_at(hi, depth) + 1)), **p)
-
-    @classmethod
-    def for_model(cls, model: Any) -> "MENDHyperParams":
-        return cls.preset(architecture_of(model).name, num_layers(model))
+        return cls(**_layer_range_preset(_MEND_PRESETS, name, n_layers))
 
 
 def _preset(table: dict[str, dict[str, Any]], name: str, n_layers: int | None) -> tuple[dict[str, Any], int]:
@@ -251,6 +254,13 @@ def _preset(table: dict[str, dict[str, Any]], name: str, n_layers: int | None) -
     p = dict(table[name])
     depth = p.pop("n_layers_ref")
     return p, n_layers or depth
+
+
+def _layer_range_preset(table: dict[str, dict[str, Any]], name: str, n_layers: int | None) -> dict[str, Any]:
+    """The preset's settings with its ``layer_fractions`` (lo, hi) turned into a ``layers`` range."""
+    p, depth = _preset(table, name, n_layers)
+    lo, hi = p.pop("layer_fractions")
+    return p | {"layers": tuple(range(_layer_at(lo, depth), _layer_at(hi, depth) + 1))}
 
 
 def _layer_at(fraction: float, depth: int) -> int:

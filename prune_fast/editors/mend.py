@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from .apply import FactoredUpdate
-from .architectures import EditSite, Layout, resolve_module
+from .architectures import EditSite, resolve_module
 from .errors import EditorCheckpointError, MalformedRequestError
 from .hparams import MENDHyperParams
 from .mend_checkpoint import (build_network, edited_sites, fingerprint, load_editor, load_training_state,

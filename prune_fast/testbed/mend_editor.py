@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +33,7 @@ from typing import Any
 import torch
 
 from ..editors.requests import EditRequest
-from .model import Testbed, default_cache_dir, load_testbed
+from .model import Testbed, cache_folder_writer, default_cache_dir, load_testbed
 from .world import World
 
 __all__ = ["TestbedMEND", "mend_training_data", "load_testbed_mend", "HELDOUT_FRACTION"]
@@ -104,24 +103,16 @@ def load_testbed_mend(bed: Testbed | None = None, cache_dir: str | Path | None =
         shutil.rmtree(folder)
     if not (folder / "report.json").exists():
         logger.info("no cached MEND editor at %s: training one", folder)
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
         old_threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            report = train(bed.model, bed.tokenizer, requests, hp, out=tmp / "editor.safetensors", locality=locality,
-                           eval_requests=evaluation, progress=progress)
-            shutil.rmtree(tmp / "editor.training", ignore_errors=True)
-            doc = {k: v for k, v in asdict(report).items() if k != "history"}
-            doc |= {"n_train_requests": len(requests), "n_heldout_requests": len(evaluation)}
-            (tmp / "report.json").write_text(json.dumps(doc, indent=1))
-            try:
-                tmp.rename(folder)
-            except OSError:  # another process finished first: keep theirs
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            with cache_folder_writer(folder) as tmp:
+                report = train(bed.model, bed.tokenizer, requests, hp, out=tmp / "editor.safetensors",
+                               locality=locality, eval_requests=evaluation, progress=progress)
+                shutil.rmtree(tmp / "editor.training", ignore_errors=True)
+                doc = {k: v for k, v in asdict(report).items() if k != "history"}
+                doc |= {"n_train_requests": len(requests), "n_heldout_requests": len(evaluation)}
+                (tmp / "report.json").write_text(json.dumps(doc, indent=1))
         finally:
             torch.set_num_threads(old_threads)
     report = json.loads((folder / "report.json").read_text())

@@ -19,6 +19,7 @@ Example::
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -28,6 +29,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,15 +190,17 @@ def _cache_key(world_spec: WorldSpec, train_spec: TrainSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _save(bed: Testbed, folder: Path, world_spec: WorldSpec, train_spec: TrainSpec) -> None:
+@contextlib.contextmanager
+def cache_folder_writer(folder: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside ``folder``; on success it is renamed to ``folder``.
+
+    A crash leaves no half-written cache entry; if another process published ``folder`` first,
+    theirs is kept (same key, same content).
+    """
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
     try:
-        bed.model.save_pretrained(tmp, safe_serialization=True)
-        bed.tokenizer.save(tmp / "tokenizer.json")
-        (tmp / "spec.json").write_text(json.dumps({"format": _FORMAT, "world": asdict(world_spec),
-                                                   "train": asdict(train_spec)}, indent=1))
-        (tmp / "report.json").write_text(json.dumps(asdict(bed.report), indent=1))
+        yield tmp
         try:
             tmp.rename(folder)
         except OSError:  # another process finished first: keep theirs
@@ -204,6 +208,15 @@ def _save(bed: Testbed, folder: Path, world_spec: WorldSpec, train_spec: TrainSp
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _save(bed: Testbed, folder: Path, world_spec: WorldSpec, train_spec: TrainSpec) -> None:
+    with cache_folder_writer(folder) as tmp:
+        bed.model.save_pretrained(tmp, safe_serialization=True)
+        bed.tokenizer.save(tmp / "tokenizer.json")
+        (tmp / "spec.json").write_text(json.dumps({"format": _FORMAT, "world": asdict(world_spec),
+                                                   "train": asdict(train_spec)}, indent=1))
+        (tmp / "report.json").write_text(json.dumps(asdict(bed.report), indent=1))
 
 
 def load_testbed(cache_dir: str | Path | None = None, world_spec: WorldSpec | None = None,
