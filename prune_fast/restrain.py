@@ -9,6 +9,7 @@ handled alike.
 """
 from __future__ import annotations
 
+import logging
 import math
 import time
 
@@ -23,6 +24,8 @@ from .restraint_fn import FnLike, RestraintFn, resolve_fn
 from .results import RestrainResult
 
 __all__ = ["restrain_", "sigma_max"]
+
+logger = logging.getLogger(__name__)
 
 
 def compute_dtype(weight: torch.Tensor) -> torch.dtype:
@@ -120,6 +123,22 @@ def _sigma_star_of_difference(weight: torch.Tensor, d: torch.Tensor, acc: torch.
         return sigma_max(w0, backend=backend)[0]
 
 
+def rounding_note(sigma_delta_max: float, sigma_star: float, dtype: torch.dtype) -> str | None:
+    """A warning text when Δ is so large that rounding swamps what the restraint leaves, else None.
+
+    Δ and the correction are held in ``dtype`` (fp32 for fp32 and half weights): rounding at
+    ε·σ_max(Δ) is no longer small against σ*, the scale of the restrained values, once
+    σ_max(Δ) ≳ 10⁴σ* in fp32 (runaway sequential edits); the restrained weight is then accurate
+    only to about that level.
+    """
+    rounding = sigma_delta_max * torch.finfo(dtype).eps
+    if rounding <= 1e-3 * sigma_star:
+        return None
+    return (f"σ_max(Δ) = {sigma_delta_max:.3g} is {sigma_delta_max / sigma_star:.2g} × σ*; its "
+            f"{str(dtype).replace('torch.', '')} rounding ({rounding:.2g}) exceeds 1e-3·σ*, so the restrained "
+            f"weight is accurate only to about that (runaway edits?)")
+
+
 def correction_for(s: torch.Tensor, f: RestraintFn, sigma_star: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``(F(σ), σ − F(σ))`` for the triplets to restrain (float64)."""
     s_new = f(s.to(torch.float64), sigma_star)
@@ -131,6 +150,9 @@ def _finish(weight: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Ten
     if s.numel() == 0:
         return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=backend,
                               fn=f.describe(), residual=residual)
+    note = rounding_note(float(s[0]), sigma_star, u.dtype)
+    if note:
+        logger.warning("restrain_: %s", note)
     s_new, c = correction_for(s, f, sigma_star)
     apply_correction_(weight.data, -(u * c.to(u.dtype)), v, backend=backend)
     return RestrainResult(

@@ -16,6 +16,7 @@ written by rounding the shadow — and is recomputed from W0 + Δ − U_a c_a V_
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from typing import Any
@@ -27,9 +28,11 @@ from .accumulated_delta import AccumulatedDelta
 from .errors import InvalidInputError
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_, write_restrained_
-from .restrain import compute_dtype, correction_for, sigma_max
+from .restrain import compute_dtype, correction_for, rounding_note, sigma_max
 from .restraint_fn import FnLike, resolve_fn
 from .results import RestrainResult, SpectrumReport
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["SpectralTracker"]
 
@@ -253,6 +256,7 @@ class SpectralTracker:
     def _restrain(self, raw: tuple[torch.Tensor, torch.Tensor] | None) -> RestrainResult:
         start = time.perf_counter()
         trip = self._triplets()
+        self._warn_if_precision_lost(trip.s)
         s_new, c = correction_for(trip.s, self._fn, self.sigma_star)
         new = (trip.u, c, trip.v)
         u_a, c_a, v_a = self._applied
@@ -273,6 +277,15 @@ class SpectralTracker:
             sigma_after=s_new.tolist(), elapsed_s=time.perf_counter() - start, backend=self.backend,
             fn=self._fn.describe(), residual=trip.residual,
         )
+
+    def _warn_if_precision_lost(self, s: torch.Tensor) -> None:
+        """Log once per tracker when Δ is so large that the restrained weight drowns in rounding."""
+        if getattr(self, "_precision_warned", False) or s.numel() == 0:
+            return
+        note = rounding_note(float(s[0]), self.sigma_star, self._acc)
+        if note:
+            self._precision_warned = True
+            logger.warning("%r: %s", self, note)
 
     def _refresh(self) -> None:
         """live ← W0 + Δ − U_a diag(c_a) V_aᵀ, exactly, from the full-precision state."""

@@ -288,3 +288,14 @@ def test_restrain_twice_in_a_row_gives_identical_results(rng):
         prune_fast.restrain_(w, delta.float())
         outs.append((w.double() - ref).norm() / ref.norm())
     assert max(outs) <= 1e-5
+
+
+def test_runaway_delta_is_warned_about_and_normal_delta_is_not(rng, caplog):
+    """fp32 cannot hold the restrained remainder of a Δ ~1e6 σ*: say so instead of failing silently."""
+    w0, delta, _, sigma_star = _case(120, 80, 3, 5, rng)
+    with caplog.at_level("WARNING", logger="prune_fast"):
+        prune_fast.restrain_((w0 + delta).float(), delta.float())
+        assert not caplog.records
+        huge = delta * (1e6 / float(torch.linalg.matrix_norm(delta, 2)) * sigma_star)
+        prune_fast.restrain_((w0 + huge).float(), huge.float(), sigma_star=sigma_star)
+    assert any("rounding" in r.getMessage() and "σ*" in r.getMessage() for r in caplog.records)

@@ -258,3 +258,16 @@ def test_repr_and_public_api():
                                        "InvalidInputError", "PruneFastError"}
     tr = SpectralTracker(torch.eye(4) * 3)
     assert "σ*=3" in repr(tr)
+
+
+def test_tracker_warns_once_when_delta_runs_away(rng, caplog):
+    m, n = 60, 40
+    tr = SpectralTracker(make_w0(m, n, rng).float())
+    big = 1e6 * tr.sigma_star
+    with caplog.at_level("WARNING", logger="prune_fast"):
+        _feed(tr, _edits(m, n, 3, rng, scale=1.0))
+        assert not caplog.records
+        for _ in range(3):
+            tr.add_(torch.randn(m, 1, generator=rng) * big / m ** 0.5, torch.randn(n, 1, generator=rng) / n ** 0.5)
+    warned = [r for r in caplog.records if "rounding" in r.getMessage()]
+    assert len(warned) == 1
