@@ -46,6 +46,7 @@ import torch
 
 from . import _validate
 from .errors import InvalidInputError
+from .krylov import frobenius_sq_bound
 from .restrain import compute_dtype, restrain_, sigma_max
 from .restraint_fn import FnLike, resolve_fn
 
@@ -170,7 +171,7 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
         raise InvalidInputError(f"{name}: the base weight W0 is zero, so σ* = σ_max(W0) = 0 and PRUNE is undefined; "
                                 "leave it out with modules= (CLI --modules)")
     rep.sigma_star = sigma_star
-    if not bool(delta.any()):
+    if frobenius_sq_bound(delta) == 0.0:  # exact for Δ = 0, and no bool copy of Δ
         rep.sigma_delta_before = rep.sigma_delta_after = 0.0
         rep.seconds = time.perf_counter() - start
         return None, rep
