@@ -34,15 +34,13 @@ def borrow(shape: tuple[int, int], dtype: torch.dtype) -> Iterator[torch.Tensor]
     """A contiguous CPU tensor of ``shape``/``dtype`` with arbitrary content, valid inside the block."""
     numel = shape[0] * shape[1]
     nbytes = numel * torch.empty(0, dtype=dtype).element_size()
+    # Too large to keep, or re-entrant use (the held buffer is taken): a plain new tensor.
+    if nbytes > MAX_BYTES or getattr(_local, "busy", False):
+        yield torch.empty(shape, dtype=dtype)
+        return
     buf = getattr(_local, "buffer", None)
-    if nbytes > MAX_BYTES:
-        yield torch.empty(shape, dtype=dtype)
-        return
-    if getattr(_local, "busy", False):  # re-entrant use: the held buffer is taken
-        yield torch.empty(shape, dtype=dtype)
-        return
     if buf is None or buf.dtype != dtype or buf.numel() < numel:
-        buf = _local.buffer = None  # drop the old one before allocating the new one
+        _local.buffer = None  # free the old one before allocating the new one
         buf = _local.buffer = torch.empty(numel, dtype=dtype)
     _local.busy = True
     try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from .kernels.orthonormalize import orthonormalize
-from .krylov import Triplets, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
+from .krylov import Triplets, append_columns, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
 
 # Relative residual asked of the Krylov solver on the float64 core; Q_a, Q_b are fp32, so finer
 # than this cannot be represented anyway.
@@ -99,8 +99,8 @@ class AccumulatedDelta:
             self._core = torch.zeros(0, 0, dtype=torch.float64, device=self.device)
             self._ra = self._rb = 0
             return
-        self._qa = _append_columns(self._qa, self._ra, qa_new)
-        self._qb = _append_columns(self._qb, self._rb, qb_new)
+        self._qa = append_columns(self._qa, self._ra, qa_new)
+        self._qb = append_columns(self._qb, self._rb, qb_new)
         # The core lives in a zero-filled buffer that doubles when full: re-allocating and copying
         # an r×r float64 core every edit cost ~1.5 ms at r ≈ 1000.
         self._core = _grow_zero_filled(self._core, self._ra, self._rb, ra, rb)
@@ -187,14 +187,3 @@ def _grow_zero_filled(buf: torch.Tensor, used_rows: int, used_cols: int, rows: i
                         device=buf.device)
     grown[:used_rows, :used_cols] = buf[:used_rows, :used_cols]
     return grown
-
-
-def _append_columns(buf: torch.Tensor, used: int, new: torch.Tensor) -> torch.Tensor:
-    """Write ``new`` after the first ``used`` columns, doubling the capacity when full."""
-    need = used + new.shape[1]
-    if need > buf.shape[1]:
-        grown = torch.empty(buf.shape[0], max(need, 2 * buf.shape[1], 8), dtype=buf.dtype, device=buf.device)
-        grown[:, :used] = buf[:, :used]
-        buf = grown
-    buf[:, used:need] = new
-    return buf

@@ -296,14 +296,21 @@ class _Basis:
         return self.buf[:, : self.used]
 
     def append(self, block: torch.Tensor) -> None:
-        need = self.used + block.shape[1]
-        if need > self.buf.shape[1]:
-            grown = torch.empty(self.buf.shape[0], max(need, 2 * self.buf.shape[1]), dtype=self.buf.dtype,
-                                device=self.buf.device)
-            grown[:, : self.used] = self.view
-            self.buf = grown
-        self.buf[:, self.used: need] = block
-        self.used = need
+        self.buf = append_columns(self.buf, self.used, block)
+        self.used += block.shape[1]
+
+
+def append_columns(buf: torch.Tensor, used: int, new: torch.Tensor) -> torch.Tensor:
+    """Write ``new`` after the first ``used`` columns of ``buf``, doubling the capacity when full;
+    returns the buffer (a new one when it grew). Krylov bases and the tracker's factor bases grow
+    this way, so neither re-concatenates its basis per block."""
+    need = used + new.shape[1]
+    if need > buf.shape[1]:
+        grown = torch.empty(buf.shape[0], max(need, 2 * buf.shape[1], 8), dtype=buf.dtype, device=buf.device)
+        grown[:, :used] = buf[:, :used]
+        buf = grown
+    buf[:, used:need] = new
+    return buf
 
 
 def _explicit_residuals(at_u: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
