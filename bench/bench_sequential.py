@@ -72,7 +72,7 @@ def bench_tracker(rows: int, cols: int, steps: int, skip_paper: bool) -> None:
         t0 = time.perf_counter()
         paper_procedure(w0, wn, fn="linear")
         paper = time.perf_counter() - t0
-        print(f"    paper's procedure, one restraint: {paper:.2f} s → {1 / paper:.3f} edits/s online "
+        print(f"    paper's procedure (full SVDs, as its code), one restraint: {paper:.2f} s → {1 / paper:.3f} edits/s online "
               f"({paper / statistics.median(times[-k:]):.0f}× one tracker step)")
 
 

@@ -36,9 +36,15 @@ def check_finite(name: str, t: torch.Tensor) -> None:
     # A NaN or Inf anywhere makes the sum NaN or Inf, so a finite sum proves every value finite, from
     # one reduction (0.5 ms at 1600×6400 fp32, against 21 ms for isfinite(), which writes a bool
     # tensor). A non-finite sum may also be an fp32 overflow: then the exact check decides. Half
-    # types would overflow their sum routinely, so they take the exact check directly.
+    # types would overflow a sum in their own dtype and convert slowly in a wider one (51 ms at
+    # 4096×11008 fp16), but min and max propagate NaN and are ±Inf exactly when an Inf is present:
+    # one aminmax (2 ms there, against 97 ms for isfinite()) proves them finite.
     if t.dtype in (torch.float32, torch.float64) and math.isfinite(float(t.detach().sum())):
         return
+    if t.dtype in (torch.float16, torch.bfloat16):
+        lo, hi = torch.aminmax(t.detach())
+        if math.isfinite(float(lo)) and math.isfinite(float(hi)):
+            return
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise InvalidInputError(f"{name} contains {bad} non-finite value(s) (NaN or Inf)")

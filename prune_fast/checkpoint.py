@@ -32,29 +32,30 @@ import contextlib
 import json
 import logging
 import math
+import mmap
 import os
 import re
 import shutil
 import struct
 import tempfile
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 
-from . import _validate
+from . import _scratch, _validate
 from .errors import InvalidInputError
-from .krylov import frobenius_sq_bound
-from .restrain import compute_dtype, restrain_, sigma_max
+from .kernels import resolve_backend
+from .restrain import apply_triplets_, compute_dtype, sigma_max, triplets_at_or_above
 from .restraint_fn import FnLike, resolve_fn
 
 __all__ = ["restrain_checkpoint", "RestrainReport", "TensorReport", "restrain_pair"]
 
 log = logging.getLogger(__name__)
 
-_CHUNK = 64 << 20  # bytes per read when comparing or copying raw tensor data
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 # safetensors dtype codes <-> torch dtypes (only what torch can represent; raw copies need none).
 _ST_TO_TORCH = {
@@ -148,50 +149,88 @@ class RestrainReport:
 
 # ------------------------------------------------------------------------------- the tensor math
 def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: FnLike = "log",
-                  alpha: float = math.e, backend: str = "auto") -> tuple[torch.Tensor | None, TensorReport]:
+                  alpha: float = math.e, backend: str = "auto",
+                  work: torch.Tensor | None = None) -> tuple[torch.Tensor | None, TensorReport]:
     """PRUNE on one (W0, W_N) pair; returns ``(Ŵ in W_N's dtype or None if unchanged, report)``.
 
     ``w0``, ``w_edited``: 2-D floating, same shape (any layout: Linear out×in or Conv1D in×out).
     The work runs on ``w_edited``'s device in fp32 (fp64 for fp64): σ* = σ_max(W0),
     Δ = W_N − W0, Ŵ = W0 + F(Δ). Neither input is modified.
 
+    ``work``: optional contiguous buffer of W_N's shape in that compute dtype, on its device. It
+    holds Δ and then Ŵ, so no weight-sized tensor is allocated; when W_N is in the compute dtype
+    the returned Ŵ *is* ``work`` (``restrain_checkpoint`` writes it out before reusing the buffer).
+
     Example::
 
         new, rep = restrain_pair("mlp.c_proj.weight", w0, w_n, fn="log1.2")
     """
     start = time.perf_counter()
+    f = resolve_fn(fn, alpha)
+    w = _validate.check_matrix(f"{name} (edited)", w_edited).detach()
+    w0 = _validate.check_matrix(f"{name} (base)", w0).detach().to(device=w.device)
+    _validate.check_same_placement(f"{name} (base)", w0, f"{name} (edited)", w)
+    used = resolve_backend(_validate.check_backend(backend), w.device)
     acc = compute_dtype(w_edited)
-    weight = w_edited.detach().to(acc, copy=True)
-    w0_acc = w0.detach().to(device=weight.device, dtype=acc)
-    delta = weight - w0_acc
-    rep = TensorReport(name, tuple(w_edited.shape), _dtype_name(w_edited.dtype), "below_sigma_star")
+    if work is None:
+        work = torch.empty(w.shape, dtype=acc, device=w.device)
+    elif work.shape != w.shape or work.dtype != acc or work.device != w.device or not work.is_contiguous():
+        raise InvalidInputError(f"{name}: work must be a contiguous {acc} tensor of shape {tuple(w.shape)} on {w.device}")
+    rep = TensorReport(name, tuple(w.shape), _dtype_name(w.dtype), "below_sigma_star")
+    # W0 in the compute dtype: the input itself when it already is (a zero-copy view of BASE's
+    # file in restrain_checkpoint), else converted into the buffer, which then becomes Δ in place.
+    w0_acc = w0 if w0.dtype == acc else work.copy_(w0)
     sigma_star, _ = sigma_max(w0_acc)
-    del w0_acc
     if sigma_star == 0.0:
         raise InvalidInputError(f"{name}: the base weight W0 is zero, so σ* = σ_max(W0) = 0 and PRUNE is undefined; "
                                 "leave it out with modules= (CLI --modules)")
     rep.sigma_star = sigma_star
-    if frobenius_sq_bound(delta) == 0.0:  # exact for Δ = 0, and no bool copy of Δ
+    if w0_acc is work:
+        delta = _subtract_from_(w, work)
+    else:
+        delta = torch.sub(w, w0_acc, out=work) if w.dtype == acc else work.copy_(w).sub_(w0_acc)
+    del w0_acc
+    trip = triplets_at_or_above(delta, sigma_star, used)
+    if trip is None:  # Δ = 0
         rep.sigma_delta_before = rep.sigma_delta_after = 0.0
         rep.seconds = time.perf_counter() - start
         return None, rep
-    res = restrain_(weight, delta, fn=fn, alpha=alpha, sigma_star=sigma_star, backend=backend)
-    rep.n_restrained, rep.residual = res.n_restrained, res.residual
-    if res.n_restrained:
-        rep.action = "restrained"
-        rep.sigma_before, rep.sigma_after = res.sigma_before, res.sigma_after
-        rep.sigma_delta_before, rep.sigma_delta_after = res.sigma_before[0], res.sigma_after[0]
-        raised = sum(a > b for a, b in zip(res.sigma_after, res.sigma_before))
-        if raised:  # F(σ) = σ* + log_α(σ/σ*) exceeds σ just above σ* whenever σ* < 1/ln α
-            log.warning("%s: F raised %d of %d restrained singular values (σ* = %.4g is small for fn=%s); "
-                        "the restraint grows this update", name, raised, res.n_restrained, sigma_star, res.fn)
-        out = weight.to(w_edited.dtype)
-    else:
+    if not trip.s.numel():
         top, _ = sigma_max(delta)
         rep.sigma_delta_before = rep.sigma_delta_after = top
-        out = None
+        rep.seconds = time.perf_counter() - start
+        return None, rep
+    weight = work.copy_(w)  # Δ is no longer needed: build Ŵ = W_N − U diag(σ − F(σ)) Vᵀ in its place
+    res = apply_triplets_(weight, trip, f, sigma_star, used, start)
+    rep.action, rep.n_restrained, rep.residual = "restrained", res.n_restrained, res.residual
+    rep.sigma_before, rep.sigma_after = res.sigma_before, res.sigma_after
+    rep.sigma_delta_before, rep.sigma_delta_after = res.sigma_before[0], res.sigma_after[0]
+    raised = sum(a > b for a, b in zip(res.sigma_after, res.sigma_before))
+    if raised:  # F(σ) = σ* + log_α(σ/σ*) exceeds σ just above σ* whenever σ* < 1/ln α
+        log.warning("%s: F raised %d of %d restrained singular values (σ* = %.4g is small for fn=%s); "
+                    "the restraint grows this update", name, raised, res.n_restrained, sigma_star, res.fn)
     rep.seconds = time.perf_counter() - start
-    return out, rep
+    return weight.to(w_edited.dtype), rep
+
+
+_SUBTRACT_BLOCK = 4 << 20  # elements per converted block of rows (16 MB in fp32)
+
+
+def _subtract_from_(w: torch.Tensor, work: torch.Tensor) -> torch.Tensor:
+    """``work ← w − work`` in ``work``'s dtype, for a ``w`` of another (half) dtype.
+
+    A mixed-dtype ``sub`` converts element by element (49 ms at 4096×11008 fp16 → fp32 here);
+    converting blocks of rows into a small buffer first takes ~20 ms. Rounds exactly as
+    ``w.to(work.dtype) − work``.
+    """
+    if w.dtype == work.dtype:
+        return torch.sub(w, work, out=work)
+    rows = max(1, _SUBTRACT_BLOCK // max(1, w.shape[1]))
+    block = torch.empty((min(rows, w.shape[0]), w.shape[1]), dtype=work.dtype, device=work.device)
+    for i in range(0, w.shape[0], rows):
+        part = work[i:i + rows]
+        torch.sub(block[:part.shape[0]].copy_(w[i:i + rows]), part, out=part)
+    return work
 
 
 def _dtype_name(dtype: torch.dtype) -> str:
@@ -234,8 +273,15 @@ def _read_header(path: Path) -> tuple[list[_Entry], dict[str, str]]:
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise InvalidInputError(f"{path} is not a safetensors file (bad header: {e})") from None
     meta = header.pop("__metadata__", None) or {}
-    entries = [_Entry(k, v["dtype"], tuple(v["shape"]), path, 8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
-               for k, v in header.items()]
+    try:
+        entries = [_Entry(k, v["dtype"], tuple(v["shape"]), path, 8 + n + v["data_offsets"][0],
+                          8 + n + v["data_offsets"][1]) for k, v in header.items()]
+    except (KeyError, TypeError, IndexError) as e:
+        raise InvalidInputError(f"{path} is not a safetensors file (bad header entry: {e})") from None
+    for e in entries:
+        if not 8 + n <= e.start <= e.end <= size:
+            raise InvalidInputError(f"{path} is truncated or corrupt: tensor {e.name!r} lies at bytes "
+                                    f"{e.start}..{e.end} of a {size}-byte file")
     entries.sort(key=lambda e: (e.start, e.end))
     return entries, meta
 
@@ -249,9 +295,8 @@ class _Source:
 
     def __init__(self, role: str, path: Path, allow_pickle: bool):
         self.role, self.path = role, path
-        self._handles: dict[Path, object] = {}
+        self._maps: dict[Path, mmap.mmap] = {}
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
-        self._stack = contextlib.ExitStack()
         if not path.exists():
             raise InvalidInputError(f"{role} {path} does not exist")
         self.kind, self.shards, self.index = _find_weights(role, path, allow_pickle)
@@ -297,36 +342,51 @@ class _Source:
         t = self._pickled[e.file][e.name]
         return t.numel() * t.element_size()
 
-    def load(self, e: _Entry) -> torch.Tensor:
-        """The tensor, on CPU, in its stored dtype."""
-        if self.kind == "pickle":
-            return self._pickled[e.file][e.name]
-        from safetensors import safe_open
-
-        if e.file not in self._handles:
-            self._handles[e.file] = self._stack.enter_context(safe_open(str(e.file), framework="pt", device="cpu"))
-        return self._handles[e.file].get_tensor(e.name)  # type: ignore[attr-defined]
-
-    def iter_bytes(self, e: _Entry) -> Iterator[bytes | memoryview]:
-        """The tensor's raw little-endian bytes, in chunks (read from disk, never deserialised)."""
+    def raw(self, e: _Entry) -> torch.Tensor:
+        """The tensor's stored bytes as a 1-D uint8 tensor; for safetensors a zero-copy view of the
+        memory-mapped file, which is read-only: nothing may write to it."""
         if self.kind == "pickle":
             t = self._pickled[e.file][e.name].contiguous().reshape(-1)
-            if t.numel():
-                yield memoryview(t.view(torch.uint8).numpy())
+            return t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+        if not e.nbytes:
+            return torch.empty(0, dtype=torch.uint8)
+        with warnings.catch_warnings():  # torch warns that the mapping is read-only; it is never written
+            warnings.filterwarnings("ignore", message=".*not writable.*")
+            return torch.frombuffer(self._map(e.file), dtype=torch.uint8, count=e.nbytes, offset=e.start)
+
+    def load(self, e: _Entry) -> torch.Tensor:
+        """The tensor on CPU in its stored dtype: a read-only view of the file when its offset is
+        aligned for the dtype (safetensors files are), else a copy."""
+        if self.kind == "pickle":
+            return self._pickled[e.file][e.name]
+        dtype = _ST_TO_TORCH.get(e.dtype)
+        if dtype is None:
+            raise InvalidInputError(f"{e.where()} has dtype {e.dtype}, which torch cannot represent")
+        raw = self.raw(e)
+        if e.start % raw.new_empty(0, dtype=dtype).element_size():
+            raw = raw.clone()
+        return raw.view(dtype).reshape(e.shape)
+
+    def forget(self, e: _Entry) -> None:
+        """Unmap the pages of ``e`` from this process (they stay in the page cache), so that the
+        resident memory of a pass over a whole model stays about one tensor pair."""
+        mm = self._maps.get(e.file)
+        if mm is None or not e.nbytes or not hasattr(mm, "madvise"):
             return
-        with open(e.file, "rb") as f:
-            f.seek(e.start)
-            left = e.nbytes
-            while left:
-                chunk = f.read(min(left, _CHUNK))
-                if not chunk:
-                    raise InvalidInputError(f"{self.role}: {e.file} is truncated inside {e.name!r}")
-                left -= len(chunk)
-                yield chunk
+        start = e.start - e.start % mmap.PAGESIZE
+        mm.madvise(mmap.MADV_DONTNEED, start, e.end - start)
+
+    def _map(self, file: Path) -> mmap.mmap:
+        if file not in self._maps:
+            with open(file, "rb") as f:
+                self._maps[file] = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        return self._maps[file]
 
     def close(self) -> None:
-        self._stack.close()
-        self._handles.clear()
+        for mm in self._maps.values():
+            with contextlib.suppress(BufferError):  # a view still alive: unmapped when it dies
+                mm.close()
+        self._maps.clear()
         self._pickled.clear()
 
 
@@ -409,39 +469,27 @@ class _ShardWriter:
         self._f.write(raw)
         self.path = path
 
-    def write(self, name: str, chunks: Iterator[bytes | memoryview]) -> None:
-        n = 0
-        for c in chunks:
-            n += len(c) if isinstance(c, bytes) else c.nbytes
-            self._f.write(c)
+    def write(self, name: str, t: torch.Tensor) -> None:
+        """Append ``t``'s bytes (a contiguous CPU tensor, or the uint8 view from :meth:`_Source.raw`)."""
+        flat = t.detach().to("cpu").contiguous().reshape(-1)
+        n = flat.numel() * flat.element_size()
         if n != self._sizes[name]:
-            raise RuntimeError(f"wrote {n} bytes for {name!r} in {self.path}, expected {self._sizes[name]}")
+            raise RuntimeError(f"{name!r} has {n} bytes for {self.path}, expected {self._sizes[name]}")
+        if n:
+            self._f.write(memoryview(flat.view(torch.uint8).numpy()))
 
     def close(self) -> None:
         self._f.close()
 
 
-def _tensor_bytes(t: torch.Tensor) -> Iterator[memoryview]:
-    t = t.detach().to("cpu").contiguous().reshape(-1)
-    if t.numel():
-        yield memoryview(t.view(torch.uint8).numpy())
-
-
-def _same_bytes(a: Iterator[bytes | memoryview], b: Iterator[bytes | memoryview]) -> bool:
-    """Compare two chunked byte streams of equal total length."""
-    buf_a, buf_b = b"", b""
-    for ca in a:
-        buf_a += bytes(ca)
-        while len(buf_b) < len(buf_a):
-            nxt = next(b, None)
-            if nxt is None:
-                return False
-            buf_b += bytes(nxt)
-        n = len(buf_a)
-        if buf_a != buf_b[:n]:
-            return False
-        buf_a, buf_b = b"", buf_b[n:]
-    return not buf_b and next(b, None) is None
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two uint8 byte views are equal; compared as int64 words when the length allows
+    (1.8 ms for 41 MB, against 13 ms byte by byte)."""
+    if a.numel() != b.numel():
+        return False
+    if a.numel() % 8 == 0:
+        return torch.equal(a.view(torch.int64), b.view(torch.int64))
+    return torch.equal(a, b)
 
 
 def _out_name(shard: Path, kind: str) -> str:
@@ -572,6 +620,7 @@ def restrain_checkpoint(
         _check_pair(src_b, src_e)
         if out_p is not None and not dry_run and edited_p.is_file() and (out_p.suffix != ".safetensors" or out_p.is_dir()):
             raise InvalidInputError(f"EDITED {edited_p} is a single file, so OUT {out_p} must be a .safetensors file path")
+        stack.callback(_scratch.release)  # do not hold a weight-sized buffer after the call
         tensors = _run(src_b, src_e, None if dry_run else out_p, fn=fn, alpha=alpha, pats=pats,
                        backend=backend, progress=progress)
     report = RestrainReport(fn=fn_name, n_tensors=len(src_e.entries), tensors=tensors,
@@ -596,11 +645,15 @@ def _run(base: _Source, edited: _Source, out: Path | None, *, fn: FnLike, alpha:
                 try:
                     for e in entries:
                         bar.set_postfix_str(e.name, refresh=False)
-                        new, rep = _process(base, edited, e, fn=fn, alpha=alpha, pats=pats, backend=backend)
-                        if rep is not None:
-                            reports.append(rep)
-                        if writer is not None:
-                            writer.write(e.name, _tensor_bytes(new) if new is not None else edited.iter_bytes(e))
+                        with contextlib.ExitStack() as held:  # a borrowed buffer lives until written
+                            new, rep = _process(base, edited, e, fn=fn, alpha=alpha, pats=pats, backend=backend,
+                                                held=held)
+                            if rep is not None:
+                                reports.append(rep)
+                            if writer is not None:
+                                writer.write(e.name, new if new is not None else edited.raw(e))
+                        base.forget(base.entries[e.name])
+                        edited.forget(e)
                         bar.update(1)
                 finally:
                     if writer is not None:
@@ -615,10 +668,14 @@ def _run(base: _Source, edited: _Source, out: Path | None, *, fn: FnLike, alpha:
 
 
 def _process(base: _Source, edited: _Source, e: _Entry, *, fn: FnLike, alpha: float,
-             pats: list[re.Pattern[str]] | None, backend: str) -> tuple[torch.Tensor | None, TensorReport | None]:
-    """``(new tensor or None to copy EDITED's bytes, report or None when identical)``."""
+             pats: list[re.Pattern[str]] | None, backend: str,
+             held: contextlib.ExitStack) -> tuple[torch.Tensor | None, TensorReport | None]:
+    """``(new tensor or None to copy EDITED's bytes, report or None when identical)``.
+
+    The new tensor may be a reused buffer entered on ``held``: valid until ``held`` closes.
+    """
     b = base.entries[e.name]
-    if _same_bytes(base.iter_bytes(b), edited.iter_bytes(e)):
+    if _same_bytes(base.raw(b), edited.raw(e)):
         return None, None
     dtype = _dtype_name(_ST_TO_TORCH[e.dtype]) if e.dtype in _ST_TO_TORCH else e.dtype
     rep = TensorReport(e.name, e.shape, dtype, "not_float", file=e.file.name)
@@ -635,7 +692,9 @@ def _process(base: _Source, edited: _Source, e: _Entry, *, fn: FnLike, alpha: fl
     if not _selected(e.name, pats):
         rep.action = "not_selected"
         return None, rep
-    new, rep = restrain_pair(e.name, w_b, w_e, fn=fn, alpha=alpha, backend=backend)
+    # Δ and then Ŵ go into this thread's reused buffer (no 41 MB first-touch cost per matrix).
+    work = held.enter_context(_scratch.borrow(e.shape, compute_dtype(w_e)))
+    new, rep = restrain_pair(e.name, w_b, w_e, fn=fn, alpha=alpha, backend=backend, work=work)
     rep.file = e.file.name
     log.debug("%s: %s", e.name, rep)
     return new, rep

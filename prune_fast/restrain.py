@@ -18,7 +18,7 @@ import torch
 from . import _scratch, _validate
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_
-from .krylov import direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
+from .krylov import Triplets, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
 from .operators import ImplicitDifferenceOperator
 from .restraint_fn import FnLike, RestraintFn, resolve_fn
 from .results import RestrainResult
@@ -99,14 +99,24 @@ def restrain_(
         sigma_star = _sigma_star_of_difference(weight.detach(), d, acc, used)
         if sigma_star == 0.0:
             raise _validate.InvalidInputError("weight - delta (W0) is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
-    fro_sq = frobenius_sq_bound(d)
-    if fro_sq == 0.0:
+    trip = triplets_at_or_above(d, sigma_star, used)
+    if trip is None:
         return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=used, fn=f.describe())
-    if prefer_direct(tuple(d.shape), 0):
-        trip = direct_triplets(d, sigma_star)
-    else:
-        trip = topk_svd(d, threshold=sigma_star, frobenius_sq=fro_sq, backend=used)
-    return _finish(weight, trip.u, trip.s, trip.v, trip.residual, f, sigma_star, used, start)
+    return apply_triplets_(weight, trip, f, sigma_star, used, start)
+
+
+def triplets_at_or_above(delta: torch.Tensor, sigma_star: float, backend: str) -> Triplets | None:
+    """The triplets of ``delta`` with σ ≥ σ* (``None`` when Δ = 0), in ``delta``'s dtype.
+
+    ``restrain_`` is this plus :func:`apply_triplets_`; ``restrain_pair`` calls the two halves
+    itself so that one buffer can hold Δ first and the restrained weight after.
+    """
+    fro_sq = frobenius_sq_bound(delta)
+    if fro_sq == 0.0:
+        return None
+    if prefer_direct(tuple(delta.shape), 0):
+        return direct_triplets(delta, sigma_star)
+    return topk_svd(delta, threshold=sigma_star, frobenius_sq=fro_sq, backend=backend)
 
 
 def _sigma_star_of_difference(weight: torch.Tensor, d: torch.Tensor, acc: torch.dtype, backend: str) -> float:
@@ -145,8 +155,10 @@ def correction_for(s: torch.Tensor, f: RestraintFn, sigma_star: float) -> tuple[
     return s_new, s.to(torch.float64) - s_new
 
 
-def _finish(weight: torch.Tensor, u: torch.Tensor, s: torch.Tensor, v: torch.Tensor, residual: float,
-            f: RestraintFn, sigma_star: float, backend: str, start: float) -> RestrainResult:
+def apply_triplets_(weight: torch.Tensor, trip: Triplets, f: RestraintFn, sigma_star: float, backend: str,
+                    start: float) -> RestrainResult:
+    """``weight −= U diag(σ − F(σ)) Vᵀ`` for the triplets from :func:`triplets_at_or_above`."""
+    u, s, v, residual = trip.u, trip.s, trip.v, trip.residual
     if s.numel() == 0:
         return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=backend,
                               fn=f.describe(), residual=residual)

@@ -406,3 +406,84 @@ def test_stale_pickle_weights_beside_safetensors_are_not_copied(tmp_path):
         (tmp_path / d / "config.json").write_text("{}")
     restrain_checkpoint(tmp_path / "b", tmp_path / "e", tmp_path / "o", progress=False)
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["config.json", "model.safetensors"]
+
+
+# ----------------------------------------------------------------------------- the fast paths
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64],
+                         ids=["fp32", "fp16", "bf16", "fp64"])
+def test_restrain_pair_in_a_given_buffer_equals_a_fresh_one(dtype, monkeypatch):
+    """The buffer path (Δ, then Ŵ, in one reused tensor; half Δ converted block by block) gives
+    the same bits as the plain path, matches the float64 reference, and leaves its inputs alone."""
+    from prune_fast import checkpoint
+    from prune_fast.restrain import compute_dtype
+
+    monkeypatch.setattr(checkpoint, "_SUBTRACT_BLOCK", 7 * 33)  # several blocks and a remainder
+    g = torch.Generator().manual_seed(SEED + 11)
+    w0 = torch.randn(45, 33, generator=g, dtype=torch.float64).to(dtype)
+    we = (w0.double() + low_rank_update(w0, [6.0, 3.0, 0.5], g)).to(dtype)
+    w0_copy, we_copy = w0.clone(), we.clone()
+    plain, rep_plain = checkpoint.restrain_pair("w", w0, we, fn="log1.2")
+    work = torch.full(we.shape, float("nan"), dtype=compute_dtype(we))  # poisoned: every element must be written
+    new, rep = checkpoint.restrain_pair("w", w0, we, fn="log1.2", work=work)
+    assert same_bits(w0, w0_copy) and same_bits(we, we_copy)
+    assert rep.n_restrained == rep_plain.n_restrained == 2 and new.dtype == dtype
+    assert same_bits(new, plain)
+    ref, _ = restrain_reference(w0, we.double() - w0.double(), fn="log1.2")
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
+    assert rel_fro(new, ref) <= tol, f"seed {SEED}: {rel_fro(new, ref):.3g}"
+    # Δ itself, block by block, rounds exactly as the one-shot subtraction
+    if dtype in (torch.float16, torch.bfloat16):
+        buf = w0.float().clone()
+        assert same_bits(checkpoint._subtract_from_(we, buf), we.float() - w0.float())
+    with pytest.raises(InvalidInputError, match="work must be"):
+        checkpoint.restrain_pair("w", w0, we, work=torch.empty(3, 3, dtype=compute_dtype(we)))
+
+
+def test_truncated_safetensors_is_refused_before_anything_is_written(tmp_path):
+    w = torch.randn(20, 10)
+    base = _single(tmp_path / "b.safetensors", w=w)
+    edited = _single(tmp_path / "e.safetensors", w=w + 1.0)
+    raw = edited.read_bytes()
+    edited.write_bytes(raw[:-7])
+    out = tmp_path / "o.safetensors"
+    with pytest.raises(InvalidInputError, match=r"e\.safetensors is truncated.*'w'"):
+        restrain_checkpoint(base, edited, out, progress=False)
+    assert not out.exists()
+    _no_leftovers(tmp_path)
+
+
+def test_unaligned_tensor_offsets_are_read_correctly(tmp_path):
+    """A hand-written safetensors file whose fp32 tensor starts at an odd byte offset."""
+    import struct
+
+    from prune_fast.checkpoint import _Source
+
+    g = torch.Generator().manual_seed(SEED + 12)
+    w = torch.randn(6, 5, generator=g)
+    tag = torch.tensor([1, 2, 3], dtype=torch.uint8)
+    header = {"tag": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "w": {"dtype": "F32", "shape": [6, 5], "data_offsets": [3, 3 + 4 * w.numel()]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    path = tmp_path / "odd.safetensors"
+    path.write_bytes(struct.pack("<Q", len(raw)) + raw + tag.numpy().tobytes() + w.numpy().tobytes())
+    src = _Source("BASE", path, allow_pickle=False)
+    try:
+        assert same_bits(src.load(src.entries["w"]), w)
+        assert same_bits(src.load(src.entries["tag"]), tag)
+    finally:
+        src.close()
+
+
+@pytest.mark.parametrize("n", [13, 16, 4096 + 5])
+def test_byte_comparison_sees_one_changed_byte(n):
+    from prune_fast.checkpoint import _same_bytes
+
+    g = torch.Generator().manual_seed(SEED + n)
+    a = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g)
+    assert _same_bytes(a, a.clone())
+    for i in (0, n // 2, n - 1):
+        b = a.clone()
+        b[i] ^= 1
+        assert not _same_bytes(a, b)
+    assert not _same_bytes(a, a[:-1].clone())

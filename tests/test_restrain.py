@@ -242,10 +242,12 @@ def test_property_matches_full_svd(m, n, n_above, extra, fn, seed):
                          ids=["fp32", "fp64", "fp16", "bf16"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
 def test_finite_check_finds_one_bad_value_anywhere(dtype, bad, rng):
-    """The fast finite check (a sum) must see a single NaN/±Inf at any position, in either layout."""
+    """The fast finite checks (a sum; aminmax for half types) must see a single NaN/±Inf at any
+    position, in either layout, also in tensors large enough for vectorised and threaded reductions."""
     from prune_fast._validate import check_finite
 
-    for t in (torch.randn(40, 70, generator=rng).to(dtype), torch.randn(70, 40, generator=rng).to(dtype).T):
+    for t in (torch.randn(40, 70, generator=rng).to(dtype), torch.randn(70, 40, generator=rng).to(dtype).T,
+              torch.randn(257, 4099, generator=rng).to(dtype)):
         check_finite("x", t)
         i, j = (int(torch.randint(n, (1,), generator=rng)) for n in t.shape)
         t[i, j] = bad
@@ -299,3 +301,20 @@ def test_runaway_delta_is_warned_about_and_normal_delta_is_not(rng, caplog):
         huge = delta * (1e6 / float(torch.linalg.matrix_norm(delta, 2)) * sigma_star)
         prune_fast.restrain_((w0 + huge).float(), huge.float(), sigma_star=sigma_star)
     assert any("rounding" in r.getMessage() and "σ*" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("full_matrices", [True, False], ids=["as-paper-code", "thin-variant"])
+@pytest.mark.parametrize("shape,rank", [((40, 90), 7), ((90, 40), 40)], ids=["wide-low-rank", "tall-full-rank"])
+def test_paper_procedure_matches_the_float64_reference(full_matrices, shape, rank, rng):
+    """Both forms of the benchmarked paper procedure compute PRUNE itself (what the speed-ups compare)."""
+    from prune_fast.reference import paper_procedure
+
+    m, n = shape
+    w0, delta, _, sigma_star = _case(m, n, min(3, rank), rank, rng)
+    got = torch.from_numpy(paper_procedure(w0.numpy(), (w0 + delta).numpy(), fn="log1.2",
+                                           full_matrices=full_matrices))
+    want, info = restrain_reference(w0, delta, fn="log1.2")
+    assert info["n_restrained"] == min(3, rank)
+    assert got.shape == want.shape and bool(torch.isfinite(got).all())
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-12 * float(want.abs().max()))
+    assert float((got - (w0 + delta)).abs().max()) > 1e-3  # the restraint changed the weight
