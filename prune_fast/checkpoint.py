@@ -10,10 +10,12 @@ is applied once, as in the paper's protocol (Ma et al., ICLR 2025, arXiv 2405.16
 and Ŵ is written in the tensor's own dtype. Every other tensor is copied byte for byte; the
 sharding, the index JSON, the config, the tokenizer and every other file of EDITED are kept.
 
-Streaming: tensors are compared as raw bytes, read straight from their offsets in the safetensors
-files, and only a differing pair is loaded (``safe_open``); output shards are written tensor by
-tensor (the safetensors header is known in advance, since dtypes and shapes do not change). Peak
-memory is about one tensor pair and its fp32 working copies, never a whole model.
+Streaming: the safetensors files are memory-mapped and read in place, never copied into the
+process: tensors are compared as raw bytes (int64 words), a differing pair is used as zero-copy
+views, and unchanged tensors are written out straight from the mapping; each tensor's pages are
+unmapped once it is done. Δ and then Ŵ live in one reused fp32 buffer. Output shards are written
+tensor by tensor (the safetensors header is known in advance, since dtypes and shapes do not
+change). Resident memory is about one tensor pair plus that buffer, never a whole model.
 
 Nothing is written until the inputs are checked (names, shapes, dtypes, OUT), and the output goes to
 a temporary folder beside OUT that is renamed into place only when complete, so a failure midway
