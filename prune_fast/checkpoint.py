@@ -373,10 +373,11 @@ class _Source:
         """Unmap the pages of ``e`` from this process (they stay in the page cache), so that the
         resident memory of a pass over a whole model stays about one tensor pair."""
         mm = self._maps.get(e.file)
-        if mm is None or not e.nbytes or not hasattr(mm, "madvise"):
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if mm is None or not e.nbytes or advice is None or not hasattr(mm, "madvise"):
             return
         start = e.start - e.start % mmap.PAGESIZE
-        mm.madvise(mmap.MADV_DONTNEED, start, e.end - start)
+        mm.madvise(advice, start, e.end - start)
 
     def _map(self, file: Path) -> mmap.mmap:
         if file not in self._maps:
