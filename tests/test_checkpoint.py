@@ -409,34 +409,50 @@ def test_stale_pickle_weights_beside_safetensors_are_not_copied(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the fast paths
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64],
-                         ids=["fp32", "fp16", "bf16", "fp64"])
-def test_restrain_pair_in_a_given_buffer_equals_a_fresh_one(dtype, monkeypatch):
-    """The buffer path (Δ, then Ŵ, in one reused tensor; half Δ converted block by block) gives
-    the same bits as the plain path, matches the float64 reference, and leaves its inputs alone."""
-    from prune_fast import checkpoint
-    from prune_fast.restrain import compute_dtype
+_DTYPE_PAIRS = [(torch.float32, torch.float32), (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16),
+                (torch.float64, torch.float64), (torch.float32, torch.float16), (torch.float16, torch.float32),
+                (torch.float64, torch.float32)]
 
-    monkeypatch.setattr(checkpoint, "_SUBTRACT_BLOCK", 7 * 33)  # several blocks and a remainder
+
+@pytest.mark.parametrize("base_dtype,edited_dtype", _DTYPE_PAIRS, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", [(45, 33), (150, 120)], ids=["direct", "krylov"])
+def test_restrain_pair_in_a_buffer_equals_restrain_on_a_copy(base_dtype, edited_dtype, shape, monkeypatch):
+    """The buffer path (Δ, then Ŵ, in one reused tensor; half Δ converted block by block) gives the
+    same bits as restrain_ on a compute-dtype copy of W_N, matches the float64 reference, writes
+    every element of the buffer and leaves its inputs alone."""
+    from prune_fast import checkpoint
+    from prune_fast.restrain import compute_dtype, sigma_max
+
+    monkeypatch.setattr(checkpoint, "_SUBTRACT_BLOCK", 7 * shape[1])  # several blocks and a remainder
     g = torch.Generator().manual_seed(SEED + 11)
-    w0 = torch.randn(45, 33, generator=g, dtype=torch.float64).to(dtype)
-    we = (w0.double() + low_rank_update(w0, [6.0, 3.0, 0.5], g)).to(dtype)
+    w0 = torch.randn(*shape, generator=g, dtype=torch.float64).to(base_dtype)
+    we = (w0.double() + low_rank_update(w0, [6.0, 3.0, 0.5], g)).to(edited_dtype)
     w0_copy, we_copy = w0.clone(), we.clone()
-    plain, rep_plain = checkpoint.restrain_pair("w", w0, we, fn="log1.2")
-    work = torch.full(we.shape, float("nan"), dtype=compute_dtype(we))  # poisoned: every element must be written
+    acc = compute_dtype(we)
+    work = torch.full(we.shape, float("nan"), dtype=acc)  # poisoned: every element must be written
+    torch.manual_seed(SEED)  # the Krylov start blocks come from the global generator: same draws below
     new, rep = checkpoint.restrain_pair("w", w0, we, fn="log1.2", work=work)
     assert same_bits(w0, w0_copy) and same_bits(we, we_copy)
-    assert rep.n_restrained == rep_plain.n_restrained == 2 and new.dtype == dtype
-    assert same_bits(new, plain)
+    assert rep.n_restrained == 2 and new.dtype == edited_dtype
+    # the arithmetic before the buffer existed
+    weight = we.to(acc, copy=True)
+    torch.manual_seed(SEED)
+    sigma_star, _ = sigma_max(w0.to(acc))
+    prune_fast.restrain_(weight, weight - w0.to(acc), fn="log1.2", sigma_star=sigma_star)
+    assert rep.sigma_star == sigma_star
+    assert same_bits(new, weight.to(edited_dtype))
     ref, _ = restrain_reference(w0, we.double() - w0.double(), fn="log1.2")
-    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}[dtype]
-    assert rel_fro(new, ref) <= tol, f"seed {SEED}: {rel_fro(new, ref):.3g}"
-    # Δ itself, block by block, rounds exactly as the one-shot subtraction
-    if dtype in (torch.float16, torch.bfloat16):
-        buf = w0.float().clone()
-        assert same_bits(checkpoint._subtract_from_(we, buf), we.float() - w0.float())
+    tol = {torch.float64: 1e-12, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+    assert rel_fro(new, ref) <= max(tol[base_dtype], tol[edited_dtype]), f"seed {SEED}: {rel_fro(new, ref):.3g}"
+    if edited_dtype in (torch.float16, torch.bfloat16):  # Δ block by block rounds as the one-shot subtraction
+        buf = w0.to(acc).clone()
+        assert same_bits(checkpoint._subtract_from_(we, buf), we.to(acc) - w0.to(acc))
     with pytest.raises(InvalidInputError, match="work must be"):
-        checkpoint.restrain_pair("w", w0, we, work=torch.empty(3, 3, dtype=compute_dtype(we)))
+        checkpoint.restrain_pair("w", w0, we, work=torch.empty(3, 3, dtype=acc))
+    if edited_dtype == acc:  # a buffer that is an input would overwrite it
+        with pytest.raises(InvalidInputError, match="shares memory"):
+            checkpoint.restrain_pair("w", w0, we, work=we)
+        assert same_bits(we, we_copy)
 
 
 def test_truncated_safetensors_is_refused_before_anything_is_written(tmp_path):
@@ -475,15 +491,50 @@ def test_unaligned_tensor_offsets_are_read_correctly(tmp_path):
         src.close()
 
 
-@pytest.mark.parametrize("n", [13, 16, 4096 + 5])
-def test_byte_comparison_sees_one_changed_byte(n):
+@pytest.mark.parametrize("offset", [0, 3, 4], ids=["aligned", "odd-offset", "4-byte-offset"])
+@pytest.mark.parametrize("n", [13, 16, 4096 + 5, 4096 + 8])
+def test_byte_comparison_sees_one_changed_byte(n, offset):
+    """Views at any storage offset (pickle tensors sliced from a larger storage, odd file offsets)."""
     from prune_fast.checkpoint import _same_bytes
 
     g = torch.Generator().manual_seed(SEED + n)
-    a = torch.randint(0, 256, (n,), dtype=torch.uint8, generator=g)
-    assert _same_bytes(a, a.clone())
+    a = torch.randint(0, 256, (n + offset,), dtype=torch.uint8, generator=g)[offset:]
+    assert _same_bytes(a, a.clone()) and _same_bytes(a.clone(), a)
     for i in (0, n // 2, n - 1):
-        b = a.clone()
+        b = torch.empty(n + 5, dtype=torch.uint8)[5:]  # another misalignment on the other side
+        b.copy_(a)
         b[i] ^= 1
-        assert not _same_bytes(a, b)
+        assert not _same_bytes(a, b) and not _same_bytes(b, a)
     assert not _same_bytes(a, a[:-1].clone())
+
+
+def test_pickle_tensors_that_are_views_of_a_larger_storage(tmp_path):
+    """torch.save keeps a slice's whole storage: the loaded tensor starts at an offset of 4 bytes."""
+    g = torch.Generator().manual_seed(SEED + 13)
+    big = torch.randn(300, generator=g, dtype=torch.float64).float()
+    w0 = big[1:257].view(32, 8)
+    we = (w0.double() + low_rank_update(w0, [5.0, 0.5], g)).float()
+    torch.save({"w": w0, "same": big[3:7]}, tmp_path / "base.pt")
+    torch.save({"w": we, "same": big[3:7].clone()}, tmp_path / "edited.pt")
+    out = tmp_path / "out.safetensors"
+    report = restrain_checkpoint(tmp_path / "base.pt", tmp_path / "edited.pt", out, allow_pickle=True,
+                                 fn="log1.2", progress=False)
+    assert [t.name for t in report.tensors] == ["w"] and report.tensors[0].n_restrained == 1
+    got = load_all(out)
+    ref, _ = restrain_reference(w0, we.double() - w0.double(), fn="log1.2")
+    assert rel_fro(got["w"], ref) <= 1e-6 and same_bits(got["same"], big[3:7])
+
+
+def test_header_whose_byte_range_does_not_fit_the_shape_is_refused(tmp_path):
+    import struct
+
+    w = torch.randn(6, 5)
+    header = {"w": {"dtype": "F32", "shape": [6, 4], "data_offsets": [0, 4 * w.numel()]}}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(struct.pack("<Q", len(raw)) + raw + w.numpy().tobytes())
+    good = _single(tmp_path / "good.safetensors", w=w[:, :4].contiguous())
+    with pytest.raises(InvalidInputError, match=r"bad\.safetensors is corrupt.*'w'.*needs 96 bytes"):
+        restrain_checkpoint(good, bad, tmp_path / "o.safetensors", progress=False)
+    assert not (tmp_path / "o.safetensors").exists()
