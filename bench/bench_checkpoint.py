@@ -23,6 +23,7 @@ extrapolated from the 1600×6400 measurement by the SVD flop count (m·n·min(m,
 Usage::
 
     python bench/bench_checkpoint.py [--repeats 3] [--paper-large] [--gaussian] [--markdown]
+    python -m pytest bench/bench_checkpoint.py --benchmark-only     # the same through pytest-benchmark
 """
 from __future__ import annotations
 
@@ -48,6 +49,11 @@ from prune_fast.reference import paper_procedure, restrain_reference  # noqa: E4
 from prune_fast.restrain import sigma_max  # noqa: E402
 
 RANK = 16
+# name: (shape, edited matrices, unedited matrices, dtype)
+CASES = {
+    "gpt2xl-memit": ((1600, 6400), 5, 3, torch.float32),
+    "llama7b-down": ((4096, 11008), 1, 1, torch.float16),
+}
 
 
 @dataclass
@@ -203,11 +209,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="bench_checkpoint-") as tmp:
         root = Path(tmp)
-        rows += bench_case("gpt2xl-memit", (1600, 6400), 5, 3, torch.float32, root, args.repeats, True, g,
-                           paper_per_flop)
+        rows += bench_case("gpt2xl-memit", *CASES["gpt2xl-memit"], root, args.repeats, True, g, paper_per_flop)
         if not args.only_small:
-            rows += bench_case("llama7b-down", (4096, 11008), 1, 1, torch.float16, root, args.repeats,
-                               args.paper_large, g, paper_per_flop)
+            rows += bench_case("llama7b-down", *CASES["llama7b-down"], root, args.repeats, args.paper_large, g,
+                               paper_per_flop)
     if args.gaussian:
         rows.append(progress(gaussian_sigma_star((1600, 6400), g)))
     print(machine())
@@ -224,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     by_case: dict[str, dict[str, float]] = {}
     for r in rows:
         by_case.setdefault(r.case, {})[r.key] = r.median
-    n_edited = {"gpt2xl-memit": 5, "llama7b-down": 1}
+    n_edited = {name: spec[1] for name, spec in CASES.items()}
     for case, d in by_case.items():
         per = d.get("restrain_matrix")
         for key, label in (("paper", "paper procedure"), ("paper_thin", "paper procedure, thin variant"),
@@ -233,6 +238,37 @@ def main(argv: list[str] | None = None) -> int:
                 whole = f"; × {n_edited[case]} matrices / whole file = {n_edited[case] * d[key] / d['restrain_file']:.0f}×"
                 print(f"{case}: {label} / restrain, per matrix = {d[key] / per:.0f}×" + (whole if key != "torch_svd" else ""))
     return 0
+
+
+# -- pytest-benchmark ------------------------------------------------------------------------------
+try:
+    import pytest
+except ImportError:  # pragma: no cover
+    pytest = None
+
+if pytest is not None:
+    @pytest.mark.parametrize("case", list(CASES))
+    def test_bench_restrain_checkpoint(benchmark, case, tmp_path):
+        """Whole ``restrain_checkpoint`` call on a synthetic pair; OUT removed before each round."""
+        base, edited, _, _ = write_pair(tmp_path / case, *CASES[case], torch.Generator().manual_seed(0))
+        out = tmp_path / "out.safetensors"
+
+        def fresh_out():
+            out.unlink(missing_ok=True)
+            os.sync()
+            return (), {}
+
+        benchmark.pedantic(lambda: prune_fast.restrain_checkpoint(base, edited, out, progress=False),
+                           setup=fresh_out, rounds=5, iterations=1, warmup_rounds=1)
+
+    @pytest.mark.parametrize("full_matrices", [True, False], ids=["as-paper-code", "thin-variant"])
+    def test_bench_paper_procedure_gpt2xl_matrix(benchmark, full_matrices):
+        """The yardstick on one 1600×6400 matrix (~30 s as the paper's code runs it)."""
+        g = torch.Generator().manual_seed(0)
+        w0 = trained_like(1600, 6400, g)
+        wn = w0 + memit_like_delta(w0, g)
+        benchmark.pedantic(lambda: paper_procedure(w0.double().numpy(), wn.double().numpy(),
+                                                   full_matrices=full_matrices), rounds=1, iterations=1)
 
 
 if __name__ == "__main__":
