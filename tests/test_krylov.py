@@ -200,3 +200,24 @@ def test_skinny_matmul_cpu_matches_float64(layout, cols, rng):
     tol = 1e-12 if a.dtype == torch.float64 else 2e-6
     err = (got.double() - a64 @ x64).norm(dim=0) / (a64 @ x64).norm(dim=0)
     assert float(err.max()) <= tol
+
+
+def test_wide_bases_test_convergence_less_often_and_stay_exact(rng):
+    """Past a basis of 128 columns convergence is tested only every few blocks: the answers must
+    not change. Threshold mode with 70 values above (the basis grows past 128) and σ_max of a
+    Gaussian matrix (clustered top values: many blocks), both against float64 SVDs."""
+    m, n = 500, 900
+    sig = torch.cat([torch.linspace(6.0, 1.5, 70), torch.linspace(0.8, 0.01, 230)]).double()
+    d, (u, s, v) = make_delta(m, n, sig, rng)
+    t = topk_svd(d.float(), threshold=1.0, frobenius_sq=float(d.norm() ** 2), generator=rng)
+    assert t.basis_size > 128, t.basis_size  # the sparse-check path ran
+    assert t.s.numel() == 70
+    assert torch.allclose(t.s, s[:70], rtol=1e-5, atol=0)
+    assert _subspace_ok(t.u, u[:, :70], 1e-5) and _subspace_ok(t.v, v[:, :70], 1e-5)
+    assert t.next_value < 1.0
+
+    a = torch.randn(m, n, generator=rng, dtype=torch.float64)
+    top = topk_svd(a.float(), k=1, block=16, value_tol=8 * torch.finfo(torch.float32).eps, generator=rng)
+    assert top.basis_size > 128, top.basis_size
+    want = float(torch.linalg.svdvals(a)[0])
+    assert abs(float(top.s[0]) - want) <= 2e-6 * want, (float(top.s[0]), want)
