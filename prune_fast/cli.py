@@ -130,6 +130,8 @@ def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p.add_argument("--restrain", default="online", choices=["none", "online", "at_end"], help="protocol (default online)")
     p.add_argument("--fn", default="log1.2", choices=[*FN_NAMES, "log1_5", "log1_2"], help="restraint function")
     p.add_argument("--restrain-every", type=int, default=1, metavar="K", help="online: restrain every K edit steps")
+    p.add_argument("--tracker-dtype", default="float32", choices=["float32", "float64"],
+                   help="state dtype of the trackers: float64 keeps runs whose raw update grows far past σ* exact")
     p.add_argument("--n", type=int, default=None, help="number of requests (default: all)")
     p.add_argument("--batch-size", type=int, default=1, help="MEMIT: requests per edit step")
     p.add_argument("--out", required=True, help="run folder: journal, checkpoints, results.json")
@@ -155,7 +157,8 @@ def _run_edit(args: argparse.Namespace) -> int:
     from .run_results import format_table
 
     job = EditJob(model=args.model, requests=args.requests, out=args.out, n=args.n, editor=args.editor,
-                  mend_checkpoint=args.mend_checkpoint, protocol=args.restrain, fn=args.fn, restrain_every=args.restrain_every, batch_size=args.batch_size,
+                  mend_checkpoint=args.mend_checkpoint, protocol=args.restrain, fn=args.fn, restrain_every=args.restrain_every,
+                  tracker_dtype=args.tracker_dtype, batch_size=args.batch_size,
                   format=args.format, hparams=args.hparams, preset=args.preset, corpus=args.corpus, tasks=args.tasks,
                   heldout=args.heldout, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
                   resume=args.resume, save_model=args.save_model, device=args.device, threads=args.threads,

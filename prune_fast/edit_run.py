@@ -43,6 +43,7 @@ class EditJob:
     protocol: str = "online"
     fn: str = "log1.2"
     restrain_every: int = 1
+    tracker_dtype: str = "float32"
     batch_size: int = 1
     format: str = "auto"
     hparams: str | None = None
@@ -113,7 +114,7 @@ def _run_config(job: EditJob) -> Any:
     from .runner import RunConfig
 
     return RunConfig(protocol=job.protocol, fn=job.fn, restrain_every=job.restrain_every, eval_every=job.eval_every,
-                     batch_size=job.batch_size)
+                     batch_size=job.batch_size, tracker_dtype=job.tracker_dtype)
 
 
 def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:

@@ -54,6 +54,10 @@ logger = logging.getLogger(__name__)
 PROTOCOLS = ("none", "online", "at_end")
 
 
+# RunConfig.tracker_dtype → SpectralTracker(state_dtype=...); None: fp32, or fp64 for fp64 weights.
+TRACKER_DTYPES = {"float32": None, "float64": torch.float64}
+
+
 @dataclass
 class RunConfig:
     """How one arm runs.
@@ -68,6 +72,9 @@ class RunConfig:
         spectrum_every: record the per-weight spectrum every this many steps (it costs one σ_max
             of each edited weight and a top-k SVD of the factored Δ).
         score_immediate: score each edit right after it is applied.
+        tracker_dtype: ``"float32"`` (default; float64 for float64 weights) or ``"float64"``: the
+            trackers' state dtype (``SpectralTracker(state_dtype=...)``). float64 keeps runaway
+            runs, whose raw Δ grows ≳ 10⁴σ*, exact at the cost of a float64 copy of each edited weight.
     """
 
     protocol: str = "online"
@@ -78,6 +85,7 @@ class RunConfig:
     batch_size: int = 1
     spectrum_every: int = 1
     score_immediate: bool = True
+    tracker_dtype: str = "float32"
 
     def validate(self) -> None:
         if self.protocol not in PROTOCOLS:
@@ -89,6 +97,8 @@ class RunConfig:
                 raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
         if not isinstance(self.eval_every, int) or self.eval_every < 0:
             raise InvalidInputError(f"eval_every must be an int >= 0, got {self.eval_every!r}")
+        if self.tracker_dtype not in TRACKER_DTYPES:
+            raise InvalidInputError(f"tracker_dtype must be one of {tuple(TRACKER_DTYPES)}, got {self.tracker_dtype!r}")
 
     @property
     def fn_name(self) -> str:
@@ -238,7 +248,8 @@ class SequentialEditor:
         self.evaluator, self.journal, self.progress = evaluator, journal, progress
         cfg = self.config
         restrain_every = cfg.restrain_every if cfg.protocol == "online" else None
-        self.tracker_kwargs = dict(fn=cfg.fn, alpha=cfg.alpha, restrain_every=restrain_every)
+        self.tracker_kwargs = dict(fn=cfg.fn, alpha=cfg.alpha, restrain_every=restrain_every,
+                                   state_dtype=TRACKER_DTYPES[cfg.tracker_dtype])
         self.trackers = TrackerSet(model, tracker_factory=self._new_tracker)
 
     # -- trackers --------------------------------------------------------------------------------

@@ -8,9 +8,10 @@ State (full precision, never the half-precision weight itself):
 
 Restraining recomputes (U, c, V) from the raw Δ, so restraining after every edit and once at the
 end give the same weight (no compounding: F is never applied to its own output). The live weight
-moves by the exact low-rank difference u vᵀ + U_a c_a V_aᵀ − U c Vᵀ, accumulated in fp32 — in the
-weight itself for fp32 weights, in an fp32 shadow for fp16/bf16 weights, which are only ever
-written by rounding the shadow — and is recomputed from W0 + Δ − U_a c_a V_aᵀ every
+moves by the exact low-rank difference u vᵀ + U_a c_a V_aᵀ − U c Vᵀ, accumulated in the state dtype
+(fp32 by default, float64 on request) — in the weight itself when it has that dtype, else in a
+shadow copy (fp16/bf16 weights; fp32 weights with a float64 state), the weight then being only
+ever written by rounding the shadow — and is recomputed from W0 + Δ − U_a c_a V_aᵀ every
 ``refresh_every`` steps, so rounding cannot drift (no drift).
 """
 from __future__ import annotations
@@ -49,6 +50,10 @@ class SpectralTracker:
         restrain_every: restrain after every K-th ``add_`` (default 1); ``None`` restrains only
             when :meth:`restrain_` is called. Between restraints the raw updates are added as is.
         refresh_every: recompute the live weight exactly from W0 + Δ every this many steps.
+        state_dtype: dtype of Δ, the corrections and the live weight's full-precision copy.
+            ``None``: fp32 (fp64 for fp64 weights). ``torch.float64`` for runs whose raw Δ grows
+            far past σ* (≳ 10⁴σ*, runaway sequential edits), where fp32 rounding of Δ would swamp
+            what the restraint leaves; it costs a float64 copy of the weight and slower products.
 
     Example::
 
@@ -59,7 +64,7 @@ class SpectralTracker:
 
     def __init__(self, weight: torch.Tensor, *, alpha: float = math.e, fn: FnLike = "log",
                  sigma_star: float | None = None, restrain_every: int | None = 1, refresh_every: int = 256,
-                 backend: str = "auto", seed: int = 0):
+                 backend: str = "auto", seed: int = 0, state_dtype: torch.dtype | None = None):
         _validate.check_matrix("weight", weight)
         self._fn = resolve_fn(fn, alpha)
         self._fn_spec = (fn if isinstance(fn, str) else None, float(alpha))
@@ -72,11 +77,12 @@ class SpectralTracker:
         self.weight = weight
         self.restrain_every = restrain_every
         self.refresh_every = refresh_every
-        self._acc = compute_dtype(weight)
+        self._acc = _state_dtype(weight, state_dtype)
         self._generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             self._w0 = weight.detach().clone()
-            # fp32 weights are their own full-precision state; half weights get an fp32 shadow.
+            # A weight in the state dtype is its own full-precision state; others (half weights, or
+            # fp32 weights with a float64 state) get a shadow in the state dtype.
             self._shadow = None if weight.dtype == self._acc else weight.detach().to(self._acc)
             if sigma_star is None:
                 sigma_star, self.sigma_star_residual = sigma_max(self._live(), generator=self._generator,
@@ -162,7 +168,7 @@ class SpectralTracker:
             "format": _FORMAT, "shape": list(self.weight.shape), "dtype": str(self.weight.dtype),
             "sigma_star": self.sigma_star, "fn": fn_name, "alpha": alpha,
             "restrain_every": self.restrain_every, "refresh_every": self.refresh_every,
-            "n_edits": self.n_edits, "since_restrain": self._since_restrain,
+            "n_edits": self.n_edits, "since_restrain": self._since_restrain, "state_dtype": str(self._acc),
         }
         tensors = {"w0": self._w0, "applied_u": u_a, "applied_c": c_a, "applied_v": v_a}
         tensors.update(self._delta.state_tensors())
@@ -200,7 +206,10 @@ class SpectralTracker:
         tr.backend = resolve_backend(_validate.check_backend(backend), weight.device)
         tr.weight = weight
         tr.restrain_every, tr.refresh_every = meta["restrain_every"], meta["refresh_every"]
-        tr._acc = compute_dtype(weight)
+        saved = meta.get("state_dtype")  # absent in states written before the option existed
+        if saved is not None and saved not in _STATE_DTYPES:
+            raise InvalidInputError(f"state has an unknown state_dtype {saved!r}")
+        tr._acc = _state_dtype(weight, None if saved is None else _STATE_DTYPES[saved])
         tr._generator = torch.Generator().manual_seed(0)
         tr._w0 = state["w0"].to(weight.device, weight.dtype, copy=True)
         tr._shadow = None if weight.dtype == tr._acc else tr._w0.to(tr._acc)
@@ -285,6 +294,8 @@ class SpectralTracker:
         note = rounding_note(float(s[0]), self.sigma_star, self._acc)
         if note:
             self._precision_warned = True
+            if self._acc != torch.float64:
+                note += "; SpectralTracker(..., state_dtype=torch.float64) keeps such runs exact"
             logger.warning("%r: %s", self, note)
 
     def _refresh(self) -> None:
@@ -300,6 +311,20 @@ class SpectralTracker:
                               torch.cat([right, v_a], 1), backend=self.backend)
         self._since_refresh = 0
         self._publish()
+
+
+_STATE_DTYPES = {str(d): d for d in (torch.float32, torch.float64)}
+
+
+def _state_dtype(weight: torch.Tensor, state_dtype: object) -> torch.dtype:
+    """The tracker's state dtype: fp32 or fp64, never below the weight's own compute dtype."""
+    if state_dtype is None:
+        return compute_dtype(weight)
+    if state_dtype not in _STATE_DTYPES.values():
+        raise InvalidInputError(f"state_dtype must be None, torch.float32 or torch.float64, got {state_dtype!r}")
+    if state_dtype == torch.float32 and weight.dtype == torch.float64:
+        raise InvalidInputError("state_dtype=torch.float32 would round a float64 weight's state; use None")
+    return state_dtype  # type: ignore[return-value]
 
 
 _CHEAP_COND_WORK = 1 << 25

@@ -30,7 +30,7 @@ def test_edit_help_documents_everything():
     out = _cli("edit", "--help")
     assert out.returncode == 0
     for opt in ("--model", "--requests", "--editor", "--restrain", "--fn", "--n", "--out", "--resume", "--corpus",
-                "--tasks", "--mend-checkpoint", "mend"):
+                "--tasks", "--mend-checkpoint", "mend", "--tracker-dtype"):
         assert opt in out.stdout
 
 
@@ -44,12 +44,13 @@ def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
     cf.write_text(json.dumps(_counterfact(bed.world.edit_requests(8))))
     out = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "rome", "--restrain", "online",
                "--fn", "log1.2", "--n", "6", "--eval-every", "3", "--checkpoint-every", "2", "--out",
-               str(tmp_path / "run"), "--threads", "1", "--no-progress")
+               str(tmp_path / "run"), "--threads", "1", "--no-progress", "--tracker-dtype", "float64")
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads((tmp_path / "run" / "results.json").read_text())
     validate_results(doc)
     (arm,) = doc["arms"].values()
     assert arm["name"] == "online-log1.2" and arm["n_requests"] == 6
+    assert arm["config"]["tracker_dtype"] == "float64"
     assert set(arm["final"]["general"]) == {"recall", "addition", "copy"}
     assert "online-log1.2" in out.stdout
 

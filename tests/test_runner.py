@@ -147,3 +147,27 @@ def test_rome_refuses_batches():
     with pytest.raises(InvalidInputError, match="batch_size"):
         SequentialEditor(bed.model, bed.tokenizer, hparams=ROMEHyperParams.preset("testbed"), covariance=store,
                          config=RunConfig(batch_size=2))
+
+
+def test_float64_tracker_state_gives_the_same_run_to_fp32_rounding():
+    """RunConfig(tracker_dtype="float64") reaches every tracker; on ordinary edits the weights
+    agree with the default run to fp32 rounding, and the config records the choice."""
+    bed, store, abilities, _ = _bed()
+    runner32, _ = _run("online")
+    model = copy.deepcopy(bed.model)
+    cfg = RunConfig(protocol="online", fn="log1.2", eval_every=5, tracker_dtype="float64")
+    runner = SequentialEditor(model, bed.tokenizer, hparams=ROMEHyperParams.preset("testbed"), covariance=store,
+                              config=cfg, evaluator=Evaluator(model, bed.tokenizer, abilities=abilities),
+                              progress=False)
+    runner.run(bed.world.edit_requests(N))
+    assert cfg.to_dict()["tracker_dtype"] == "float64"
+    (name, tr), = runner.spectral_trackers().items()
+    (tr32,) = runner32.spectral_trackers().values()
+    assert tr._acc == torch.float64 and tr32._acc == torch.float32
+    assert tr.weight.dtype == torch.float32
+    for t in (tr, tr32):  # each against its own raw Δ (the online runs differ by rounding)
+        want, _ = restrain_reference(t.w0, t.delta(), fn="log1.2", sigma_star=t.sigma_star)
+        err = float((t.weight.detach().double() - want).abs().max() / want.abs().max())
+        assert err < 1e-5, err
+    with pytest.raises(InvalidInputError, match="tracker_dtype"):
+        RunConfig(tracker_dtype="float16").validate()

@@ -232,7 +232,8 @@ def test_bad_factors_raise_before_writing(case, rng):
 
 
 @pytest.mark.parametrize("kwargs", [{"restrain_every": 0}, {"refresh_every": 0}, {"alpha": 1.0},
-                                    {"sigma_star": -2.0}, {"fn": "cube"}], ids=str)
+                                    {"sigma_star": -2.0}, {"fn": "cube"}, {"state_dtype": torch.float16},
+                                    {"state_dtype": "float64"}], ids=str)
 def test_bad_options_raise_and_leave_weight(kwargs, rng):
     w = make_w0(20, 12, rng).float()
     before = w.clone()
@@ -271,3 +272,55 @@ def test_tracker_warns_once_when_delta_runs_away(rng, caplog):
             tr.add_(torch.randn(m, 1, generator=rng) * big / m ** 0.5, torch.randn(n, 1, generator=rng) / n ** 0.5)
     warned = [r for r in caplog.records if "rounding" in r.getMessage()]
     assert len(warned) == 1
+
+
+def _runaway_edits(m, n, g, count=12, scale=1e6):
+    """Rank-1 raw updates each ~scale·σ* (σ* = 1): MEND-style runaway, Δ far past σ*."""
+    return [(scale * torch.randn(m, 1, generator=g, dtype=torch.float64) / m ** 0.5,
+             torch.randn(n, 1, generator=g, dtype=torch.float64) / n ** 0.5) for _ in range(count)]
+
+
+@pytest.mark.parametrize("online", [True, False], ids=["online", "at_end"])
+def test_float64_state_keeps_runaway_edits_exact(online, rng, caplog):
+    """With Δ ~1e6σ*, an fp32 state rounds Δ at ~0.1σ* (warned about); a float64 state gives the
+    fp32 weight W0 + F(Δ) to fp32 rounding, online and at the end, and does not warn."""
+    m, n = 60, 90
+    w0 = make_w0(m, n, rng).float()
+    edits = _runaway_edits(m, n, rng)
+    w = w0.clone()
+    tr = SpectralTracker(w, fn="log", state_dtype=torch.float64, restrain_every=1 if online else None)
+    assert tr._shadow is not None and tr._shadow.dtype == torch.float64 and w.dtype == torch.float32
+    with caplog.at_level("WARNING", logger="prune_fast"):
+        for u, v in edits:
+            tr.add_(u, v)
+        if not online:
+            tr.restrain_()
+    assert not [r for r in caplog.records if "rounding" in r.getMessage()]
+    want, info = restrain_reference(w0, _raw_sum(edits, m, n), fn="log", sigma_star=tr.sigma_star)
+    assert info["n_restrained"] >= 10 and float(info["sigma"][0]) > 1e6 * tr.sigma_star
+    err = float((w.double() - want).abs().max())
+    assert err <= 4 * torch.finfo(torch.float32).eps * float(want.abs().max()), err
+    # resume keeps the float64 state
+    state = tr.state_dict()
+    assert state["meta"]["state_dtype"] == "torch.float64" and state["qa"].dtype == torch.float64
+    w_b = torch.full_like(w0, float("nan"))
+    tr_b = SpectralTracker.from_state_dict(w_b, state)
+    assert tr_b._acc == torch.float64
+    assert float((w_b.double() - want).abs().max()) <= 4 * torch.finfo(torch.float32).eps * float(want.abs().max())
+
+
+def test_states_written_before_state_dtype_existed_resume_in_fp32(rng):
+    m, n = 30, 20
+    w = make_w0(m, n, rng).float()
+    tr = SpectralTracker(w)
+    _feed(tr, _edits(m, n, 5, rng, scale=2.0))
+    state = tr.state_dict()
+    del state["meta"]["state_dtype"]
+    w_b = torch.empty_like(w)
+    tr_b = SpectralTracker.from_state_dict(w_b, state)
+    assert tr_b._acc == torch.float32 and rel_err(w_b, w.double()) <= 1e-6
+    state["meta"]["state_dtype"] = "torch.int8"
+    with pytest.raises(InvalidInputError, match="unknown state_dtype"):
+        SpectralTracker.from_state_dict(torch.empty_like(w), state)
+    with pytest.raises(InvalidInputError, match="float64 weight"):
+        SpectralTracker(w.double(), state_dtype=torch.float32)
