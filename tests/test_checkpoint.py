@@ -77,7 +77,8 @@ def test_output_loads_with_from_pretrained_and_generates(arch, gpt2_pair, llama_
     for name, p in model.named_parameters():
         assert torch.equal(p.detach(), written[name]), name
     ids = torch.tensor([[1, 2, 3, 4]])
-    gen = model.generate(ids, max_new_tokens=3, do_sample=False, pad_token_id=0)
+    # min_new_tokens: a random tiny model may emit its EOS token first, which would end generation early
+    gen = model.generate(ids, max_new_tokens=3, min_new_tokens=3, do_sample=False, pad_token_id=0)
     assert gen.shape == (1, 7)
 
 
