@@ -291,6 +291,10 @@ def _read_header(path: Path) -> tuple[list[_Entry], dict[str, str]]:
     except (KeyError, TypeError, IndexError) as e:
         raise InvalidInputError(f"{path} is not a safetensors file (bad header entry: {e})") from None
     for e in entries:
+        if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in e.shape) or \
+                not all(isinstance(o, int) for o in (e.start, e.end)):
+            raise InvalidInputError(f"{path} is corrupt: tensor {e.name!r} has shape {list(e.shape)} and offsets "
+                                    f"{e.start - 8 - n}..{e.end - 8 - n}")
         if not 8 + n <= e.start <= e.end <= size:
             raise InvalidInputError(f"{path} is truncated or corrupt: tensor {e.name!r} lies at bytes "
                                     f"{e.start}..{e.end} of a {size}-byte file")

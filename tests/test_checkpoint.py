@@ -539,3 +539,10 @@ def test_header_whose_byte_range_does_not_fit_the_shape_is_refused(tmp_path):
     with pytest.raises(InvalidInputError, match=r"bad\.safetensors is corrupt.*'w'.*needs 96 bytes"):
         restrain_checkpoint(good, bad, tmp_path / "o.safetensors", progress=False)
     assert not (tmp_path / "o.safetensors").exists()
+    header["w"]["shape"] = [6, "5"]
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    bad.write_bytes(struct.pack("<Q", len(raw)) + raw + w.numpy().tobytes())
+    with pytest.raises(InvalidInputError, match=r"bad\.safetensors is corrupt.*'w'.*shape"):
+        restrain_checkpoint(good, bad, tmp_path / "o.safetensors", progress=False)
+    assert not (tmp_path / "o.safetensors").exists()
