@@ -21,9 +21,9 @@ import torch
 from .kernels.orthonormalize import orthonormalize
 from .krylov import Triplets, append_columns, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
 
-# Relative residual asked of the Krylov solver on the float64 core; Q_a, Q_b are fp32, so finer
-# than this cannot be represented anyway.
-_CORE_TOL = 1e-7
+# Relative residual asked of the Krylov solver on the float64 core: finer than the factors Q_a, Q_b
+# can represent is wasted work (fp32 by default; a float64 tracker state asks for more).
+_CORE_TOL = {torch.float32: 1e-7, torch.float64: 1e-13}
 
 
 class AccumulatedDelta:
@@ -167,7 +167,7 @@ class AccumulatedDelta:
             t = direct_triplets(core, threshold)
         else:
             su, sv = self._core_start(start_u, start_v)
-            t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL,
+            t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL.get(self.dtype, 1e-7),
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
         self._last_core = (t.u, t.v)
         u = self.qa @ t.u.to(self.dtype)

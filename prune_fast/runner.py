@@ -408,8 +408,10 @@ class SequentialEditor:
 
     def journal_header(self, header: dict[str, Any], n_requests: int) -> dict[str, Any]:
         """``header`` plus this runner's arm config and hyper-parameters: what a resume must match."""
-        return dict(header) | {"arm": self.config.to_dict() | {"editor": self.editor},
-                               "hparams": self.editor_settings(), "n_requests": n_requests}
+        arm = self.config.to_dict() | {"editor": self.editor}
+        if arm["tracker_dtype"] == "float32":  # journals from before the option lack it: keep them resumable
+            del arm["tracker_dtype"]
+        return dict(header) | {"arm": arm, "hparams": self.editor_settings(), "n_requests": n_requests}
 
     def editor_settings(self) -> dict[str, Any]:
         """The editor's hyper-parameters (MEND: with its checkpoint's path and digest)."""

@@ -85,7 +85,7 @@ class SpectralTracker:
             # fp32 weights with a float64 state) get a shadow in the state dtype.
             self._shadow = None if weight.dtype == self._acc else weight.detach().to(self._acc)
             if sigma_star is None:
-                sigma_star, self.sigma_star_residual = sigma_max(self._live(), generator=self._generator,
+                sigma_star, self.sigma_star_residual = sigma_max(self._compute_copy(), generator=self._generator,
                                                                  backend=self.backend)
                 if sigma_star == 0.0:
                     raise InvalidInputError("the weight is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
@@ -146,7 +146,7 @@ class SpectralTracker:
         """
         trip = self._triplets()
         values = trip.s.tolist() + ([trip.next_value] if trip.next_value > 0 else [])
-        smax, _ = sigma_max(self._live(), generator=self._generator, backend=self.backend)
+        smax, _ = sigma_max(self._compute_copy(), generator=self._generator, backend=self.backend)
         return SpectrumReport(sigma_delta=values, sigma_star=self.sigma_star, sigma_max_weight=smax,
                               n_above=int(trip.s.numel()), n_edits=self.n_edits, rank=self.rank,
                               cond_weight=_cheap_cond(self._live()))
@@ -234,6 +234,12 @@ class SpectralTracker:
     def _live(self) -> torch.Tensor:
         """The full-precision live weight: the weight itself (fp32/fp64) or its shadow."""
         return self.weight.data if self._shadow is None else self._shadow
+
+    def _compute_copy(self) -> torch.Tensor:
+        """The live weight in the weight's compute dtype, for σ_max: a float64 state would make
+        those Krylov runs several times slower for no gain in what the model computes with."""
+        live, acc = self._live(), compute_dtype(self.weight)
+        return live if live.dtype == acc else live.to(acc)
 
     def _publish(self) -> None:
         if self._shadow is not None:

@@ -107,11 +107,12 @@ def test_create_refuses_an_existing_journal(tmp_path):
         Journal.create(tmp_path / "run", {"model": "m"})
 
 
-def test_checkpoint_roundtrip_restores_tracker(tmp_path, rng):
+@pytest.mark.parametrize("state_dtype", [None, torch.float64], ids=["default", "float64"])
+def test_checkpoint_roundtrip_restores_tracker(tmp_path, rng, state_dtype):
     from prune_fast import SpectralTracker
 
     w = torch.randn(40, 24, generator=rng)
-    tr = SpectralTracker(w, fn="log1.2")
+    tr = SpectralTracker(w, fn="log1.2", state_dtype=state_dtype)
     for _ in range(5):
         tr.add_(3 * torch.randn(40, 1, generator=rng), torch.randn(24, 1, generator=rng))
     j = Journal.create(tmp_path / "run", {"model": "m"})
@@ -119,6 +120,6 @@ def test_checkpoint_roundtrip_restores_tracker(tmp_path, rng):
     step, states = j.load_checkpoint()
     w2 = torch.zeros_like(w)
     tr2 = SpectralTracker.from_state_dict(w2, states["w"])
-    assert step == 4 and tr2.n_edits == 5
+    assert step == 4 and tr2.n_edits == 5 and tr2._acc == tr._acc
     assert torch.allclose(w2, w, atol=1e-5, rtol=0)
     assert not list((tmp_path / "run").glob("*.tmp"))

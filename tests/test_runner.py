@@ -171,3 +171,6 @@ def test_float64_tracker_state_gives_the_same_run_to_fp32_rounding():
         assert err < 1e-5, err
     with pytest.raises(InvalidInputError, match="tracker_dtype"):
         RunConfig(tracker_dtype="float16").validate()
+    # journals record the choice only when it is not the default, so pre-option journals resume
+    assert runner.journal_header({}, N)["arm"]["tracker_dtype"] == "float64"
+    assert "tracker_dtype" not in runner32.journal_header({}, N)["arm"]

@@ -324,3 +324,22 @@ def test_states_written_before_state_dtype_existed_resume_in_fp32(rng):
         SpectralTracker.from_state_dict(torch.empty_like(w), state)
     with pytest.raises(InvalidInputError, match="float64 weight"):
         SpectralTracker(w.double(), state_dtype=torch.float32)
+
+
+def test_float64_state_on_the_krylov_path_of_the_core(rng):
+    """Δ of rank 90 (beyond the direct-solve size) with 8 runaway directions among small edits:
+    the factored core goes through block Krylov, which a float64 state must run to float64 accuracy."""
+    m, n = 200, 300  # factors (m + n)·90 stay smaller than m·n: Δ stays factored
+    w0 = make_w0(m, n, rng).float()
+    edits = _runaway_edits(m, n, rng, count=8) + _edits(m, n, 82, rng, scale=0.05)
+    order = torch.randperm(len(edits), generator=rng).tolist()
+    edits = [edits[i] for i in order]
+    w = w0.clone()
+    tr = SpectralTracker(w, fn="log", state_dtype=torch.float64)
+    for u, v in edits:
+        tr.add_(u, v)
+    assert tr.rank == 90
+    want, info = restrain_reference(w0, _raw_sum(edits, m, n), fn="log", sigma_star=tr.sigma_star)
+    assert info["n_restrained"] == 8
+    err = float((w.double() - want).abs().max())
+    assert err <= 4 * torch.finfo(torch.float32).eps * float(want.abs().max()), err
