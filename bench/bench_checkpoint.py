@@ -103,6 +103,13 @@ def write_pair(folder: Path, shape: tuple[int, int], n_edited: int, n_plain: int
     return folder / "base.safetensors", folder / "edited.safetensors", base, edited
 
 
+def remove_out(out: Path) -> None:
+    """Before a timed run, untimed: a user's OUT does not exist yet, and the previous run's dirty
+    pages must not throttle this one's writes."""
+    out.unlink(missing_ok=True)
+    os.sync()
+
+
 def progress(row: "Row") -> "Row":
     """Log a row to stderr as soon as it is measured (long runs are not lost to an interruption)."""
     print(f"[{time.strftime('%H:%M:%S')}] {row.case} | {row.method} | {row.shape} | "
@@ -131,8 +138,7 @@ def bench_case(name: str, shape: tuple[int, int], n_edited: int, n_plain: int, d
 
     secs = []
     for _ in range(repeats):
-        out.unlink(missing_ok=True)  # untimed: a user's OUT does not exist yet
-        os.sync()  # and the previous run's dirty pages do not throttle this one's writes
+        remove_out(out)
         secs += timed(run, 1)
     rep = reports[-1]
     per = [t.seconds for t in rep.restrained]
@@ -254,8 +260,7 @@ if pytest is not None:
         out = tmp_path / "out.safetensors"
 
         def fresh_out():
-            out.unlink(missing_ok=True)
-            os.sync()
+            remove_out(out)
             return (), {}
 
         benchmark.pedantic(lambda: prune_fast.restrain_checkpoint(base, edited, out, progress=False),

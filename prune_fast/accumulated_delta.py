@@ -167,7 +167,7 @@ class AccumulatedDelta:
             t = direct_triplets(core, threshold)
         else:
             su, sv = self._core_start(start_u, start_v)
-            t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL.get(self.dtype, 1e-7),
+            t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL[self.dtype],
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
         self._last_core = (t.u, t.v)
         u = self.qa @ t.u.to(self.dtype)

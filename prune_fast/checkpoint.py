@@ -151,8 +151,8 @@ class RestrainReport:
 
 # ------------------------------------------------------------------------------- the tensor math
 def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: FnLike = "log",
-                  alpha: float = math.e, backend: str = "auto",
-                  work: torch.Tensor | None = None) -> tuple[torch.Tensor | None, TensorReport]:
+                  alpha: float = math.e, backend: str = "auto", work: torch.Tensor | None = None,
+                  check_finite: bool = True) -> tuple[torch.Tensor | None, TensorReport]:
     """PRUNE on one (W0, W_N) pair; returns ``(Ŵ in W_N's dtype or None if unchanged, report)``.
 
     ``w0``, ``w_edited``: 2-D floating, same shape (any layout: Linear out×in or Conv1D in×out).
@@ -163,14 +163,17 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
     holds Δ and then Ŵ, so no weight-sized tensor is allocated; when W_N is in the compute dtype
     the returned Ŵ *is* ``work`` (``restrain_checkpoint`` writes it out before reusing the buffer).
 
+    ``check_finite=False``: the caller has already checked both inputs for NaN/Inf (with errors
+    that name the file or parameter), so the same reductions are not run twice.
+
     Example::
 
         new, rep = restrain_pair("mlp.c_proj.weight", w0, w_n, fn="log1.2")
     """
     start = time.perf_counter()
     f = resolve_fn(fn, alpha)
-    w = _validate.check_matrix(f"{name} (edited)", w_edited).detach()
-    w0 = _validate.check_matrix(f"{name} (base)", w0).detach().to(device=w.device)
+    w = _validate.check_matrix(f"{name} (edited)", w_edited, finite=check_finite).detach()
+    w0 = _validate.check_matrix(f"{name} (base)", w0, finite=check_finite).detach().to(device=w.device)
     _validate.check_same_placement(f"{name} (base)", w0, f"{name} (edited)", w)
     used = resolve_backend(_validate.check_backend(backend), w.device)
     acc = compute_dtype(w_edited)
@@ -367,8 +370,7 @@ class _Source:
         """The tensor's stored bytes as a 1-D uint8 tensor; for safetensors a zero-copy view of the
         memory-mapped file, which is read-only: nothing may write to it."""
         if self.kind == "pickle":
-            t = self._pickled[e.file][e.name].contiguous().reshape(-1)
-            return t.view(torch.uint8) if t.numel() else torch.empty(0, dtype=torch.uint8)
+            return _bytes_of(self._pickled[e.file][e.name])
         if not e.nbytes:
             return torch.empty(0, dtype=torch.uint8)
         with warnings.catch_warnings():  # torch warns that the mapping is read-only; it is never written
@@ -493,15 +495,20 @@ class _ShardWriter:
 
     def write(self, name: str, t: torch.Tensor) -> None:
         """Append ``t``'s bytes (a contiguous CPU tensor, or the uint8 view from :meth:`_Source.raw`)."""
-        flat = t.detach().to("cpu").contiguous().reshape(-1)
-        n = flat.numel() * flat.element_size()
-        if n != self._sizes[name]:
-            raise RuntimeError(f"{name!r} has {n} bytes for {self.path}, expected {self._sizes[name]}")
-        if n:
-            self._f.write(memoryview(flat.view(torch.uint8).numpy()))
+        raw = _bytes_of(t)
+        if raw.numel() != self._sizes[name]:
+            raise RuntimeError(f"{name!r} has {raw.numel()} bytes for {self.path}, expected {self._sizes[name]}")
+        if raw.numel():
+            self._f.write(memoryview(raw.numpy()))
 
     def close(self) -> None:
         self._f.close()
+
+
+def _bytes_of(t: torch.Tensor) -> torch.Tensor:
+    """A CPU tensor's bytes in row-major order, as a 1-D uint8 tensor (no copy when contiguous)."""
+    flat = t.detach().to("cpu").contiguous().reshape(-1)
+    return flat.view(torch.uint8) if flat.numel() else torch.empty(0, dtype=torch.uint8)
 
 
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -717,7 +724,7 @@ def _process(base: _Source, edited: _Source, e: _Entry, *, fn: FnLike, alpha: fl
         return None, rep
     # Δ and then Ŵ go into this thread's reused buffer (no 41 MB first-touch cost per matrix).
     work = held.enter_context(_scratch.borrow(e.shape, compute_dtype(w_e)))
-    new, rep = restrain_pair(e.name, w_b, w_e, fn=fn, alpha=alpha, backend=backend, work=work)
+    new, rep = restrain_pair(e.name, w_b, w_e, fn=fn, alpha=alpha, backend=backend, work=work, check_finite=False)
     rep.file = e.file.name
     log.debug("%s: %s", e.name, rep)
     return new, rep

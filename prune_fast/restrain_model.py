@@ -168,7 +168,7 @@ def _stage(name: str, param: torch.nn.Parameter, w0: torch.Tensor, fn: FnLike, a
     if w.dim() != 2:
         reports.append(TensorReport(name, tuple(w.shape), _dtype_name(w.dtype), "not_2d"))
         return
-    new, rep = restrain_pair(name, w0, w, fn=fn, alpha=alpha, backend=backend)
+    new, rep = restrain_pair(name, w0, w, fn=fn, alpha=alpha, backend=backend, check_finite=False)
     reports.append(rep)
     if new is not None:
         staged.append((param, new))

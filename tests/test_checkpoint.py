@@ -450,6 +450,10 @@ def test_restrain_pair_in_a_buffer_equals_restrain_on_a_copy(base_dtype, edited_
         assert same_bits(checkpoint._subtract_from_(we, buf), we.to(acc) - w0.to(acc))
     with pytest.raises(InvalidInputError, match="work must be"):
         checkpoint.restrain_pair("w", w0, we, work=torch.empty(3, 3, dtype=acc))
+    bad = we.clone()
+    bad[1, 2] = float("nan")
+    with pytest.raises(InvalidInputError, match="non-finite"):  # checked unless the caller already did
+        checkpoint.restrain_pair("w", w0, bad)
     if edited_dtype == acc:  # a buffer that is an input would overwrite it
         with pytest.raises(InvalidInputError, match="shares memory"):
             checkpoint.restrain_pair("w", w0, we, work=we)
