@@ -95,6 +95,11 @@ class CovarianceStore:
         mkey, module, n, chash = key
         return self.cache_dir / "covariance" / mkey / f"{module}-n{n}-{chash}.safetensors"
 
+    def key(self, model: nn.Module, site: EditSite, n_samples: int) -> tuple[str, str, int, str]:
+        """What ``C`` of ``site`` is cached under: (model key, module, samples used, corpus hash)."""
+        n = min(n_samples, len(self.corpus))
+        return (self.model_id or model_key(model), site.module_name, n, self._corpus_hash(n))
+
     def get(self, model: nn.Module, tokenizer: Any, site: EditSite, n_samples: int, max_tokens: int = 128) -> torch.Tensor:
         """``C`` for ``site.module_name``: ``(d_in, d_in)`` float32 on the CPU.
 
@@ -103,8 +108,8 @@ class CovarianceStore:
         """
         from safetensors.torch import load_file, save_file
 
-        n = min(n_samples, len(self.corpus))
-        key = (self.model_id or model_key(model), site.module_name, n, self._corpus_hash(n))
+        key = self.key(model, site, n_samples)
+        n = key[2]
         if key in self._memory:
             return self._memory[key]
         path = self._path(key)
