@@ -116,15 +116,18 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p = sub.add_parser(
-        "edit", help="sequential ROME/MEMIT/MEND edits of a local model from a CounterFact/ZsRE file, with PRUNE",
+        "edit", help="sequential ROME/MEMIT/AlphaEdit/MEND edits of a local model from a CounterFact/ZsRE file, "
+                     "with PRUNE",
         description="Apply the first N requests of a CounterFact or ZsRE file to a local model one after another "
-                    "(MEMIT: in batches), with restraint none, online (after every K edits) or at_end (the paper's "
+                    "(MEMIT, AlphaEdit: in batches), with restraint none, online (after every K edits) or at_end (the paper's "
                     "protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
                     "interrupted run in OUT (same model, requests, editor and F, or it refuses).")
     p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
     p.add_argument("--requests", required=True, help="CounterFact or ZsRE records: .json list or .jsonl")
     p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
-    p.add_argument("--editor", default="rome", choices=["rome", "memit", "mend"])
+    p.add_argument("--editor", default="rome", choices=["rome", "memit", "alphaedit", "mend"],
+                   help="alphaedit: MEMIT projected onto the null space of the preserved keys, with its edit-key "
+                        "cache journaled (default rome)")
     p.add_argument("--mend-checkpoint", metavar="FILE.safetensors",
                    help="--editor mend: the trained editor (see the mend-train command)")
     p.add_argument("--restrain", default="online", choices=["none", "online", "at_end"], help="protocol (default online)")
@@ -133,11 +136,12 @@ def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p.add_argument("--tracker-dtype", default="float32", choices=["float32", "float64"],
                    help="state dtype of the trackers: float64 keeps runs whose raw update grows far past σ* exact")
     p.add_argument("--n", type=int, default=None, help="number of requests (default: all)")
-    p.add_argument("--batch-size", type=int, default=1, help="MEMIT: requests per edit step")
+    p.add_argument("--batch-size", type=int, default=1, help="MEMIT, AlphaEdit: requests per edit step")
     p.add_argument("--out", required=True, help="run folder: journal, checkpoints, results.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT")
     p.add_argument("--hparams", metavar="FILE.yaml", help="editor hyper-parameters (default: preset of the architecture)")
-    p.add_argument("--preset", help="named preset (gpt2, llama, testbed) instead of the architecture's")
+    p.add_argument("--preset", help="named preset (gpt2, llama, testbed; AlphaEdit also mistral, qwen2) instead of "
+                                    "the architecture's")
     p.add_argument("--corpus", nargs="+", default=[], metavar="FILE.txt",
                    help="text lines for the key covariance (required except for the package's test-bed model)")
     p.add_argument("--tasks", nargs="+", default=[], metavar="NAME=FILE.jsonl",

@@ -126,8 +126,8 @@ def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
 
 def _check_editor_options(job: EditJob) -> None:
     """Refuse editor options that do not fit together, before the model is loaded."""
-    if job.editor not in ("rome", "memit", "mend"):
-        raise InvalidInputError(f"--editor must be rome, memit or mend, got {job.editor!r}")
+    if job.editor not in ("rome", "memit", "alphaedit", "mend"):
+        raise InvalidInputError(f"--editor must be rome, memit, alphaedit or mend, got {job.editor!r}")
     if job.editor == "mend":
         if not job.mend_checkpoint:
             raise InvalidInputError("--editor mend needs --mend-checkpoint PATH (a trained editor: see "
@@ -141,7 +141,7 @@ def _check_editor_options(job: EditJob) -> None:
 
 def run_edit(job: EditJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
-    from .editors import CovarianceStore, MEMITHyperParams, ROMEHyperParams, read_corpus
+    from .editors import AlphaEdit, AlphaEditHyperParams, CovarianceStore, MEMITHyperParams, ROMEHyperParams, read_corpus
     from .evaluation import Evaluator, load_task_jsonl, world_abilities
     from .run_results import results_document, write_results
     from .runner import SequentialEditor
@@ -159,7 +159,7 @@ def run_edit(job: EditJob) -> dict[str, Any]:
 
         editor_kwargs: dict[str, Any] = {"editor": MEND(model, tok, job.mend_checkpoint)}  # checked before any write
     else:
-        cls = ROMEHyperParams if job.editor == "rome" else MEMITHyperParams
+        cls = {"rome": ROMEHyperParams, "memit": MEMITHyperParams, "alphaedit": AlphaEditHyperParams}[job.editor]
         hp = cls.resolve(model, yaml_path=job.hparams, preset=job.preset, testbed=testbed)
         if job.corpus:
             texts = read_corpus(job.corpus)
@@ -168,14 +168,18 @@ def run_edit(job: EditJob) -> dict[str, Any]:
 
             texts = shipped_corpus()
         else:
-            raise InvalidInputError("--corpus is required: ROME/MEMIT need key statistics from text the model reads")
+            raise InvalidInputError("--corpus is required: ROME/MEMIT/AlphaEdit need key statistics from text the "
+                                    "model reads")
         editor_kwargs = {"hparams": hp, "covariance": None}
+        if job.editor == "alphaedit":  # the editor holds its store (nothing is computed or written until used)
+            store = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
+            editor_kwargs = {"editor": AlphaEdit(model, tok, hp, store)}
     if job.resume:  # refuse a mismatched resume before any expensive work
         from .journal import Journal
 
         probe = SequentialEditor(model, tok, config=_run_config(job), progress=False, **editor_kwargs)
         Journal.resume(out / "run", probe.journal_header(_header(job, model, len(requests)), len(requests)))
-    if job.editor != "mend":
+    if job.editor in ("rome", "memit"):
         editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
 
     abilities: dict[str, Any] = {}

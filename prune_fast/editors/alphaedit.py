@@ -69,7 +69,7 @@ from .requests import EditRequest
 from .rome import check_requests, covariance_for, mean_key
 from .values import ValueResult
 
-__all__ = ["AlphaEdit", "AlphaEditResult", "null_space_projector"]
+__all__ = ["AlphaEdit", "AlphaEditResult", "null_space_projector", "projected_key_factor"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +85,17 @@ def null_space_projector(cov: torch.Tensor, threshold: float) -> tuple[torch.Ten
     lam, vecs = torch.linalg.eigh(cov.to(torch.float64))
     null = vecs[:, lam < threshold]
     return null @ null.T, lam
+
+
+def projected_key_factor(p: torch.Tensor, keys: torch.Tensor, cache: torch.Tensor, l2: float) -> torch.Tensor:
+    """``F = (P (K Kᵀ + C_prev) + l2 · I)⁻¹ P K``: the key side of ``ΔW = R Fᵀ`` ``(d_in, b)``.
+
+    ``p``: the projector ``(d, d)``; ``keys``: ``K (d, b)``; ``cache``: ``C_prev (d, d)``; all float64
+    on one device.  ``F`` lies in the range of ``p`` (see the module docstring).
+    """
+    a = p @ (keys @ keys.T + cache)
+    a.diagonal().add_(l2)
+    return torch.linalg.solve(a, p @ keys)
 
 
 @dataclass
@@ -249,11 +260,8 @@ class AlphaEdit:
         resid_used: dict[int, torch.Tensor] = {}
 
         def alphaedit_factor(j: int, keys: torch.Tensor, resid: torch.Tensor) -> torch.Tensor:
-            p = projectors[j][0].to(keys.device)
-            a = p @ (keys @ keys.T + caches[j].to(keys.device))
-            a.diagonal().add_(l2)                                  # P (K Kᵀ + C_prev) + l2 · I
             keys_used[self.sites[j].layer], resid_used[self.sites[j].layer] = keys, resid
-            return torch.linalg.solve(a, p @ keys)                 # (d_in, b)
+            return projected_key_factor(projectors[j][0].to(keys.device), keys, caches[j].to(keys.device), l2)
 
         res, pending = spread_over_layers(self.model, self.tokenizer, reqs, self.hparams, self.sites,
                                           alphaedit_factor, name="AlphaEdit")
