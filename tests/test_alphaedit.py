@@ -179,7 +179,7 @@ def test_state_round_trip_and_replay_continue_exactly():
         assert torch.equal(x.u, y.u) and torch.equal(x.v, y.v)
     # a fresh editor (empty cache) gives a different update for the same batch: the cache matters
     fresh = AlphaEdit(bed.model, bed.tokenizer, HP, store).compute(reqs[6:]).updates
-    assert not torch.allclose(fresh[0].v, ua[0].v)
+    assert not torch.allclose(fresh[0].dense(), ua[0].dense(), rtol=1e-3, atol=0)
     del r1
 
 
@@ -223,3 +223,128 @@ def test_presets_cover_the_families_and_yaml_round_trips():
     assert AlphaEditHyperParams.preset("gpt2", 48).layers == (13, 14, 15, 16, 17)
     assert AlphaEditHyperParams.preset("llama", 32).layers == (4, 5, 6, 7, 8)
     assert AlphaEditHyperParams.preset("qwen2", 28).l2 == 1.0
+
+
+def _efficacy(bed, model, reqs) -> float:
+    got = top1_next(model, bed.tokenizer, [r.text for r in reqs])
+    return sum(g == r.target_new for g, r in zip(got, reqs)) / len(reqs)
+
+
+def test_old_edits_survive_new_batches_better_than_memit():
+    """12 sequential batches of 10 edits, no restraint: the first six batches' efficacy at the end.
+
+    Measured when written: MEMIT 0.70, AlphaEdit 0.95; without its edit-key cache (reset after every
+    batch) AlphaEdit keeps fewer (the cache is what protects old edits).  Unrelated facts kept:
+    MEMIT 0.79, AlphaEdit 0.81.
+    """
+    n_batches, size = 12, 10
+    bed, store = fresh_testbed(), shared_store()
+    reqs = bed.world.edit_requests(n_batches * size, seed=11)
+    batches = [reqs[i:i + size] for i in range(0, len(reqs), size)]
+    old = [r for b in batches[:n_batches // 2] for r in b]
+    edited = {r.subject for r in reqs}
+    others = [p for p, _ in bed.world.fact_prompts(templates=(0,)) if not set(p.split()) & edited][:300]
+    before = top1_next(bed.model, bed.tokenizer, others)
+
+    def run(kind: str) -> tuple[float, float]:
+        model = copy.deepcopy(bed.model)
+        trackers = TrackerSet(model, restrain_every=None)
+        editor = AlphaEdit(model, bed.tokenizer, HP, store)
+        for batch in batches:
+            if kind == "memit":
+                trackers.apply_(compute_memit(model, bed.tokenizer, batch, MEMITHyperParams.preset("testbed"),
+                                              store).updates)
+                continue
+            if kind == "no-cache":
+                editor.load_state_dict({k: torch.zeros_like(v) for k, v in editor.state_dict().items()})
+            trackers.apply_(editor.compute(batch).updates)
+        after = top1_next(model, bed.tokenizer, others)
+        return _efficacy(bed, model, old), sum(a == b for a, b in zip(before, after)) / len(others)
+
+    (memit, memit_kept), (alpha, alpha_kept), (no_cache, _) = run("memit"), run("alphaedit"), run("no-cache")
+    print(f"old edits kept: MEMIT {memit:.2f}, AlphaEdit {alpha:.2f}, without its cache {no_cache:.2f}; "
+          f"unrelated facts kept: MEMIT {memit_kept:.3f}, AlphaEdit {alpha_kept:.3f}")
+    assert alpha >= memit + 0.15
+    assert alpha >= no_cache + 0.05
+    assert alpha_kept >= memit_kept - 0.03
+
+
+# -- through the runner and the CLI ------------------------------------------------------------------
+class _Killed(Exception):
+    pass
+
+
+def _runner(model, tokenizer, store, protocol="online"):
+    from prune_fast.runner import RunConfig, SequentialEditor
+
+    cfg = RunConfig(protocol=protocol, fn="log1.2", batch_size=2, eval_every=0, score_immediate=False)
+    return SequentialEditor(model, tokenizer, editor=AlphaEdit(model, tokenizer, HP, store), config=cfg,
+                            progress=False)
+
+
+def test_journaled_run_killed_then_resumed_continues_exactly(tmp_path):
+    """Kill after 3 committed steps (checkpoint after step 1, step 2 staged): the resumed run restores the
+    trackers and the edit-key cache from the checkpoint, replays step 2, and ends where an uninterrupted
+    run ends — same weights, same cache."""
+    bed, store = fresh_testbed(), shared_store()
+    base = copy.deepcopy(bed.model)
+    reqs = bed.world.edit_requests(10, seed=23)                    # 5 steps of 2
+    header = {"model": "testbed", "requests": [r.case_id for r in reqs]}
+
+    straight = _runner(copy.deepcopy(base), bed.tokenizer, store)
+    straight.run_journaled(reqs, tmp_path / "straight", header, checkpoint_every=2)
+
+    killed = _runner(copy.deepcopy(base), bed.tokenizer, store)
+    compute, calls = killed._compute_step, []
+
+    def dies_on_the_fourth(batch):
+        calls.append(len(batch))
+        if len(calls) == 4:
+            raise _Killed
+        return compute(batch)
+
+    killed._compute_step = dies_on_the_fourth
+    with pytest.raises(_Killed):
+        killed.run_journaled(reqs, tmp_path / "killed", header, checkpoint_every=2)
+
+    resumed = _runner(copy.deepcopy(base), bed.tokenizer, store)
+    res = resumed.run_journaled(reqs, tmp_path / "killed", header, resume=True, checkpoint_every=2)
+    assert [s.step for s in res.steps] == list(range(5))
+    assert resumed.alphaedit.n_edits == straight.alphaedit.n_edits == 10
+    # The editor's state comes back bit for bit (checkpoint + replay): layer 0's cache, whose keys no
+    # edited weight reaches, is identical.  The trackers restore the live weights to fp32 rounding
+    # (≈ 2e-6 relative, as for every editor), which the later layers' keys of steps 3-4 then see.
+    a, b = straight.spectral_trackers(), resumed.spectral_trackers()
+    assert a.keys() == b.keys() and len(a) == len(HP.layers)
+    for name in a:
+        err = float((a[name].weight - b[name].weight).detach().abs().max() / a[name].weight.detach().abs().max())
+        assert err < 2e-5, f"{name}: resumed weight differs from the uninterrupted one by {err:.3g}"
+    want, got = straight.alphaedit.state_dict(), resumed.alphaedit.state_dict()
+    assert torch.equal(want[f"cache.{HP.layers[0]}"], got[f"cache.{HP.layers[0]}"])
+    for key in want:
+        err = float((want[key] - got[key]).abs().max() / want[key].abs().max())
+        assert err < 2e-5, f"{key}: resumed cache differs by {err:.3g}"
+
+
+def test_cli_edit_alphaedit_at_end(tmp_path):
+    import json
+    import shutil
+
+    from prune_fast.run_results import validate_results
+    from test_cli_edit import _cli, _counterfact
+
+    bed = fresh_testbed()
+    model_dir = tmp_path / "model"
+    shutil.copytree(bed.path, model_dir)
+    cf = tmp_path / "cf.json"
+    cf.write_text(json.dumps(_counterfact(bed.world.edit_requests(6, seed=24))))
+    out = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "alphaedit", "--restrain",
+               "at_end", "--fn", "log1.2", "--batch-size", "2", "--n", "4", "--eval-every", "0", "--out",
+               str(tmp_path / "run"), "--threads", "1", "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    validate_results(doc)
+    (arm,) = doc["arms"].values()
+    assert arm["name"] == "at_end-log1.2" and arm["config"]["editor"] == "alphaedit" and arm["n_requests"] == 4
+    assert len(arm["steps"]) == 2 and len(arm["spectrum"]) == len(HP.layers)
+    assert doc["config"]["hparams_used"]["nullspace_threshold"] == HP.nullspace_threshold

@@ -340,7 +340,10 @@ _MEMIT_PRESETS: dict[str, dict[str, Any]] = {
 # AlphaEdit: the reference repository's settings (jianghoucheng/AlphaEdit hparams/AlphaEdit: gpt2-xl,
 # Llama3-8B) and EasyEdit's for Qwen2.5-7B; no reference exists for Mistral, which gets Llama3-8B's
 # (same block layout).  ``nullspace_threshold`` is absolute: it suits keys of the scale of those
-# models' down projections; the test bed's was measured on its own spectrum (tests/test_alphaedit.py).
+# models' down projections.  The test bed's was measured on its own spectrum (12 sequential batches
+# of 10 edits, README.md (AlphaEdit)): at the reference's 2e-2 only 99 of layer 0's 512 key
+# directions are free and the edits barely land (efficacy 0.50 with l2 = 1); 0.05 frees 229 and
+# gives efficacy 0.93, first-half survival 0.95 (MEMIT 0.70), unrelated facts kept 0.81 (MEMIT 0.79).
 _ALPHAEDIT_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(n_layers_ref=48, layer_fractions=(13 / 48, 17 / 48), v_steps=20, v_lr=0.5, v_weight_decay=0.5,
                  clamp_norm_factor=0.75, kl_factor=0.0625, cov_samples=100_000, nullspace_threshold=2e-2, l2=10.0),
@@ -353,7 +356,7 @@ _ALPHAEDIT_PRESETS: dict[str, dict[str, Any]] = {
                   clamp_norm_factor=4.0, kl_factor=0.0625, cov_samples=100_000, nullspace_threshold=2e-2, l2=1.0),
     "testbed": dict(n_layers_ref=4, layer_fractions=(0.0, 2 / 4), site="prompt_last", v_steps=60, v_lr=1.0,
                     v_weight_decay=0.1, clamp_norm_factor=6.0, kl_factor=0.0625, cov_samples=2000,
-                    nullspace_threshold=1e-2, l2=1.0),
+                    nullspace_threshold=0.05, l2=1.0),
 }
 # MEND: the paper's settings edit the MLP projections of the last three layers (GPT-2 XL: 45-47).
 # The test bed's were measured on the package's small model (600 steps, a quarter of the subjects
