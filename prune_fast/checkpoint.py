@@ -181,7 +181,7 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
         work = torch.empty(w.shape, dtype=acc, device=w.device)
     elif work.shape != w.shape or work.dtype != acc or work.device != w.device or not work.is_contiguous():
         raise InvalidInputError(f"{name}: work must be a contiguous {acc} tensor of shape {tuple(w.shape)} on {w.device}")
-    elif _shares_memory(work, w) or _shares_memory(work, w0):
+    elif _validate.shares_memory(work, w) or _validate.shares_memory(work, w0):
         raise InvalidInputError(f"{name}: work shares memory with an input; it is overwritten, pass a separate buffer")
     rep = TensorReport(name, tuple(w.shape), _dtype_name(w.dtype), "below_sigma_star")
     # W0 in the compute dtype: the input itself when it already is (a zero-copy view of BASE's
@@ -218,14 +218,6 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
                     "the restraint grows this update", name, raised, res.n_restrained, sigma_star, res.fn)
     rep.seconds = time.perf_counter() - start
     return weight.to(w_edited.dtype), rep
-
-
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the storages behind ``a`` and ``b`` overlap (conservative: whole storages)."""
-    if a.device != b.device or not a.numel() or not b.numel():
-        return False
-    sa, sb = a.untyped_storage(), b.untyped_storage()
-    return sa.data_ptr() < sb.data_ptr() + sb.nbytes() and sb.data_ptr() < sa.data_ptr() + sa.nbytes()
 
 
 _SUBTRACT_BLOCK = 4 << 20  # elements per converted block of rows (16 MB in fp32)
