@@ -69,11 +69,21 @@ def check_same_placement(name: str, t: torch.Tensor, ref_name: str, ref: torch.T
 
 
 def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the storages behind ``a`` and ``b`` overlap (conservative: whole storages)."""
+    """Whether the memory spans of ``a`` and ``b`` overlap (conservative: from each one's first to
+    its last element, so two disjoint slices of one buffer do not count, interleaved ones do)."""
     if a.device != b.device or not a.numel() or not b.numel() or a.device.type == "meta":
         return False
-    sa, sb = a.untyped_storage(), b.untyped_storage()
-    return sa.data_ptr() < sb.data_ptr() + sb.nbytes() and sb.data_ptr() < sa.data_ptr() + sa.nbytes()
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, one past the last byte] of a non-empty tensor's elements."""
+    lo = hi = t.data_ptr()
+    for size, stride in zip(t.shape, t.stride()):
+        reach = (size - 1) * stride * t.element_size()
+        lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
+    return lo, hi + t.element_size()
 
 
 def check_update_finite(u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> None:
