@@ -7,6 +7,7 @@ input leaves every weight bit-identical.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -143,3 +144,18 @@ def check_backend(backend: object) -> str:
     if backend not in ("auto", "torch", "triton"):
         raise InvalidInputError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     return backend  # type: ignore[return-value]
+
+
+def check_input_file(option: str, path: object) -> None:
+    """``path`` (given as ``option`` on a command line) names an existing file, not a folder."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        why = "is a folder" if p.is_dir() else "does not exist"
+        raise InvalidInputError(f"{option} {path} {why}; a file is needed")
+
+
+def check_positive_count(option: str, value: object) -> int:
+    """A positive int given as ``option`` (``--n 0`` or ``--n -1`` would silently do something else)."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInputError(f"{option} must be a positive integer, got {value!r}")
+    return value

@@ -235,6 +235,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PruneFastError as e:
         print(f"python -m prune_fast {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a file that cannot be read or written (permissions, a full disk): one line, named
+        print(f"python -m prune_fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"python -m prune_fast {args.command}: interrupted", file=sys.stderr)
         return 130
