@@ -197,6 +197,7 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
     else:
         delta = torch.sub(w, w0_acc, out=work) if w.dtype == acc else work.copy_(w).sub_(w0_acc)
     del w0_acc
+    _validate.check_finite(f"{name}: Δ = edited − base (overflow?)", delta)  # both finite, the difference may not be
     trip = triplets_at_or_above(delta, sigma_star, used)
     if trip is None:  # Δ = 0
         rep.sigma_delta_before = rep.sigma_delta_after = 0.0

@@ -301,6 +301,16 @@ def test_an_overflowing_w0_is_refused(rng):
         restrain_(torch.ones(30, 20), torch.full((30, 20), 1e300, dtype=torch.float64), sigma_star=1.0)
 
 
+def test_an_overflowing_delta_between_two_models_is_refused():
+    model = torch.nn.Linear(20, 30, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(3e38)
+    before = model.weight.detach().clone()
+    with pytest.raises(InvalidInputError, match="overflow"):
+        restrain_model_(model, {"weight": torch.full((30, 20), -3e38) + torch.eye(30, 20)})
+    assert torch.equal(model.weight.detach(), before)
+
+
 def test_every_refusal_here_is_a_prune_fast_error_and_a_value_error():
     assert issubclass(InvalidInputError, PruneFastError) and issubclass(InvalidInputError, ValueError)
 
