@@ -152,10 +152,3 @@ def check_input_file(option: str, path: object) -> None:
     if not p.is_file():
         why = "is a folder" if p.is_dir() else "does not exist"
         raise InvalidInputError(f"{option} {path} {why}; a file is needed")
-
-
-def check_positive_count(option: str, value: object) -> int:
-    """A positive int given as ``option`` (``--n 0`` or ``--n -1`` would silently do something else)."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InvalidInputError(f"{option} must be a positive integer, got {value!r}")
-    return value

@@ -108,7 +108,7 @@ def _check_model_folder(folder: Path) -> None:
 def _check_job(job: EditJob) -> None:
     """The options that need no model: counts and every input file, before anything is loaded."""
     if job.n is not None:
-        _validate.check_positive_count("--n", job.n)
+        _validate.check_count("--n", job.n, minimum=1)
     files = [("--requests", job.requests), *(("--corpus", c) for c in job.corpus),
              *(("--tasks", t.rpartition("=")[2]) for t in job.tasks), ("--heldout", job.heldout),
              ("--hparams", job.hparams), ("--mend-checkpoint", job.mend_checkpoint)]

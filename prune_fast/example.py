@@ -36,7 +36,7 @@ def run_example(m: int = 1600, n: int = 6400, n_edits: int = 200, checkpoints: t
                 fn: str = "log", edit_scale: float = 0.3, seed: int = 0) -> tuple[list[ExampleRow], dict]:
     """Run the side-by-side comparison; returns the table rows and a summary dict."""
     for name, value in (("rows", m), ("cols", n), ("edits", n_edits)):
-        _validate.check_positive_count(f"--{name}", value)
+        _validate.check_count(f"--{name}", value, minimum=1)
     g = torch.Generator().manual_seed(seed)
     w0 = torch.randn(m, n, generator=g) / math.sqrt(n)
     plain, restrained = w0.clone(), w0.clone()

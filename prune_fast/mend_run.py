@@ -53,7 +53,7 @@ def run_mend_train(job: MENDTrainJob) -> Any:
     from .editors.mend import train
 
     if job.steps is not None:
-        _validate.check_positive_count("--steps", job.steps)
+        _validate.check_count("--steps", job.steps, minimum=1)
     for option, value in (("--requests", job.requests), ("--eval-requests", job.eval_requests),
                           ("--hparams", job.hparams), *(("--locality", f) for f in job.locality)):
         if value:  # before the model loads
