@@ -180,6 +180,17 @@ def test_edit_unknown_preset_and_bad_yaml_need_the_model(testbed_folder, tmp_pat
     assert not (tmp_path / "run").exists()
 
 
+def test_task_file_errors_are_the_librarys(tmp_path):
+    from prune_fast.errors import InvalidInputError
+    from prune_fast.evaluation import load_task_jsonl
+
+    with pytest.raises(InvalidInputError, match="nope.jsonl"):
+        load_task_jsonl(tmp_path / "nope.jsonl")
+    (tmp_path / "t.jsonl").write_bytes(b"\xff\xfe{")
+    with pytest.raises(InvalidInputError, match="t.jsonl"):
+        load_task_jsonl(tmp_path / "t.jsonl")
+
+
 def test_plain_string_target_new_still_loads(tmp_path):
     from prune_fast.edit_run import load_requests
 
