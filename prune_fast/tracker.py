@@ -100,7 +100,7 @@ class SpectralTracker:
         self.n_edits = 0
         self._since_restrain = 0
         self._since_refresh = 0
-        self._probe = _probe_positions(weight.shape)
+        self._probe = _probe_positions(weight)
 
     # -- public ----------------------------------------------------------------------------------
     @property
@@ -213,7 +213,7 @@ class SpectralTracker:
         tr._last_triplets = None
         tr.n_edits, tr._since_restrain = int(meta["n_edits"]), int(meta["since_restrain"])
         tr._since_refresh = 0
-        tr._probe = _probe_positions(weight.shape)
+        tr._probe = _probe_positions(weight)
         tr._refresh()
         return tr
 
@@ -357,15 +357,15 @@ _STATE_DTYPES = {str(d): d for d in (torch.float32, torch.float64)}
 _PROBES = 1024
 
 
-def _probe_positions(shape: torch.Size) -> tuple[torch.Tensor, torch.Tensor]:
+def _probe_positions(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """A fixed sample of (row, column) positions of the weight for the written-behind-my-back check
-    (its own generator: the tracker's random stream is not touched)."""
-    m, n = shape
+    (its own generator: the tracker's random stream is not touched), on the weight's device."""
+    m, n = weight.shape
     if m * n <= _PROBES:
         idx = torch.arange(m * n)
     else:
         idx = torch.randint(0, m * n, (_PROBES,), generator=torch.Generator().manual_seed(0x5EED))
-    return idx // n, idx % n
+    return (idx // n).to(weight.device), (idx % n).to(weight.device)
 
 
 def _check_state(weight: torch.Tensor, state: object, fn: object) -> dict[str, Any]:
