@@ -558,6 +558,9 @@ def _check_pair(base: _Source, edited: _Source) -> None:
 def _resolve(role: str, path: Path) -> Path:
     """``path`` with every symlink resolved, or a clear error for a link loop or a path that cannot be
     resolved (``Path.resolve`` raises a bare ``RuntimeError`` or ``OSError`` there)."""
+    if path.is_symlink() and not path.exists():  # os.stat fails: the link's target is missing or a loop
+        raise InvalidInputError(f"{role} {path} is a dangling symlink or a symlink loop (to {os.readlink(path)}); "
+                                "remove it or pass another path")
     try:
         return path.resolve()
     except (RuntimeError, OSError) as e:
@@ -566,8 +569,6 @@ def _resolve(role: str, path: Path) -> Path:
 
 def _check_out(out: Path, base: Path, edited: Path, overwrite: bool) -> None:
     o = _resolve("OUT", out)
-    if out.is_symlink() and not out.exists():
-        raise InvalidInputError(f"OUT {out} is a dangling symlink (to {os.readlink(out)}); remove it or choose another path")
     for role, given in (("BASE", base), ("EDITED", edited)):
         p = _resolve(role, given)
         if o == p:

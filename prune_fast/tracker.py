@@ -250,7 +250,7 @@ class SpectralTracker:
         """
         rows, cols = self._probe
         w = self.weight.detach()
-        return w.data_ptr(), self.weight._version, w[rows, cols].clone()
+        return w.data_ptr(), self.weight._version, w[rows, cols]  # advanced indexing copies
 
     def _check_weight_unchanged(self) -> None:
         """Refuse to go on if something wrote the weight behind the tracker's back."""
