@@ -119,7 +119,7 @@ class SpectralTracker:
         Returns the :class:`RestrainResult` when this call restrained, else ``None``.
         """
         u, v = _validate.check_factors(u, v, self.weight)
-        _validate.check_update_finite(u, v, self.weight.dtype)
+        _validate.check_update_finite(u, v, self._acc)  # Δ accumulates u vᵀ in the state dtype
         self._check_weight_unchanged()
         u, v = u.detach().to(self._acc), v.detach().to(self._acc)
         with self._all_or_nothing():
