@@ -196,3 +196,41 @@ def test_plain_string_target_new_still_loads(tmp_path):
 
     (req,) = load_requests(_cf(tmp_path, [_record(target_new="Oslo")]))
     assert req.target_new == "Oslo" and req.paraphrase_prompts == ("Bakiro's home is in",)
+
+
+# ------------------------------------------------------------- the library's own error types
+def _error_cases():
+    from prune_fast.editors import CovarianceStore, MEMITHyperParams, ROMEHyperParams
+    from prune_fast.editors.apply import TrackerSet
+    from prune_fast.editors.mend_network import MENDNetwork
+    from prune_fast.editors.probes import site_index
+    from prune_fast.testbed import World, WordTokenizer
+    from prune_fast.testbed.world import WorldSpec
+
+    tok = WordTokenizer(["alpha", "beta"])
+    return {
+        "unknown preset": (lambda: ROMEHyperParams.preset("gpt3"), ValueError),
+        "bad hparams field": (lambda: MEMITHyperParams.from_dict({"layers": [2, 1]}), ValueError),
+        "hparams yaml not a mapping": (lambda: ROMEHyperParams.from_yaml("- 1\n- 2\n"), ValueError),
+        "unknown token site": (lambda: site_index(tok, "{}", "{} beta", "alpha", "middle"), ValueError),
+        "empty corpus": (lambda: CovarianceStore([]), ValueError),
+        "tracker kwargs and factory": (lambda: TrackerSet(torch.nn.Linear(2, 2), lambda w: None, fn="ln"),
+                                       TypeError),
+        "MEND without weights": (lambda: MENDNetwork({}, 4, 1, 1e-3), ValueError),
+        "unknown word": (lambda: tok.token_id("gamma"), KeyError),
+        "bad vocabulary word": (lambda: WordTokenizer(["two words"]), ValueError),
+        "unknown relation": (lambda: World.generate(WorldSpec(n_subjects=4, n_relations=1)).relation("nope"),
+                             KeyError),
+        "bad world spec": (lambda: WorldSpec(n_subjects=1), ValueError),
+    }
+
+
+@pytest.mark.parametrize("case", list(_error_cases()))
+def test_user_errors_are_prune_fast_errors_of_their_natural_type(case):
+    from prune_fast.errors import PruneFastError
+
+    call, natural = _error_cases()[case]
+    with pytest.raises(PruneFastError) as info:
+        call()
+    assert isinstance(info.value, natural)
+    assert str(info.value) and not str(info.value).startswith("'")  # one readable line, not a quoted KeyError
