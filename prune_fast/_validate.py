@@ -95,7 +95,8 @@ def check_update_finite(u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) ->
     bound = float((torch.linalg.vector_norm(u.detach().to(torch.float64), dim=0)
                    * torch.linalg.vector_norm(v.detach().to(torch.float64), dim=0)).sum())
     if not math.isfinite(bound) or bound > torch.finfo(dtype).max:
-        raise InvalidInputError(f"u vᵀ may overflow {str(dtype).replace('torch.', '')}: Σ‖u_i‖·‖v_i‖ = {bound:.3g} "
+        name = str(dtype).replace("torch.", "")
+        raise InvalidInputError(f"u vᵀ may overflow {name}: Σ‖u_i‖·‖v_i‖ = {bound:.3g} "
                                 f"exceeds its largest value {torch.finfo(dtype).max:.3g}")
 
 
