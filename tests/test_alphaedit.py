@@ -13,7 +13,8 @@ import torch
 from prune_fast.editors import (AlphaEdit, AlphaEditHyperParams, EditorError, Layout, MalformedRequestError,
                                 MEMITHyperParams, TrackerSet, compute_memit, resolve_site)
 from prune_fast.editors.alphaedit import null_space_projector, projected_key_factor
-from prune_fast.editors.errors import EditorCheckpointError
+from prune_fast.editors.errors import EditorCheckpointError, HyperParamsError
+from prune_fast.errors import InvalidTypeError
 
 HP = AlphaEditHyperParams.preset("testbed")
 
@@ -207,11 +208,11 @@ def test_bad_state_and_inputs_are_refused():
     with pytest.raises(EditorError, match="below every eigenvalue"):
         low = AlphaEditHyperParams(**(HP.to_dict() | {"nullspace_threshold": 1e-30, "layers": [layer]}))
         AlphaEdit(bed.model, bed.tokenizer, low, store).prepare()
-    with pytest.raises(ValueError, match="l2"):
+    with pytest.raises(HyperParamsError, match="l2"):
         AlphaEditHyperParams(**(HP.to_dict() | {"l2": float("nan")})).validate()
     with pytest.raises(EditorError, match="layer"):
         AlphaEdit(bed.model, bed.tokenizer, HP, {layer: torch.eye(4)})
-    with pytest.raises(EditorError, match="AlphaEditHyperParams"):
+    with pytest.raises(InvalidTypeError, match="AlphaEditHyperParams"):
         AlphaEdit(bed.model, bed.tokenizer, MEMITHyperParams.preset("testbed"), store)
 
 

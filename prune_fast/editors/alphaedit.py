@@ -59,6 +59,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidTypeError
 from .apply import FactoredUpdate
 from .architectures import EditSite, resolve_module, resolve_site
 from .covariance import CovarianceStore
@@ -136,8 +137,9 @@ class AlphaEdit:
 
     State: the edit-key cache ``C_prev`` per layer (float64, on the module's device), advanced by
     every :meth:`compute`; :meth:`state_dict`, :meth:`load_state_dict`, :meth:`replay`.
-    Raises :class:`EditorError` subclasses for a bad architecture, layer, request or covariance,
-    and when the threshold leaves no null space (``P = 0``: no edit could land).
+    Raises :class:`EditorError` subclasses for a bad architecture, layer, request, covariance or
+    settings, and when the threshold leaves no null space (``P = 0``: no edit could land);
+    :class:`~prune_fast.errors.InvalidTypeError` for arguments of the wrong type.
     """
 
     name = "alphaedit"
@@ -145,10 +147,10 @@ class AlphaEdit:
     def __init__(self, model: nn.Module, tokenizer: Any, hparams: AlphaEditHyperParams,
                  covariance: Covariance) -> None:
         if not isinstance(hparams, AlphaEditHyperParams):
-            raise EditorError(f"hparams must be AlphaEditHyperParams, got {type(hparams).__name__}")
+            raise InvalidTypeError(f"hparams must be AlphaEditHyperParams, got {type(hparams).__name__}")
         hparams.validate()
         if not isinstance(covariance, (CovarianceStore, torch.Tensor, dict)):
-            raise EditorError("covariance must be a CovarianceStore, a tensor or {layer: tensor}, "
+            raise InvalidTypeError("covariance must be a CovarianceStore, a tensor or {layer: tensor}, "
                               f"got {type(covariance).__name__}")
         self.model, self.tokenizer, self.hparams, self.covariance = model, tokenizer, hparams, covariance
         self.sites = [resolve_site(model, layer, hparams.mlp_out_template, hparams.layer_template)
