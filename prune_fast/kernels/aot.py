@@ -305,7 +305,11 @@ def compile_triton(job: CompileJob) -> CompileResult:
     result = CompileResult(job.kernel, job.config, job.target, threads=32 * job.options["num_warps"])
     start = time.perf_counter()
     buf = io.StringIO()
-    old_dir, old_dump = knobs.cache.dir, knobs.nvidia.dump_ptxas_log
+    if knobs.runtime.interpret:
+        # triton.language's own @jit helpers (tl.sum, ...) were built for the interpreter when
+        # Triton was imported with TRITON_INTERPRET=1; run_triton_jobs uses a clean process.
+        raise RuntimeError("compile_triton needs a process that imported Triton without TRITON_INTERPRET=1")
+    old = knobs.cache.dir, knobs.nvidia.dump_ptxas_log
     # A fresh Triton cache, so ptxas really runs and its -v report (printed by Triton) is seen.
     with tempfile.TemporaryDirectory(prefix="prune_fast_aot_") as cache_dir, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -318,7 +322,7 @@ def compile_triton(job: CompileJob) -> CompileResult:
         except Exception as exc:  # noqa: BLE001 - any compiler failure is the finding to report
             result.error = f"{type(exc).__name__}: {str(exc).strip()[:2000]}"
         finally:
-            knobs.cache.dir, knobs.nvidia.dump_ptxas_log = old_dir, old_dump
+            knobs.cache.dir, knobs.nvidia.dump_ptxas_log = old
     report = parse_ptxas_log(buf.getvalue())
     if report:
         fields = next(iter(report.values()))
@@ -357,6 +361,17 @@ def _store(cache: Path | None, job: CompileJob, result: CompileResult) -> None:
     tmp.replace(cache / f"{job.key}.json")
 
 
+@contextlib.contextmanager
+def _without_env(name: str):
+    """Unset an environment variable for the block (child processes started inside inherit that)."""
+    saved = os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ[name] = saved
+
+
 def run_triton_jobs(jobs: list[CompileJob], workers: int, cache: Path | None,
                     progress: Callable[[CompileResult], None] | None = None) -> list[CompileResult]:
     """Compile every job (cache first, then a pool of ``workers`` processes), in job order."""
@@ -370,26 +385,22 @@ def run_triton_jobs(jobs: list[CompileJob], workers: int, cache: Path | None,
             todo.append(job)
     # Longest first (Jacobi, then the widest tiles), so the pool ends together.
     todo.sort(key=lambda j: ("jacobi" not in j.kernel, -j.options["num_warps"]))
-    if todo and workers > 1:
-        # spawn, not fork: the parent holds torch's thread pools, which a fork would copy mid-state.
-        ctx = multiprocessing.get_context("spawn")
-        with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            futures = {pool.submit(compile_triton, job): job for job in todo}
-            for fut in concurrent.futures.as_completed(futures):
-                job = futures[fut]
-                try:
-                    res = fut.result()
-                except Exception as exc:  # noqa: BLE001 - a crashed worker is a failed compile
-                    res = CompileResult(job.kernel, job.config, job.target, error=f"worker failed: {exc!r}")
-                else:
-                    _store(cache, job, res)
-                results[job.key] = res
-                if progress:
-                    progress(res)
-    else:
-        for job in todo:
-            res = compile_triton(job)
-            _store(cache, job, res)
+    if not todo:
+        return [results[job.key] for job in jobs]
+    # Always in fresh processes: spawn, not fork (the parent holds torch's thread pools), and without
+    # TRITON_INTERPRET (a process that imported Triton under it cannot compile for a GPU).
+    ctx = multiprocessing.get_context("spawn")
+    with _without_env("TRITON_INTERPRET"), \
+            concurrent.futures.ProcessPoolExecutor(max(1, workers), mp_context=ctx) as pool:
+        futures = {pool.submit(compile_triton, job): job for job in todo}
+        for fut in concurrent.futures.as_completed(futures):
+            job = futures[fut]
+            try:
+                res = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a crashed worker is a failed compile
+                res = CompileResult(job.kernel, job.config, job.target, error=f"worker failed: {exc!r}")
+            else:
+                _store(cache, job, res)
             results[job.key] = res
             if progress:
                 progress(res)
