@@ -31,3 +31,13 @@ def test_gpu_check_dry_run(tmp_path):
                              ("tracker.add_ (rank-1 edit)", "prune_fast")):
             assert (what, method, dtype) in methods
     assert (tmp_path / "gpu_check.log").read_text().startswith("# gpu_check")
+    # Measured copy bandwidth is the floor's ceiling; the sync-free step replays identically and
+    # restrains σ₁ to F(σ₁) (checked against float64 inside the script, as two of the checks).
+    assert report["bandwidth"]["gbs"] > 0 and report["floor_gbs"] == report["bandwidth"]["gbs"]
+    assert report["graph"]["replays_identical"] and report["graph"]["replay_equals_eager"]
+    assert {"graph: replay == replay == eager", "graph: σ₁ after step (vs f64)"} <= kernels
+    assert {t["method"] for t in report["timings"] if t["what"] == "small_eigh"} >= {"triton jacobi",
+                                                                                     "torch.linalg.eigh"}
+    assert len(report["targets"]) == 3 and all("target" in t for t in report["targets"])
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert md.startswith("# gpu_check") and "| restrain_ |" in md and "## Targets" in md
