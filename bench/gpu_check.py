@@ -38,6 +38,14 @@ Usage::
 
     python bench/gpu_check.py                  # on a CUDA machine
     python bench/gpu_check.py --dry-run        # anywhere (sets TRITON_INTERPRET=1 itself)
+
+On a lent device machine (one call; the image's python3 has torch, Triton, CMake and nvcc; the
+outputs come back from $OUT, the table is the end of the printed output)::
+
+    set -o pipefail; PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT 2>&1 | tee $OUT/stdout.txt
+
+If that run is cut short, rerun only what is missing, e.g. ``--skip-timing`` or
+``--shapes llama3-8b --budget-s 200``.
 """
 from __future__ import annotations
 

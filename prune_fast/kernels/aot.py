@@ -38,6 +38,7 @@ import concurrent.futures
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import io
 import json
 import logging
@@ -409,12 +410,20 @@ def run_triton_jobs(jobs: list[CompileJob], workers: int, cache: Path | None,
 
 # ---- CUDA C++ -----------------------------------------------------------------------------------
 def find_nvcc() -> str | None:
-    """``nvcc`` on PATH or in ``$CUDA_HOME/bin`` / ``$CUDA_PATH/bin``, else None."""
+    """``nvcc`` on PATH, in ``$CUDA_HOME/bin`` / ``$CUDA_PATH/bin``, or from NVIDIA's pip wheels, else None.
+
+    The wheels (``nvidia-cuda-nvcc`` with ``nvidia-nvvm``, ``nvidia-cuda-crt``,
+    ``nvidia-cuda-runtime``, ``nvidia-cuda-cccl``) install a working toolchain under
+    ``site-packages/nvidia/cu13`` (CUDA 13) or ``nvidia/cuda_nvcc`` (CUDA 12).
+    """
     found = shutil.which("nvcc")
     if found:
         return found
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        home = os.environ.get(var)
+    homes = [os.environ.get(var) for var in ("CUDA_HOME", "CUDA_PATH")]
+    spec = importlib.util.find_spec("nvidia")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        homes += [str(Path(root, "cu13")), str(Path(root, "cuda_nvcc"))]
+    for home in homes:
         if home and Path(home, "bin", "nvcc").is_file():
             return str(Path(home, "bin", "nvcc"))
     return None
