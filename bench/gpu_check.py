@@ -22,8 +22,8 @@ by the device's time limit still returns what it measured):
    CUDA-library Jacobi eigensolvers side by side (which one ``small_eigh`` should prefer).
 3. **CUDA graph**: a synchronisation-free restraint step (W ← edited W; σ₁, u, v of W − W0 by
    ``sigma_max_power``; W −= (σ₁ − F(σ₁)) u vᵀ when σ₁ ≥ σ*) captured in a ``torch.cuda.CUDAGraph``,
-   replayed twice: both replays must equal the eager result bit for bit, and σ₁ after the step must
-   be F(σ₁) against a float64 SVD. Finally (last, as a failed capture can upset the context) the
+   replayed twice: the replays must agree bit for bit (and with the eager step to fp32 rounding),
+   and the top singular value after the step must be max(F(σ₁), σ₂), against a float64 SVD. Finally (last, as a failed capture can upset the context) the
    script tries to capture ``SpectralTracker.add_`` itself and records whether that works.
 4. **Targets** from the issue, judged in ``gpu_check.md``: dense ``restrain_`` at 4096×11008 fp32
    within 3× of its memory floor; tracker step ≤ 0.5 ms; ≥ 1000× faster than ``torch.linalg.svd``.
@@ -442,9 +442,14 @@ def graph_check(device: torch.device, on_gpu: bool, shape: tuple[int, int], g: t
     # After the top value is restrained, the largest is max(F(σ₁), σ₂) (σ₂ = 1.5σ* stays ≥ σ*).
     want = max(want, float(sigma_before[1]))
     info.update(sigma_star=sigma_star, sigma_before=sigma_before.tolist(), sigma_after=sigma_after, want=want)
+    # Replays must agree bit for bit; the eager run may differ by rounding only (cuBLAS may pick
+    # another algorithm under capture), so it is held to fp32 rounding of the weight's scale.
+    scale = float(eager.abs().max())
+    close = info["max_abs_replay_vs_eager"] <= 1e-5 * scale
     checks = [
-        Check("graph: replay == replay == eager", info["shape"], 0.0 if info["replays_identical"]
-              and info["replay_equals_eager"] else float("inf"), info["replays_identical"] and info["replay_equals_eager"]),
+        Check("graph: replays identical", info["shape"], 0.0 if info["replays_identical"] else float("inf"),
+              info["replays_identical"]),
+        Check("graph: replay vs eager", info["shape"], info["max_abs_replay_vs_eager"] / (1e-5 * scale), close),
         Check("graph: σ₁ after step (vs f64)", info["shape"], abs(sigma_after - want) / (1e-3 * want),
               abs(sigma_after - want) <= 1e-3 * want),
     ]
