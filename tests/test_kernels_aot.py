@@ -54,7 +54,9 @@ _SPACES: dict[str, set] = {}
 @given(data=st.data())
 def test_launch_space_holds_every_config_launch_config_returns(op, data):
     sizes = data.draw(SIZES[op])
-    configs = _SPACES.setdefault(op, {cfg for _, cfg in launch_space(op)})
+    if op not in _SPACES:
+        _SPACES[op] = {cfg for _, cfg in launch_space(op)}
+    configs = _SPACES[op]
     assert launch_config(op, **sizes) in configs, f"{op} {sizes} gives a configuration launch_space misses"
 
 
