@@ -229,8 +229,12 @@ def jobs_for_launches(launches: Iterable[tuple[str, RecordedLaunch]], targets: I
         binders: dict[str, Callable] = {}
         for layout, launch in launches:
             name = _kernel_name(launch.kernel)
-            jit = jits.setdefault(name, _jit_function(launch.kernel))
-            binder = binders.setdefault(name, create_function_from_signature(jit.signature, jit.params, backend))
+            if name not in jits:
+                jits[name] = _jit_function(launch.kernel)
+            jit = jits[name]
+            if name not in binders:
+                binders[name] = create_function_from_signature(jit.signature, jit.params, backend)
+            binder = binders[name]
             bound, specialization, kw = binder(*launch.args, **launch.kwargs)
             _, signature, constexprs, attrs = jit._pack_args(backend, kw, bound, specialization, kw)
             options = {"num_warps": launch.kwargs.get("num_warps", 4), "num_stages": launch.kwargs.get("num_stages", 3)}
