@@ -89,6 +89,20 @@ def test_recording_runs_nothing_and_sees_the_launch_config():
     assert launch.kwargs["BLOCK_B"] == cfg.block_b == 32 and launch.kwargs["num_warps"] == cfg.num_warps
 
 
+def test_a_kernel_no_launcher_reaches_fails_the_check(monkeypatch):
+    from prune_fast.kernels.dispatch import triton_kernel
+
+    def _orphan_kernel(x_ptr):  # pragma: no cover - never launched
+        pass
+
+    real = aot.package_kernels()
+    monkeypatch.setattr(aot, "package_kernels", lambda: {**real, "tests:_orphan_kernel": triton_kernel(_orphan_kernel)})
+    jobs, uncovered = aot.compile_jobs([90])
+    assert uncovered == ["tests:_orphan_kernel"] and jobs
+    report = aot.AotReport([], [], None, uncovered, 0.0)
+    assert not report.ok and "never launched" in report.problems()[0]
+
+
 def test_every_package_kernel_is_traced():
     traced = {aot._kernel_name(launch.kernel) for _, _, launch in aot.trace_launches()}
     assert traced == set(aot.package_kernels()) and len(traced) >= 3
