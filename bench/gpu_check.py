@@ -346,19 +346,18 @@ def timing_rows(device: torch.device, shapes: dict, on_gpu: bool, peak_gbs: floa
 
 
 # ---- set-up: CUDA library, copy bandwidth ------------------------------------------------------
-def build_cuda_library(device: torch.device, work: Path) -> str:
-    """Build csrc/ with CMake + nvcc for this device's architecture and point cuda_library at it."""
+def build_cuda_library(arch: str, work: Path) -> str:
+    """Build csrc/ with CMake + nvcc for ``arch`` (e.g. "90") and point cuda_library at the result."""
     import shutil  # noqa: PLC0415 - only here
 
     if cuda_library.available():
         return f"already built: {cuda_library.library_path()}"
     if shutil.which("cmake") is None or shutil.which("nvcc") is None:
         return "not built: cmake or nvcc missing"
-    major, minor = torch.cuda.get_device_capability(device)
     build, lib_dir = work / "cuda_build", work / "cuda_lib"
     root = Path(__file__).resolve().parents[1]
     try:
-        for cmd in (["cmake", "-S", str(root), "-B", str(build), f"-DCMAKE_CUDA_ARCHITECTURES={major}{minor}",
+        for cmd in (["cmake", "-S", str(root), "-B", str(build), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
                      f"-DPRUNE_FAST_LIB_DIR={lib_dir}", "-DCMAKE_BUILD_TYPE=Release"],
                     ["cmake", "--build", str(build)]):
             subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
@@ -370,7 +369,7 @@ def build_cuda_library(device: torch.device, work: Path) -> str:
         return "build produced no library"
     os.environ["PRUNE_FAST_CUDA_LIB"] = str(libs[0])
     cuda_library._load.cache_clear()
-    return f"built for sm_{major}{minor}: {libs[0]} (loaded: {cuda_library.available()})"
+    return f"built for sm_{arch}: {libs[0]} (loaded: {cuda_library.available()})"
 
 
 def copy_bandwidth(device: torch.device, on_gpu: bool) -> dict:
@@ -639,10 +638,16 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         print(f"[{result['elapsed_s']:6.1f} s] {name}", flush=True)
 
-    if on_gpu and not args.no_build_cuda:
+    if not args.no_build_cuda:  # the dry run builds too (for sm_90), so the build path is tested here
         import tempfile  # noqa: PLC0415
 
-        result["cuda_library"] = build_cuda_library(device, Path(tempfile.mkdtemp(prefix="gpu_check_")))
+        import atexit  # noqa: PLC0415
+        import shutil  # noqa: PLC0415
+
+        arch = "".join(map(str, torch.cuda.get_device_capability(device))) if on_gpu else "90"
+        work = tempfile.mkdtemp(prefix="gpu_check_")
+        atexit.register(shutil.rmtree, work, True)  # the loaded library stays mapped until exit
+        result["cuda_library"] = build_cuda_library(arch, Path(work))
     else:
         result["cuda_library"] = f"available: {cuda_library.available()}"
     result["bandwidth"] = copy_bandwidth(device, on_gpu)

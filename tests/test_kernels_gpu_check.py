@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,5 +40,7 @@ def test_gpu_check_dry_run(tmp_path):
     assert {t["method"] for t in report["timings"] if t["what"] == "small_eigh"} >= {"triton jacobi",
                                                                                      "torch.linalg.eigh"}
     assert len(report["targets"]) == 3 and all("target" in t for t in report["targets"])
+    if shutil.which("cmake") and shutil.which("nvcc"):  # the build the GPU run does, for sm_90
+        assert report["cuda_library"].startswith("built for sm_90"), report["cuda_library"]
     md = (tmp_path / "gpu_check.md").read_text()
     assert md.startswith("# gpu_check") and "| restrain_ |" in md and "## Targets" in md
