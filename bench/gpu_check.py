@@ -50,14 +50,17 @@ If that run is cut short, rerun only what is missing, e.g. ``--skip-timing`` or
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -348,8 +351,6 @@ def timing_rows(device: torch.device, shapes: dict, on_gpu: bool, peak_gbs: floa
 # ---- set-up: CUDA library, copy bandwidth ------------------------------------------------------
 def build_cuda_library(arch: str, work: Path) -> str:
     """Build csrc/ with CMake + nvcc for ``arch`` (e.g. "90") and point cuda_library at the result."""
-    import shutil  # noqa: PLC0415 - only here
-
     if cuda_library.available():
         return f"already built: {cuda_library.library_path()}"
     if shutil.which("cmake") is None or shutil.which("nvcc") is None:
@@ -639,11 +640,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[{result['elapsed_s']:6.1f} s] {name}", flush=True)
 
     if not args.no_build_cuda:  # the dry run builds too (for sm_90), so the build path is tested here
-        import tempfile  # noqa: PLC0415
-
-        import atexit  # noqa: PLC0415
-        import shutil  # noqa: PLC0415
-
         arch = "".join(map(str, torch.cuda.get_device_capability(device))) if on_gpu else "90"
         work = tempfile.mkdtemp(prefix="gpu_check_")
         atexit.register(shutil.rmtree, work, True)  # the loaded library stays mapped until exit
