@@ -43,8 +43,9 @@ REGISTERS_PER_BLOCK = 64 * 1024
 
 # Largest matrix the one-program Jacobi eigensolver takes; larger ones go to torch.linalg.eigh. The
 # padded matrix and its rotations live in registers and shared memory: at a 64 block the kernel
-# already spills ~6-9 KB per thread (aot table), and a 128 block needs 128 KB of shared memory with
-# "ieee" products (256 KB with "tf32" on sm_90, over any GPU's limit) and ~100 KB of spills.
+# still spills ~1.8 KB per thread with 16 warps (aot table), and a 128 block needs 128 KB of shared
+# memory with "ieee" products (256 KB with "tf32" on sm_90, over any GPU's limit) and ~100 KB of
+# spills.
 JACOBI_MAX_K = 64
 # Cyclic sweeps allowed; Jacobi converges quadratically, 6-10 sweeps are typical in fp32.
 JACOBI_MAX_SWEEPS = 15
@@ -101,8 +102,8 @@ def launch_config(op: str, *, m: int, n: int, k: int = 0, b: int = 0) -> LaunchC
         split = 1
         if n > _SPLIT_CHUNK and tiles < 128:
             split = min(_MAX_SPLIT, cdiv(n, _SPLIT_CHUNK), max(1, 256 // tiles))
-        # A 64-wide reduction chunk with 32/64 output columns spilled up to 5-7 KB per thread on
-        # sm_80 (aot table, ieee products); a 32-wide chunk spills ≤ 48 B and halves shared memory.
+        # A 64-wide reduction chunk with 32/64 output columns spilled up to 6.6 KB per thread on
+        # sm_80 (aot table, ieee products); a 32-wide chunk spills ≤ 76 B and uses less shared memory.
         block_n = 64 if block_b == 16 else 32
         return LaunchConfig(block_m=64, block_n=block_n, block_b=block_b, split=split, num_warps=4)
     if op == "jacobi_eigh":
@@ -113,7 +114,7 @@ def launch_config(op: str, *, m: int, n: int, k: int = 0, b: int = 0) -> LaunchC
         if need > limit:  # unreachable with the constants above; guards a change of them
             raise ValueError(f"jacobi_eigh with a {block} block and {INPUT_PRECISION!r} products needs {need} bytes "
                              f"of shared memory, over the {limit} a block gets on every supported GPU")
-        # 16 warps at a 64 block: 8 spilled 5.6 KB (sm_80) / 9.2 KB (sm_90) per thread, 16 spill 1.8 KB.
+        # A 64 block with 8 warps spilled up to 5.1 KB (sm_80) / 7.9 KB (sm_90) per thread; 16: 1.8 KB.
         return LaunchConfig(block_m=block, block_n=block, num_warps=4 if block <= 32 else 16, num_stages=1,
                             input_precision=INPUT_PRECISION)
     raise ValueError(f"no launch settings for operation {op!r}")
