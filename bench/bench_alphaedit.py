@@ -35,7 +35,8 @@ CASES = [(512, 0.05), (512, 0.5), (512, 0.8), (1536, 0.05), (1536, 0.5), (1536, 
 
 
 def spectrum_case(d: int, above: float, seed: int = 0) -> torch.Tensor:
-    """A float64 PSD ``C = Q diag(λ) Qᵀ`` with ``round(above · d)`` eigenvalues in [τ·1.5, 1e2], the rest in [1e-6, τ/1.5]."""
+    """A float64 PSD ``C = Q diag(λ) Qᵀ``: ``round(above · d)`` eigenvalues in [1.5 τ, 1e2], the rest in
+    [1e-6, τ / 1.5], log-uniform."""
     g = torch.Generator().manual_seed(seed)
     n_hi = round(above * d)
     lo = torch.exp(torch.empty(d - n_hi, dtype=torch.float64).uniform_(

@@ -122,8 +122,8 @@ def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
         "edit", help="sequential ROME/MEMIT/AlphaEdit/MEND edits of a local model from a CounterFact/ZsRE file, "
                      "with PRUNE",
         description="Apply the first N requests of a CounterFact or ZsRE file to a local model one after another "
-                    "(MEMIT, AlphaEdit: in batches), with restraint none, online (after every K edits) or at_end (the paper's "
-                    "protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
+                    "(MEMIT, AlphaEdit: in batches), with restraint none, online (after every K edits) or at_end "
+                    "(the paper's protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
                     "interrupted run in OUT (same model, requests, editor and F, or it refuses).")
     p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
     p.add_argument("--requests", required=True, help="CounterFact or ZsRE records: .json list or .jsonl")

@@ -168,7 +168,8 @@ def _check_editor_options(job: EditJob) -> None:
 
 def run_edit(job: EditJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
-    from .editors import AlphaEdit, AlphaEditHyperParams, CovarianceStore, MEMITHyperParams, ROMEHyperParams, read_corpus
+    from .editors import (AlphaEdit, AlphaEditHyperParams, CovarianceStore, MEMITHyperParams, ROMEHyperParams,
+                          read_corpus)
     from .evaluation import Evaluator, load_task_jsonl, world_abilities
     from .run_results import results_document, write_results
     from .runner import SequentialEditor
