@@ -10,7 +10,7 @@ the same run on the same matrices:
 
 Matrices: ``d`` = 512 (the test bed's key width) and 1536 (SmolLM2-135M's), with a fraction ``f`` of the
 eigenvalues above τ (log-uniform spectra, 1e-6 … 1e2, τ = 2e-2): ``f`` = 0.05 (few values above: the
-Krylov solver's home ground), 0.5 and 0.8 (the test bed keeps 55–75 % of its key directions at its
+Krylov solver's home ground), 0.5 and 0.8 (the test bed has 27–55 % of its key eigenvalues above its
 preset threshold).  Also reports ``‖P_krylov − P_eigh‖_max``.
 
 Run as a script for the table (``python bench/bench_alphaedit.py``) or through pytest-benchmark
