@@ -121,7 +121,8 @@ def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
                     "(MEMIT: in batches), with restraint none, online (after every K edits) or at_end (the paper's "
                     "protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
                     "interrupted run in OUT (same model, requests, editor and F, or it refuses).")
-    p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
+    p.add_argument("--model", required=True,
+                   help="local model folder (from_pretrained; nothing is downloaded), or smollm2 (the installed wheel's model)")
     p.add_argument("--requests", required=True, help="CounterFact or ZsRE records: .json list or .jsonl")
     p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
     p.add_argument("--editor", default="rome", choices=["rome", "memit", "mend"])

@@ -71,23 +71,22 @@ def _is_testbed(folder: Path) -> bool:
 
 
 def load_local_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any, bool]:
-    """``(model, tokenizer, is_testbed)`` from a local folder; never downloads (``local_files_only``)."""
-    folder = Path(path).expanduser()
+    """``(model, tokenizer, is_testbed)`` from a local folder or a known model name (``smollm2``,
+    see :mod:`prune_fast.models`); never downloads (``local_files_only``)."""
+    from .models import load_model_folder, resolve_model
+
+    folder = resolve_model(path)
     if not folder.is_dir():
         raise InvalidInputError(f"--model {path}: not a local folder (nothing is downloaded here)")
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
-    model.eval()
     if _is_testbed(folder):
+        from transformers import AutoModelForCausalLM
+
         from .testbed import WordTokenizer
 
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
+        model.eval()
         return model, WordTokenizer.load(folder / "tokenizer.json"), True
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    model, tok = load_model_folder(folder, device)
     return model, tok, False
 
 
@@ -120,7 +119,9 @@ def _run_config(job: EditJob) -> Any:
 def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
     from .editors.covariance import model_key
 
-    return {"model": str(Path(job.model).resolve()), "model_key": model_key(model),
+    from .models import resolve_model
+
+    return {"model": str(resolve_model(job.model).resolve()), "model_key": model_key(model),
             "requests_file": str(Path(job.requests).resolve()), "requests_sha256": _sha256(job.requests), "n": n}
 
 
