@@ -9,7 +9,7 @@ model to ``out/model``.  ``resume=True`` continues an interrupted run in ``out``
 Example::
 
     job = EditJob(model="models/gpt2-xl", requests="counterfact.json", out="run1", n=1000,
-                  protocol="online", fn="log1.2", corpus="wiki_lines.txt")
+                  protocol="online", fn="ln", corpus="wiki_lines.txt")
     doc = run_edit(job)
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .errors import InvalidInputError
+from .restraint_fn import DEFAULT_FN
 
 __all__ = ["EditJob", "run_edit", "load_local_model", "load_requests"]
 
@@ -41,7 +42,7 @@ class EditJob:
     editor: str = "rome"
     mend_checkpoint: str | None = None
     protocol: str = "online"
-    fn: str = "log1.2"
+    fn: str = DEFAULT_FN
     restrain_every: int = 1
     tracker_dtype: str = "float32"
     batch_size: int = 1
