@@ -224,3 +224,39 @@ def test_demo_results_file_validates(tmp_path):
         assert info[k]["accuracy"] >= 3 * info[k]["chance"]
     assert "perplexity" in doc["arms"]["none"]["final"]["general"]
     validate_results(json.loads((tmp_path / "demo" / "results.json").read_text()))
+
+
+def test_rome_key_over_generated_prefixes_follows_the_reference(smol, store, hparams):
+    """With generated key prefixes: the update maps the bare prompt's key exactly to v*, its input-side
+    direction is C⁻¹ k̄ for the mean key k̄ over the prefixes plus "{}" (rome/compute_u.py and
+    compute_v.py), and the prefixes are deterministic and cached per model."""
+    import dataclasses
+
+    from prune_fast.editors import compute_rome
+    from prune_fast.editors.architectures import Layout, resolve_module
+    from prune_fast.editors.contexts import key_context_templates
+    from prune_fast.editors.rome import covariance_for, mean_key
+
+    model, tok, _ = smol
+    hp = dataclasses.replace(hparams, n_key_prefixes=4)
+    templates = key_context_templates(model, tok, 4)
+    assert len(templates) == 5 and templates[-1] == "{}" and all(t.endswith(". {}") for t in templates[:-1])
+    assert key_context_templates(model, tok, 4) is templates and len(set(templates)) == 5
+    req = shipped_requests(limit=4)[3]
+    res = compute_rome(model, tok, req, hp, store)
+    module = resolve_module(model, res.site.module_name)
+    kbar = mean_key(model, tok, module, [req], hp, templates)[0].double()
+    k = res.key.double()
+    assert torch.nn.functional.cosine_similarity(kbar, k, dim=0) < 0.999      # the prefixes change the key
+    cov = covariance_for(model, tok, res.site, hp, store)
+    want = torch.linalg.solve(cov, kbar)
+    upd = res.updates[0]
+    left = (upd.u if res.site.layout is Layout.IN_OUT else upd.v)[:, 0].double()
+    cos = torch.nn.functional.cosine_similarity(left, want, dim=0).abs().item()
+    assert cos > 1 - 1e-5, cos
+    w = module.weight.detach().double()
+    delta = upd.u.double() @ upd.v.double().T
+    new = (w + delta) @ k if res.site.layout is Layout.OUT_IN else k @ (w + delta)
+    bias = module.bias.detach().double() if module.bias is not None else 0.0
+    rel = ((new + bias - res.value.double()).norm() / res.value.double().norm()).item()
+    assert rel < 1e-4, rel
