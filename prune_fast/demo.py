@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from . import _validate
 from .restraint_fn import DEFAULT_FN
 from .run_results import results_document, write_results
 
@@ -131,10 +132,14 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
         from .errors import InvalidInputError
 
         raise InvalidInputError(f"demo --model must be one of {DEMO_MODELS}, got {model!r}")
-    n = n or _DEFAULT_N[model]
+    n = _DEFAULT_N[model] if n is None else n
     eval_every = _DEFAULT_EVAL_EVERY[model] if eval_every is None else eval_every
+    threads = (2 if model == "smollm2" else 1) if threads is None else threads
+    _validate.check_count("--n", n, minimum=1)
+    _validate.check_count("--threads", threads, minimum=1)
+    _validate.check_count("--eval-every", eval_every)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads or (2 if model == "smollm2" else 1))
+    torch.set_num_threads(threads)
     try:
         start = time.perf_counter()
         setup = _smollm2_setup(n, seed, cov_samples, progress) if model == "smollm2" else \
