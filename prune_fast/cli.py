@@ -156,7 +156,7 @@ def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p.add_argument("--hparams", metavar="FILE.yaml", help="editor hyper-parameters (default: preset of the architecture)")
     p.add_argument("--preset", help="named preset (gpt2, llama, testbed) instead of the architecture's")
     p.add_argument("--corpus", nargs="+", default=[], metavar="FILE.txt",
-                   help="text lines for the key covariance (required except for the package's test-bed model)")
+                   help="text lines for the key covariance (required except for the test-bed model and smollm2)")
     p.add_argument("--tasks", nargs="+", default=[], metavar="NAME=FILE.jsonl",
                    help="general-ability tasks: JSONL lines {\"prompt\": ..., \"answer\": ...}")
     p.add_argument("--heldout", metavar="FILE.txt", help="held-out text lines for perplexity")

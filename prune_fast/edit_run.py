@@ -197,6 +197,10 @@ def run_edit(job: EditJob) -> dict[str, Any]:
             from .testbed import shipped_corpus
 
             texts = shipped_corpus()
+        elif job.model == "smollm2":  # the named real model: CPython's own documentation prose
+            from .real_abilities import covariance_corpus
+
+            texts = covariance_corpus()
         else:
             raise InvalidInputError("--corpus is required: ROME/MEMIT need key statistics from text the model reads")
         editor_kwargs = {"hparams": hp, "covariance": None}
