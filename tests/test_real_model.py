@@ -30,12 +30,14 @@ def smol():
 
 
 @pytest.fixture(scope="module")
-def store():
+def store(smol):
     from prune_fast.editors import CovarianceStore
     from prune_fast.real_abilities import covariance_corpus
     from prune_fast.testbed import default_cache_dir
 
-    return CovarianceStore(covariance_corpus(), cache_dir=default_cache_dir(), progress=False)
+    # the demo's model_id, so that the demo test below reuses these statistics
+    return CovarianceStore(covariance_corpus(), cache_dir=default_cache_dir(), model_id=f"smollm2-{smol[2].name}",
+                           progress=False)
 
 
 @pytest.fixture(scope="module")
