@@ -24,7 +24,7 @@ Example::
     bed = load_testbed()
     ev = Evaluator(bed.model, bed.tokenizer, abilities=...)
     runner = SequentialEditor(bed.model, bed.tokenizer, hparams=ROMEHyperParams.preset("testbed"),
-                              covariance=store, config=RunConfig(protocol="online", fn="log1.2"),
+                              covariance=store, config=RunConfig(protocol="online", fn="ln"),
                               evaluator=ev)
     result = runner.run(bed.world.edit_requests(200))
     result.final["after_sequence"]["efficacy"]
@@ -45,7 +45,7 @@ from .editors.apply import FactoredUpdate, TrackerSet
 from .editors.requests import EditRequest
 from .errors import InvalidInputError
 from .evaluation import EDIT_METRICS, Evaluator
-from .restraint_fn import FnLike, resolve_fn
+from .restraint_fn import DEFAULT_FN, FnLike, resolve_fn
 
 __all__ = ["RunConfig", "StepRecord", "EvalPoint", "ArmResult", "SequentialEditor", "PROTOCOLS",
            "update_sigma_max"]
@@ -79,7 +79,7 @@ class RunConfig:
     """
 
     protocol: str = "online"
-    fn: FnLike = "log1.2"
+    fn: FnLike = DEFAULT_FN
     alpha: float = math.e
     restrain_every: int = 1
     eval_every: int = 50

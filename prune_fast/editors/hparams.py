@@ -132,10 +132,15 @@ class ValueHyperParams(HyperParams):
     nll_stop: float = 0.05
     cov_samples: int = 100_000
     cov_max_tokens: int = 128
+    # ROME's key: the mean over this many greedy prefixes the model generates (editors/contexts.py)
+    # in front of the context templates; 0 = the context templates alone.
+    n_key_prefixes: int = 0
 
     def validate(self) -> None:
         """:class:`HyperParamsError` (a ``ValueError``) naming the offending field; called by the editors
         before any work."""
+        if not 0 <= self.n_key_prefixes <= 20:
+            raise HyperParamsError(f"n_key_prefixes must be in [0, 20], got {self.n_key_prefixes}")
         if self.site not in SITES:
             raise HyperParamsError(f"site must be one of {SITES}, got {self.site!r}")
         for t in self.context_templates:
