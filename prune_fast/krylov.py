@@ -1,30 +1,78 @@
-"""Top singular triplets by block Lanczos bidiagonalisation with full reorthogonalisation.
+"""Top singular triplets by block Lanczos bidiagonalisation, with a certificate in threshold mode.
 
 One solver serves both questions PRUNE asks of a matrix A (m×n, seen only through products):
 
 - ``topk_svd(A, k=1)``: σ_max(W0), i.e. σ*;
-- ``topk_svd(A, threshold=σ*)``: every triplet of Δ with σ ≥ σ*, however many there are.
+- ``topk_svd(A, threshold=τ)``: every triplet of Δ with σ ≥ τ = σ*, however many there are, and a
+  proof that no other singular value of Δ reaches τ.
 
 Algorithm (block Golub–Kahan–Lanczos; Golub & Kahan 1965, Golub, Luk & Overton 1981). Starting from
-an orthonormal block V₁ (random, optionally warm-started with last step's right singular vectors),
+an orthonormal block V₁ (Gaussian, optionally warm-started with last step's right singular vectors),
 grow orthonormal bases U = [U₁ … U_j], V = [V₁ … V_j] of the Krylov spaces with
 
     U_j R_j = A V_j − U (Uᵀ A V_j),          V_{j+1} S_j = Aᵀ U_j − V (Vᵀ Aᵀ U_j),
 
-so that T = Uᵀ A V is known exactly from the orthogonalisation coefficients (block upper
-triangular, no extra products). The singular triplets (θ, y_u, y_v) of the small T give Ritz
-triplets (θ, U y_u, V y_v) with A (V y_v) = θ (U y_u) by construction and the residual
+so that T = Uᵀ A V is known exactly from the orthogonalisation coefficients and A V = U T. The singular
+triplets (θ, y_u, y_v) of the small T give Ritz triplets (θ, U y_u, V y_v); their residuals
+‖Aᵀ(U y_u) − θ V y_v‖ = ‖S_j y_u[last block]‖ are read off for free and measured explicitly before
+anything is returned (from the products Aᵀ U the iteration already formed). Ritz values are lower
+bounds: θ_i ≤ σ_i(A). Wide matrices are solved as Aᵀ. Blocks widen while values keep crossing τ:
+when most of the basis lies above τ (a repeated value, or hundreds of values above it) the next
+block takes twice that many columns, its new ones Gaussian, so 200 values above τ cost a handful of
+wide passes, and a value repeated more often than the block is wide is still reached.
 
-    ‖Aᵀ (U y_u) − θ (V y_v)‖ = ‖S_j y_u[last block]‖,
+**The certificate (threshold mode).** A Ritz value whose residual interval lies below τ says nothing
+about singular values the Krylov space has not reached, and a block space holds at most as many
+copies of a repeated value as it has random columns. So the solver returns only when one of these
+proves that no singular value of A outside the k returned ones is ≥ τ (k = #{θ_i ≥ τ}; Ritz values
+in [τ − ρ, τ), with ρ the rounding margin below, are deflated too but not returned):
 
-read off for free. The wanted triplets stop when every residual is ≤ tol·θ₁; in threshold mode the
-first Ritz value *below* the threshold (the guard) must have converged too, or its residual interval
-[θ − r, θ + r] must lie below the threshold, or the Weyl bound
-σ_{k+1}(A) ≤ θ_{k+1} + √(‖A‖_F² − ‖T‖_F²) must already lie below the threshold. The block grows when
-many values lie above the threshold (adaptive k), and the final residuals are checked explicitly
-before the triplets are returned, from the products Aᵀ U the iteration already formed (kept, so the
-check costs no extra pass over A). Wide matrices are solved as Aᵀ (the basis
-of the short side can complete, after which the answer is exact).
+1. *Exact*: the basis spans the short side (T then has A's singular values), or a direct float64
+   solve (``direct_triplets``) was cheaper than going on.
+2. *Frobenius (deterministic)*: with Q = V, AAᵀ = (AQ)(AQ)ᵀ + A(I − QQᵀ)Aᵀ and Weyl's inequality give
+   σ_{k+1}(A)² ≤ σ_{k+1}(AQ)² + ‖A(I − QQᵀ)‖_F² = θ_{k+1}² + ‖A‖_F² − ‖T‖_F²; with an upper bound on
+   ‖A‖_F² this costs nothing, and it settles every Δ of rank below the basis size.
+3. *Randomized (probabilistic, failure probability ≤ ``failure_probability``, 1e-10 by default)*,
+   for a dense Δ whose mass below τ keeps the Frobenius tail large. Once the wanted triplets have
+   converged their right vectors V₀ are frozen, P₀ = I − V₀V₀ᵀ, and a fresh Gaussian block Ω
+   (independent of P₀) joins the next V block. By Courant–Fischer σ_{k+1}(A) ≤ ‖AP₀‖ for any V₀,
+   and ‖AP₀‖ is bounded from the growing space S ⊇ K_j(P₀AᵀAP₀, Ω) in two ways:
+
+   - Halko, Martinsson & Tropp, SIAM Review 53 (2011), Lemma 4.1 (after Dixon 1983): for a fixed B
+     and independent standard Gaussian ω_1..ω_b, P[max_i ‖Bω_i‖ ≤ t‖B‖] ≤ (t√(2/π))^b; so
+     ‖AP₀‖ ≤ max_i ‖AP₀ω_i‖ / t except with that probability. Sharp when AP₀ is tiny (the rest of
+     a low-rank Δ is rounding noise), one block after the freeze.
+   - Kuczyński & Woźniakowski, SIAM J. Matrix Anal. Appl. 13 (1992), Thm 4.2: for a symmetric PSD
+     n×n matrix M and a start uniform on the sphere, the largest Ritz value ξ of the Krylov space
+     [b, Mb, …, M^k b] satisfies P[ξ ≤ (1 − ε)λ₁(M)] ≤ 1.648 √n e^{−√ε(2k−1)} (k ≥ 2, n ≥ 8). The
+     block space contains the Krylov space of each Gaussian column, whose directions are
+     independent, so with θ̂ = max over S ⊥ V₀ of ‖Ax‖ (= ‖T(I − Y₀Y₀ᵀ)‖₂, Y₀ the coordinates of
+     V₀), ‖AP₀‖ ≤ θ̂ / √(1 − ε) except with probability (1.648 √n e^{−√ε(2k−1)})^b. Gap-free: it
+     settles a dense spectrum just below τ in a few blocks, and needs more the closer it hugs τ.
+
+   The failure budget is split over the freezes (δ/2^r for the r-th) and, within one, half to the
+   Gaussian-norm bound and the rest over the checks (δ/(2j(j+1)) for the j-th), so the stopping rule
+   cannot spend more than ``failure_probability`` in all. The probability is over the Gaussian
+   blocks: with the fixed seed used when no ``generator`` is given, it is the chance that a given Δ
+   happens to be one of the rare inputs that seed fails on. If θ̂ reaches τ − ρ, the deflated
+   space holds another value at or above the band: it is found, V₀ refrozen and a new Ω drawn.
+   Where the bound would need many more blocks (a dense Δ hugging τ) and A is a dense tensor, the
+   direct float64 solve decides instead.
+
+Rounding margin: Ritz values, residuals and bounds come from fp32 products (fp64 for fp64 inputs),
+accurate to about ρ = ``tol``·θ₁ (64 ulp of σ_max, the residual level the solver asks for and
+measures explicitly). Bounds must lie below τ by ρ; a value within ρ of τ may be decided either way.
+The Frobenius tail carries an extra margin for the rounding of ‖T‖_F (first-order, γ-style:
+(4·dim + 2√max(m, n))·ulp·‖A‖_F²). All arithmetic is exact only up to that: the certificate is a
+proof about the computed quantities in exact arithmetic, plus these margins.
+
+Scale: when ‖A‖_F lies outside [2⁻⁹⁰, 2⁹⁰] (or a product under/overflows) the operator is wrapped
+in a power-of-two :class:`~prune_fast.operators.ScaledOperator` and the threshold scaled alike, so
+a Δ of 1e-30 or 1e30 is solved like one of order 1; results are scaled back exactly.
+
+Random numbers come from ``generator`` or, when none is given, a private generator with a fixed seed
+on the operator's device: the caller's global random stream is never read or advanced, and equal
+inputs give bit-identical outputs.
 
 Block Krylov converges where single-vector power iteration stalls on clustered top singular values
 (Musco & Musco, NeurIPS 2015).
@@ -36,10 +84,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels.orthonormalize import orthonormalize
-from .operators import DenseOperator, MatrixOperator, TransposedOperator
+from .kernels.orthonormalize import gaussian, orthonormalize, private_generator
+from .operators import DenseOperator, MatrixOperator, ScaledOperator, TransposedOperator, magnitude
 
-__all__ = ["Triplets", "topk_svd", "default_tol", "direct_triplets", "prefer_direct", "frobenius_sq_bound"]
+__all__ = ["Triplets", "topk_svd", "default_tol", "direct_triplets", "prefer_direct", "frobenius_sq_bound",
+           "DEFAULT_FAILURE_PROBABILITY"]
+
+# Per call, the probability that a randomized certificate is wrong (see the module docstring).
+DEFAULT_FAILURE_PROBABILITY = 1e-10
 
 
 @dataclass
@@ -50,6 +102,11 @@ class Triplets:
     ``residual``: max over the returned triplets of ‖Aᵀu_i − s_i v_i‖ / s_1 (explicitly measured).
     ``next_value``: the largest Ritz value not returned (a lower bound on σ_{k+1}; 0 if none).
     ``basis_size``: dimension of the Krylov basis used; ``exact``: the basis covered the short side.
+    ``certificate`` (threshold mode): how "no other σ ≥ threshold" was proved: ``"exact"`` (complete
+    basis or direct solve), ``"frobenius"`` (deterministic tail bound) or ``"randomized"``
+    (probabilistic, failure probability ≤ ``failure_probability``); ``"none"`` in top-k mode.
+    ``bound``: the proved upper bound on every singular value not returned beyond the deflated band
+    (0 when exact).
     """
 
     u: torch.Tensor
@@ -60,6 +117,9 @@ class Triplets:
     basis_size: int
     products: int
     exact: bool
+    certificate: str = "exact"
+    bound: float = 0.0
+    failure_probability: float = 0.0
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -67,29 +127,116 @@ def default_tol(dtype: torch.dtype) -> float:
     return 64 * torch.finfo(dtype).eps
 
 
-def frobenius_sq_bound(a: torch.Tensor) -> float:
-    """An upper bound on ‖A‖_F² (for the Weyl certificate), without a float64 copy of A.
+# Lines are reduced in chunks of this many entries, so each fp32 partial norm is off by at most
+# (64 + 2) ulp relative, instead of (line length)·ulp (3.8e-4 for a 6400-long line).
+_NORM_CHUNK = 64
 
-    Norms of the contiguous lines run in A's own (fp32) arithmetic, one cheap pass (0.6 ms at
-    1600×6400, against 27 ms for a float64 norm, which converts every element); their squares are
-    summed in float64. Each line's sum of ``L`` squares is off by at most ``L·ε`` relative (all terms
-    are positive) and squares below the smallest normal number add at most ``numel · tiny``, so
-    ``total · (1 + (L + 2)·ε) + numel · tiny`` is an upper bound. An overflowing or zero fp32
-    result falls back to the float64 norm (zero must be exact: it means "nothing to restrain").
+
+def frobenius_sq_bound(a: torch.Tensor) -> float:
+    """An upper bound on ‖A‖_F² (for the Frobenius certificate), without a float64 copy of A.
+
+    Norms of contiguous chunks of at most 64 entries run in A's own (fp32) arithmetic, one cheap pass;
+    their squares are summed in float64. Each chunk's sum of squares is off by at most 66·ε relative
+    (all terms are positive) and squares below the smallest normal number add at most
+    ``numel · tiny``, so ``total · (1 + 66ε) + numel · tiny`` is an upper bound. Where that last term
+    could matter (tiny entries), where fp32 overflows, for strided or small matrices and for float64
+    input, the norm is computed in float64 instead (zero is then exact: "nothing to restrain").
     """
     if a.numel() == 0:
         return 0.0
-    dim = 1 if a.stride(1) == 1 else 0
-    lines = torch.linalg.vector_norm(a, dim=dim)
-    total = float((lines.to(torch.float64) ** 2).sum())
-    if math.isfinite(total) and total > 0.0:
+    a = a.detach()
+    rowwise = a.stride(1) == 1 or a.shape[1] == 1
+    if a.dtype != torch.float64 and a.numel() > (1 << 16) and (rowwise or a.stride(0) == 1):
+        lines = a if rowwise else a.T
+        rows, length = lines.shape
+        head = length - length % _NORM_CHUNK
+        parts = []
+        if head:
+            parts.append(torch.linalg.vector_norm(lines[:, :head].view(rows, head // _NORM_CHUNK, _NORM_CHUNK), dim=2))
+        if head < length:
+            parts.append(torch.linalg.vector_norm(lines[:, head:], dim=1))
+        total = sum(float((p.to(torch.float64) ** 2).sum()) for p in parts)
         info = torch.finfo(a.dtype)
-        return total * (1.0 + (a.shape[dim] + 2) * info.eps) + a.numel() * info.tiny
-    return float(torch.linalg.vector_norm(a, dtype=torch.float64) ** 2)
+        floor = a.numel() * info.tiny
+        if math.isfinite(total) and total >= 2.0 ** 30 * floor:
+            return total * (1.0 + (_NORM_CHUNK + 2) * info.eps) + floor
+    total = float(torch.linalg.vector_norm(a, dtype=torch.float64) ** 2)
+    return total * (1.0 + (a.numel() + 2) * torch.finfo(torch.float64).eps)
 
 
 def _as_operator(a: torch.Tensor | MatrixOperator) -> MatrixOperator:
     return DenseOperator(a) if isinstance(a, torch.Tensor) else a
+
+
+# Outside [2^-90, 2^90] an operator is rescaled by a power of two (see the module docstring): its
+# products with orthonormal blocks then stay normal and finite in fp32 (the orthonormalisation
+# rescales its own blocks beyond 2^±40).
+_SAFE_EXPONENT = 90
+# Kuczyński–Woźniakowski's constant: P[fail] ≤ 1.648 √n e^{−√ε(2k−1)} for one start vector.
+_KW_CONSTANT = 1.648
+# Beyond this many more blocks for the randomized bound, a dense Δ is solved directly instead.
+_MAX_CERTIFY_BLOCKS = 48
+# Columns of the fresh Gaussian block a freeze adds (the Gaussian-norm and KW bounds improve with it).
+_FRESH_COLUMNS = 16
+
+
+def _unsafe_exponent(norm: float) -> int:
+    """Binary exponent of ``norm`` when it lies outside the safe range, else 0."""
+    if not (norm > 0.0) or not math.isfinite(norm):
+        return 0
+    e = math.frexp(norm)[1]
+    return e if abs(e) > _SAFE_EXPONENT else 0
+
+
+class _Round:
+    """One freeze of the randomized certificate: deflated coordinates Y₀, the fresh Gaussian columns'
+    coordinates in the V basis, and the failure budget of this round."""
+
+    def __init__(self, y0: torch.Tensor, blocks_before: int, n_gauss: int, delta: float):
+        self.y0 = y0                    # (dim at freeze) × k₀, float64, orthonormal columns
+        self.blocks_before = blocks_before  # V blocks in the basis before the fresh one joined
+        self.n_gauss = n_gauss
+        self.delta = delta
+        self.coords: torch.Tensor | None = None  # (dim after joining) × n_gauss, set when it joins
+        self.checks = 0
+        self.norm_bound: float = math.inf        # Gaussian-norm bound, once evaluated
+
+    @property
+    def k0(self) -> int:
+        return self.y0.shape[1]
+
+    def deflated(self, t_mat: torch.Tensor) -> torch.Tensor:
+        """T (I − Y₀Y₀ᵀ) at the current basis size (Y₀ padded with zeros)."""
+        dim = t_mat.shape[1]
+        y = torch.zeros(dim, self.k0, dtype=torch.float64, device=t_mat.device)
+        y[: self.y0.shape[0]] = self.y0
+        return t_mat - (t_mat @ y) @ y.T
+
+
+def _gaussian_norm_bound(norms: torch.Tensor, delta: float) -> float:
+    """HMT Lemma 4.1: ‖B‖ ≤ max_i ‖Bω_i‖ / t with P[fail] ≤ (t√(2/π))^b; t chosen so that this is δ."""
+    b = norms.numel()
+    if b == 0:
+        return math.inf
+    t = delta ** (1.0 / b) * math.sqrt(math.pi / 2)
+    return float(norms.max()) / t
+
+
+def _kw_epsilon(n: int, k: int, b: int, delta: float) -> float:
+    """Smallest ε with (1.648 √n e^{−√ε(2k−1)})^b ≤ δ (≥ 1 means no bound yet)."""
+    if k < 2 or n < 8 or b < 1:
+        return math.inf
+    lam = math.log(_KW_CONSTANT * math.sqrt(n)) + math.log(1.0 / delta) / b
+    return (lam / (2 * k - 1)) ** 2
+
+
+def _kw_blocks_needed(n: int, b: int, delta: float, ratio: float) -> int:
+    """Krylov degree k at which the KW bound certifies θ̂ ≤ ratio·τ (ratio < 1)."""
+    eps_needed = 1.0 - ratio * ratio
+    if eps_needed <= 0.0:
+        return 1 << 30
+    lam = math.log(_KW_CONSTANT * math.sqrt(n)) + math.log(1.0 / delta) / b
+    return max(2, math.ceil((lam / math.sqrt(eps_needed) + 1) / 2))
 
 
 def topk_svd(
@@ -106,150 +253,322 @@ def topk_svd(
     frobenius_sq: float | None = None,
     generator: torch.Generator | None = None,
     backend: str = "torch",
+    failure_probability: float = DEFAULT_FAILURE_PROBABILITY,
 ) -> Triplets:
     """Top-``k`` singular triplets of ``a``, or all with σ ≥ ``threshold`` (exactly one of the two).
 
+    Threshold mode returns only with a certificate that no other singular value reaches the
+    threshold (see the module docstring; ``failure_probability`` bounds the randomized one).
     ``start_u``/``start_v``: previous left/right singular vectors to warm-start from (optional).
-    ``frobenius_sq``: ‖A‖_F² (or an upper bound) if known, enabling the Weyl certificate in threshold mode.
+    ``frobenius_sq``: ‖A‖_F² (or an upper bound) if known; computed here for a tensor ``a``.
     ``value_tol``: top-k mode, when only the values matter (σ*): a wanted value also counts as
     converged once its gap bound r²/δ ≤ ``value_tol``·θ₁ (see :func:`_value_error_bound`), which needs
     far fewer passes than a residual of ``tol`` when the top values are clustered.
+    ``generator``: source of the Gaussian blocks; None uses a private one with a fixed seed.
     ``backend``: resolved kernel backend (``"torch"``/``"triton"``) for the orthonormalisations;
     products go through the operator (which carries its own backend).
 
     Example::
 
         t = topk_svd(w0, k=1)                       # σ* = t.s[0]
-        t = topk_svd(delta, threshold=float(t.s[0]))  # every σ(Δ) ≥ σ*
+        t = topk_svd(delta, threshold=float(t.s[0]))  # every σ(Δ) ≥ σ*, certified
     """
     if (k is None) == (threshold is None):
         raise ValueError("topk_svd needs exactly one of k or threshold")
     if value_tol is not None and k is None:
         raise ValueError("value_tol applies to top-k mode only")
+    if threshold is not None and not (threshold > 0.0 and math.isfinite(threshold)):
+        raise ValueError(f"threshold must be positive and finite, got {threshold!r}")
+    if not 0.0 < failure_probability < 1.0:
+        raise ValueError(f"failure_probability must lie in (0, 1), got {failure_probability!r}")
+    dense = a if isinstance(a, torch.Tensor) else None
     op = _as_operator(a)
+    gen = generator if generator is not None else private_generator(op.device)
+    if threshold is not None and frobenius_sq is None and dense is not None:
+        frobenius_sq = frobenius_sq_bound(dense)
+    exponent = _unsafe_exponent(math.sqrt(frobenius_sq)) if frobenius_sq else 0
+    solver = _Solver(op, dense, k, threshold, start_u, start_v, block, oversample, tol, value_tol, frobenius_sq,
+                     gen, backend, failure_probability)
+    return solver.run(exponent)
 
-    def _orthonormalize(x: torch.Tensor, against: torch.Tensor | None = None):
-        return orthonormalize(x, against, backend=backend, generator=generator)
 
-    transposed = op.shape[0] < op.shape[1]
-    if transposed:
-        op = TransposedOperator(op)
-        start_u, start_v = start_v, start_u
-    m, n = op.shape
-    dt, dev = op.dtype, op.device
-    tol = default_tol(dt) if tol is None else tol
-    empty = Triplets(torch.zeros(m, 0, dtype=dt, device=dev), torch.zeros(0, dtype=torch.float64),
-                     torch.zeros(n, 0, dtype=dt, device=dev), 0.0, 0.0, 0, 0, True)
-    if n == 0 or m == 0 or k == 0:
-        return _orient(empty, transposed)
+class _Solver:
+    """One call of :func:`topk_svd`: the block Golub–Kahan recursion, its checks and its certificate."""
 
-    def randn(rows: int, cols: int) -> torch.Tensor:
-        return torch.randn(rows, cols, dtype=dt, device="cpu", generator=generator).to(dev)
+    def __init__(self, op, dense, k, threshold, start_u, start_v, block, oversample, tol, value_tol, frobenius_sq,
+                 generator, backend, failure_probability):
+        self.op0, self.dense = op, dense
+        self.k, self.threshold0, self.frobenius_sq0 = k, threshold, frobenius_sq
+        self.start_u, self.start_v = start_u, start_v
+        self.block, self.oversample, self.tol0, self.value_tol = block, oversample, tol, value_tol
+        self.generator, self.backend, self.delta = generator, backend, failure_probability
 
-    want_k = 0 if k is None else min(k, n)
-    starts = [] if start_v is None or start_v.shape[1] == 0 else [start_v.to(dt)]
-    n_start = sum(s.shape[1] for s in starts)
-    b = min(n, max(block, want_k + oversample, n_start + oversample))
-    v_blk, _, _ = _orthonormalize(torch.cat(starts + [randn(n, b - min(n_start, b))], 1)[:, :b])
-    u_blk, r, _ = _orthonormalize(op.matmul(v_blk))
-    products = 1
-    u_basis, v_basis = _Basis(u_blk, 8 * b), _Basis(v_blk, 8 * b)
-    z_basis = None  # Aᵀ U, kept so the final residual check costs no extra pass over A
-    u_last = u_blk
-    t_mat = r.to(torch.float64)
+    # -- set-up ----------------------------------------------------------------------------------
+    def run(self, exponent: int) -> Triplets:
+        out = self._solve(exponent)
+        if out is None:  # a product under- or overflowed: rescale by the operator's magnitude, redo
+            norm = magnitude(self.op0)
+            exponent = math.frexp(norm)[1] if norm > 0.0 and math.isfinite(norm) else 0
+            out = self._solve(exponent, rescaled=True)
+        return out
 
-    def _extend(v_next: torch.Tensor) -> None:
+    def _randn(self, rows: int, cols: int) -> torch.Tensor:
+        return gaussian(rows, cols, self.dt, self.dev, self.generator)
+
+    def _orth(self, x: torch.Tensor, against: torch.Tensor | None = None):
+        return orthonormalize(x, against, backend=self.backend, generator=self.generator)
+
+    def _solve(self, exponent: int, rescaled: bool = False) -> Triplets | None:
+        op = self.op0 if exponent == 0 else ScaledOperator(self.op0, -exponent)
+        self.exponent = exponent
+        start_u, start_v = self.start_u, self.start_v
+        self.transposed = op.shape[0] < op.shape[1]
+        if self.transposed:
+            op = TransposedOperator(op)
+            start_u, start_v = start_v, start_u
+        self.op = op
+        m, n = op.shape
+        self.m, self.n = m, n
+        self.dt, self.dev = op.dtype, op.device
+        self.tol = default_tol(self.dt) if self.tol0 is None else self.tol0
+        self.threshold = None if self.threshold0 is None else math.ldexp(self.threshold0, -exponent)
+        self.fro = None if self.frobenius_sq0 is None else math.ldexp(self.frobenius_sq0, -2 * exponent)
+        if n == 0 or m == 0 or self.k == 0:
+            return self._finish(self._empty())
+
+        want_k = 0 if self.k is None else min(self.k, n)
+        starts = [] if start_v is None or start_v.shape[1] == 0 else [start_v.to(self.dt)]
+        n_start = min(sum(s.shape[1] for s in starts), n)
+        b = min(n, max(self.block, want_k + self.oversample, n_start + self.oversample))
+        n_gauss = b - min(n_start, b)
+        x = torch.cat(starts + [self._randn(n, n_gauss)], 1)[:, :b]
+        v_blk, r_v, _ = self._orth(x)
+        y = op.matmul(v_blk)
+        if not rescaled and not _product_in_range(y):
+            return None
+        u_blk, r, _ = self._orth(y)
+        self.products = 1
+        cap = 8 * b
+        self.u_basis, self.v_basis = _Basis(u_blk, cap), _Basis(v_blk, cap)
+        self.z_basis = None  # Aᵀ U, kept so the final residual check costs no extra pass over A
+        self.u_last = u_blk
+        self.t_mat = r.to(torch.float64)
+        self.blocks = 1
+        self.round_no = 0
+        self.round: _Round | None = None
+        if self.threshold is not None and n_gauss > 0:
+            # Round 1 deflates nothing (P₀ = I), so the initial Gaussian columns already serve it.
+            self.round_no = 1
+            self.round = _Round(torch.zeros(0, 0, dtype=torch.float64), 0, n_gauss, self.delta / 2)
+            self.round.coords = r_v[:, b - n_gauss:].to(torch.float64)
+        return self._iterate(want_k)
+
+    def _empty(self) -> Triplets:
+        z = torch.zeros
+        return Triplets(z(self.m, 0, dtype=self.dt, device=self.dev), z(0, dtype=torch.float64),
+                        z(self.n, 0, dtype=self.dt, device=self.dev), 0.0, 0.0, 0, 0, True,
+                        "exact" if self.threshold is not None else "none")
+
+    # -- the recursion ---------------------------------------------------------------------------
+    def _extend(self, v_next: torch.Tensor) -> None:
         """Append the next right block, its product and the projected matrix's new columns."""
-        nonlocal t_mat, u_last, products
-        ub, dim = u_basis.view, v_basis.view.shape[1]
-        v_basis.append(v_next)
-        u_next, r, coeff = _orthonormalize(op.matmul(v_next), against=ub)
-        products += 1
-        top = torch.cat([t_mat, coeff.to(torch.float64)], 1)
+        ub, dim = self.u_basis.view, self.v_basis.view.shape[1]
+        self.v_basis.append(v_next)
+        u_next, r, coeff = self._orth(self.op.matmul(v_next), against=ub)
+        self.products += 1
+        t = self.t_mat
+        top = torch.cat([t, coeff.to(torch.float64)], 1)
         bottom = torch.cat([torch.zeros(r.shape[0], dim, dtype=torch.float64), r.to(torch.float64)], 1)
-        t_mat = torch.cat([top, bottom], 0)
-        u_basis.append(u_next)
-        u_last = u_next
+        self.t_mat = torch.cat([top, bottom], 0)
+        self.u_basis.append(u_next)
+        self.u_last = u_next
+        self.blocks += 1
 
-    verified_failures = 0
-    n_want = want_k
-    since_check = 0
-    while True:
-        ub, vb = u_basis.view, v_basis.view
-        z = op.rmatmul(u_last)
-        products += 1
-        if z_basis is None:
-            z_basis = _Basis(z, 8 * b)
-        else:
-            z_basis.append(z)
-        dim = vb.shape[1]
-        remaining = n - dim
-        b_last = u_last.shape[1]
-        # The dense SVD of the projected dim×dim matrix grows like dim³ and outweighs a block's two
-        # products beyond dim ≈ 128 (13 ms at 368, against ~4 ms of products at 1600×6400). Past
-        # that size, test convergence only every ~dim/128 blocks: at most a few blocks too many.
-        since_check += 1
-        due = since_check * _CHECK_EVERY_BLOCK_UP_TO >= dim or remaining <= b_last
-        if due:
-            since_check = 0
-            p, theta, qt = torch.linalg.svd(t_mat)
-            if float(theta[0]) == 0.0:
-                return _orient(empty, transposed)
-            # Decide how many triplets we want and how large the next block should be.
-            if threshold is None:
-                n_want = min(want_k, dim)
-                guard = None
+    def _iterate(self, want_k: int) -> Triplets:
+        op, n, threshold = self.op, self.n, self.threshold
+        verified_failures = 0
+        n_want = want_k
+        prev_want = -1
+        since_check = 0
+        while True:
+            ub, vb = self.u_basis.view, self.v_basis.view
+            z = op.rmatmul(self.u_last)
+            self.products += 1
+            if self.z_basis is None:
+                self.z_basis = _Basis(z, ub.shape[1] * 8)
             else:
-                n_want = int((theta >= threshold).sum())
-                guard = n_want if n_want < dim else None
-        b_next = min(remaining, max(b_last, min(2 * b_last, max(block, n_want + oversample))))
-        if remaining > 0:
-            extra = b_next - b_last
-            x = z if extra <= 0 else torch.cat([z, randn(n, extra)], 1)
-            if remaining < x.shape[1]:
-                x = randn(n, remaining)  # complete the basis; coupling read off below
-                v_next, _, _ = _orthonormalize(x, against=vb)
-                s_coupling = v_next.T @ z
-            else:
-                v_next, r_full, _ = _orthonormalize(x, against=vb)
-                s_coupling = r_full[:, :b_last]
+                self.z_basis.append(z)
+            dim = vb.shape[1]
+            remaining = n - dim
+            b_last = self.u_last.shape[1]
+            # The dense SVD of the projected dim×dim matrix grows like dim³ and outweighs a block's
+            # two products beyond dim ≈ 128 (13 ms at 368, against ~4 ms of products at 1600×6400).
+            # Past that size, test convergence only every ~dim/128 blocks: a few blocks too many at most.
+            since_check += 1
+            due = since_check * _CHECK_EVERY_BLOCK_UP_TO >= dim or remaining <= b_last
             if due:
-                res = torch.linalg.vector_norm(s_coupling.to(torch.float64) @ p[-b_last:, :dim], dim=0)
-        else:
-            v_next = None
-            res = torch.zeros(dim, dtype=torch.float64)
-        if not due:
-            _extend(v_next)
-            continue
+                since_check = 0
+                p, theta, qt = torch.linalg.svd(self.t_mat)
+                scale = float(theta[0])
+                rho = self.tol * scale
+                if threshold is None:
+                    if scale == 0.0:
+                        return self._finish(self._empty())
+                    n_want = min(want_k, dim)
+                else:
+                    # Values in the rounding band [τ − ρ, τ) are deflated (certified against) too.
+                    n_want = int((theta >= threshold - rho).sum()) if scale > 0.0 else 0
+            saturated = threshold is not None and n_want > dim // 2
+            if saturated:  # most of the basis lies above τ: more values (or copies) are likely beyond
+                b_next = min(remaining, max(b_last, 2 * n_want + self.oversample))
+            else:
+                b_next = min(remaining, max(b_last, min(2 * b_last, max(self.block, n_want + self.oversample))))
+            if remaining > 0:
+                extra = b_next - b_last
+                x = z if extra <= 0 else torch.cat([z, self._randn(n, extra)], 1)
+                if remaining < x.shape[1]:
+                    x = self._randn(n, remaining)  # complete the basis; coupling read off below
+                    v_next, _, _ = self._orth(x, against=vb)
+                    s_coupling = v_next.T @ z
+                else:
+                    v_next, r_full, _ = self._orth(x, against=vb)
+                    s_coupling = r_full[:, :b_last]
+                if due:
+                    res = torch.linalg.vector_norm(s_coupling.to(torch.float64) @ p[-b_last:, :dim], dim=0)
+            else:
+                v_next = None
+                res = torch.zeros(dim, dtype=torch.float64)
+            if not due:
+                self._extend(v_next)
+                continue
+            wanted_ok = bool((res[:n_want] <= self.tol * scale).all())
+            if self.value_tol is not None and not wanted_ok:
+                wanted_ok = bool((_value_error_bound(theta, res, n_want) <= self.value_tol * scale).all())
+            certified, bound, how = False, math.inf, "none"
+            if threshold is not None:
+                if remaining == 0:
+                    certified, bound, how = True, 0.0, "exact"
+                else:
+                    certified, bound, how = self._certify(theta, n_want, dim)
+            if (wanted_ok and (threshold is None or certified)) or v_next is None:
+                n_ret = n_want if threshold is None else int((theta[:n_want] >= threshold).sum())
+                u_k = ub @ p[:, :n_ret].to(self.dt)
+                v_k = vb @ qt[:n_ret].T.to(self.dt)
+                s_k = theta[:n_ret].clone()
+                residuals = _explicit_residuals(self.z_basis.view @ p[:, :n_ret].to(self.dt), s_k, v_k)
+                explicit = float(residuals.max()) / scale if n_ret else 0.0
+                # Accept when the explicit residual agrees with the cheap estimate (rounding aside), or
+                # the basis is complete and nothing more can be gained.
+                accepted = explicit <= max(4 * self.tol, 16 * default_tol(self.dt))
+                if self.value_tol is not None and not accepted:
+                    bound_v = _value_error_bound(theta, torch.cat([residuals, res[n_ret:]]), n_ret)
+                    accepted = bool((bound_v <= 4 * self.value_tol * scale).all())
+                if accepted or v_next is None or verified_failures >= 3:
+                    next_value = float(theta[n_ret]) if n_ret < dim else 0.0
+                    cert = "exact" if threshold is not None and v_next is None else how
+                    out = Triplets(u_k, s_k, v_k, explicit, next_value, dim, self.products, remaining == 0, cert,
+                                   0.0 if cert in ("exact", "none") else bound,
+                                   self.delta if cert == "randomized" else 0.0)
+                    return self._finish(out)
+                verified_failures += 1
+            if threshold is not None and not certified:
+                if how in ("failed", "slow") and self.round is not None:
+                    if how == "slow" and self.dense is not None:
+                        return self._direct()
+                    self.round = None  # "failed": a value ≥ τ − ρ lies in the deflated space
+                if self.dense is not None and dim + v_next.shape[1] > n // 2:
+                    # The basis would cover half the short side: one dense float64 solve costs less.
+                    return self._direct()
+                if self.round is None:
+                    nxt = float(theta[n_want]) if n_want < dim else 0.0
+                    gap = max(threshold - rho - nxt, 0.0)
+                    res_ok = not n_want or float(res[:n_want].max()) <= max(self.tol * scale, 0.1 * gap)
+                    if n_want == prev_want and res_ok and remaining - v_next.shape[1] >= _FRESH_COLUMNS:
+                        v_next = self._freeze(qt[:n_want].T.contiguous(), vb, v_next)
+            prev_want = n_want
+            self._extend(v_next)
+
+    def _freeze(self, y0: torch.Tensor, vb: torch.Tensor, v_next: torch.Tensor) -> torch.Tensor:
+        """Start a randomized-certificate round: deflate the Ritz coordinates Y₀ and let a fresh Gaussian
+        block (drawn now, so independent of Y₀) join the next V block; returns that block."""
+        self.round_no += 1
+        fresh = self._randn(self.n, _FRESH_COLUMNS)
+        basis = torch.cat([vb, v_next], 1)
+        v_fresh, r_fresh, coeff = self._orth(fresh, against=basis)
+        rnd = _Round(y0.to(torch.float64), self.blocks, _FRESH_COLUMNS, self.delta * 0.5 ** self.round_no)
+        rnd.coords = torch.cat([coeff, r_fresh], 0).to(torch.float64)  # fresh = [V, v_next, v_fresh] coords
+        self.round = rnd
+        return torch.cat([v_next, v_fresh], 1)
+
+    def _certify(self, theta: torch.Tensor, n_want: int, dim: int) -> tuple[bool, float, str]:
+        """Whether no singular value beyond the ``n_want`` deflated ones reaches τ.
+
+        Returns ``(certified, bound, how)``; ``how`` is ``"frobenius"``/``"randomized"`` when certified,
+        else ``"failed"`` (the round's deflated space holds a value ≥ τ − ρ: refreeze), ``"slow"``
+        (the randomized bound would need more than ``_MAX_CERTIFY_BLOCKS`` blocks) or ``"pending"``.
+        """
+        tau = self.threshold
         scale = float(theta[0])
-        wanted_ok = bool((res[:n_want] <= tol * scale).all())
-        if value_tol is not None and not wanted_ok:
-            wanted_ok = bool((_value_error_bound(theta, res, n_want) <= value_tol * scale).all())
-        # The guard need not be resolved inside a cluster of small values: it is enough that its
-        # residual interval already lies below the threshold.
-        guard_ok = guard is None or float(res[guard]) <= tol * scale or float(theta[guard] + res[guard]) < threshold
-        if threshold is not None and guard is not None and not guard_ok and frobenius_sq is not None:
-            tail = math.sqrt(max(frobenius_sq - float((t_mat ** 2).sum()), 0.0))
-            guard_ok = float(theta[guard]) + tail < threshold
-        enough_room = threshold is None or guard is not None or remaining == 0
-        if (wanted_ok and guard_ok and enough_room) or v_next is None:
-            u_k = ub @ p[:, :n_want].to(dt)
-            v_k = vb @ qt[:n_want].T.to(dt)
-            s_k = theta[:n_want].clone()
-            residuals = _explicit_residuals(z_basis.view @ p[:, :n_want].to(dt), s_k, v_k)
-            explicit = float(residuals.max()) / scale if n_want else 0.0
-            # Accept when the explicit residual agrees with the cheap estimate (rounding aside), or the
-            # basis is complete and nothing more can be gained.
-            accepted = explicit <= max(4 * tol, 16 * default_tol(dt))
-            if value_tol is not None and not accepted:
-                bound = _value_error_bound(theta, torch.cat([residuals, res[n_want:]]), n_want)
-                accepted = bool((bound <= 4 * value_tol * scale).all())
-            if accepted or v_next is None or verified_failures >= 3:
-                next_value = float(theta[n_want]) if n_want < dim else 0.0
-                out = Triplets(u_k, s_k, v_k, explicit, next_value, dim, products, remaining == 0)
-                return _orient(out, transposed)
-            verified_failures += 1
-        _extend(v_next)
+        rho = self.tol * scale
+        eps = torch.finfo(self.dt).eps
+        best = math.inf
+        if self.fro is not None:
+            nxt = float(theta[n_want]) if n_want < dim else 0.0
+            t_sq = float((self.t_mat ** 2).sum())
+            margin = (4 * dim + 2 * math.sqrt(max(self.m, self.n))) * eps * self.fro
+            tail_sq = max(self.fro - t_sq, 0.0) + margin
+            bound_f = math.sqrt(nxt * nxt + tail_sq) + rho
+            if bound_f < tau:
+                return True, math.ldexp(bound_f, self.exponent), "frobenius"
+            best = bound_f
+        rnd = self.round
+        if rnd is None or rnd.coords is None:
+            return False, best, "pending"
+        deflated = rnd.deflated(self.t_mat)
+        theta_hat = float(torch.linalg.matrix_norm(deflated, 2)) if deflated.numel() else 0.0
+        if theta_hat >= tau - rho:
+            return False, best, "failed"
+        if not math.isfinite(rnd.norm_bound):
+            c = torch.zeros(dim, rnd.n_gauss, dtype=torch.float64)
+            c[: rnd.coords.shape[0]] = rnd.coords
+            rnd.norm_bound = _gaussian_norm_bound(torch.linalg.vector_norm(deflated @ c, dim=0), rnd.delta / 2)
+        bound_r = rnd.norm_bound + rho
+        rnd.checks += 1
+        degree = self.blocks - rnd.blocks_before - 1  # multiplications by P₀AᵀAP₀ in the space
+        delta_check = rnd.delta / 2 / (rnd.checks * (rnd.checks + 1))
+        eps_kw = _kw_epsilon(self.n, degree, rnd.n_gauss, delta_check)
+        if eps_kw < 1.0:
+            bound_r = min(bound_r, theta_hat / math.sqrt(1.0 - eps_kw) + rho)
+        if bound_r < tau:
+            return True, math.ldexp(bound_r, self.exponent), "randomized"
+        needed = _kw_blocks_needed(self.n, rnd.n_gauss, delta_check, theta_hat / (tau - rho))
+        if needed - degree > _MAX_CERTIFY_BLOCKS:
+            return False, min(best, bound_r), "slow"
+        return False, min(best, bound_r), "pending"
+
+    def _direct(self) -> Triplets:
+        """The whole answer from one float64 solve of the dense matrix (exact to rounding)."""
+        out = direct_triplets(self.dense, self.threshold0)
+        out.products = self.products
+        return out
+
+    def _finish(self, out: Triplets) -> Triplets:
+        """Undo the power-of-two scaling (exact) and the transposition."""
+        if self.exponent:
+            out.s = out.s * math.ldexp(1.0, self.exponent)
+            out.next_value = math.ldexp(out.next_value, self.exponent)
+        return _orient(out, self.transposed)
+
+
+def _product_in_range(y: torch.Tensor) -> bool:
+    """Whether a first product is finite and of a size whose squares fp32 holds (else rescale)."""
+    if y.numel() == 0:
+        return True
+    lo, hi = torch.aminmax(y)
+    amax = max(-float(lo), float(hi))
+    if not math.isfinite(amax):
+        return False
+    return amax == 0.0 or abs(math.frexp(amax)[1]) <= _SAFE_EXPONENT
 
 
 # Below this short side, or when a large share of the spectrum is wanted, one dense float64 solve
@@ -363,4 +682,5 @@ def _value_error_bound(theta: torch.Tensor, res: torch.Tensor, n_want: int) -> t
 def _orient(t: Triplets, transposed: bool) -> Triplets:
     if not transposed:
         return t
-    return Triplets(t.v, t.s, t.u, t.residual, t.next_value, t.basis_size, t.products, t.exact)
+    return Triplets(t.v, t.s, t.u, t.residual, t.next_value, t.basis_size, t.products, t.exact, t.certificate,
+                    t.bound, t.failure_probability)
