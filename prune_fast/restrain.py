@@ -97,12 +97,17 @@ def restrain_(
     _validate.check_matrix("weight", weight)
     _validate.check_matrix("delta", delta)
     _validate.check_same_placement("delta", delta, "weight", weight)
+    if _validate.shares_memory(delta, weight):  # writing the weight would change delta under us
+        raise _validate.InvalidInputError("delta shares memory with weight (the same tensor or a view of it); "
+                                          "restrain_ writes weight and only reads delta: pass a separate delta")
     f = resolve_fn(fn, alpha)
     acc = compute_dtype(weight)
     sigma_star = _validate.check_sigma_star(sigma_star, acc)
     used = resolve_backend(_validate.check_backend(backend), weight.device)
 
     d = delta.detach().to(acc)
+    if d.dtype != delta.dtype:  # a float64 delta beyond the fp32 range overflows in the conversion
+        _validate.check_finite(f"delta (in {str(acc).replace('torch.', '')})", d)
     if sigma_star is None:
         sigma_star = _sigma_star_of_difference(weight.detach(), d, acc, used, generator)
     trip = triplets_at_or_above(d, sigma_star, used, generator)
@@ -131,13 +136,17 @@ def _sigma_star_of_difference(weight: torch.Tensor, d: torch.Tensor, acc: torch.
                               generator: torch.Generator | None = None) -> float:
     """σ_max(W − Δ) for ``restrain_`` when σ* was not given; refuses a W0 that is exactly zero."""
     if backend == "triton":
-        op = ImplicitDifferenceOperator(weight, d, backend=backend)  # never formed
+        # Never formed: an overflowing W − Δ shows as a non-finite σ*.
+        op = ImplicitDifferenceOperator(weight, d, backend=backend)
         sigma = sigma_max(op, generator=generator, backend=backend)[0]
+        if not math.isfinite(sigma):
+            raise _validate.InvalidInputError(f"weight - delta (W0) overflows {acc}: σ_max(W0) = {sigma}")
         if sigma == 0.0:
             _refuse_zero_w0(bool(torch.equal(weight.to(acc), d)))
         return sigma
     if weight.device.type != "cpu":
         w0 = weight.to(acc) - d
+        _validate.check_finite("weight - delta (W0)", w0)
         sigma = sigma_max(w0, generator=generator, backend=backend)[0]
         if sigma == 0.0:
             _refuse_zero_w0(not bool(w0.any()))
@@ -147,6 +156,7 @@ def _sigma_star_of_difference(weight: torch.Tensor, d: torch.Tensor, acc: torch.
     # 1600×6400, see _scratch.py).
     with _scratch.borrow(tuple(weight.shape), acc) as w0:
         torch.sub(weight, d, out=w0)
+        _validate.check_finite("weight - delta (W0)", w0)  # W and Δ finite, W − Δ may still overflow
         sigma = sigma_max(w0, generator=generator, backend=backend)[0]
         if sigma == 0.0:
             _refuse_zero_w0(not bool(w0.any()))
@@ -195,7 +205,9 @@ def apply_triplets_(weight: torch.Tensor, trip: Triplets, f: RestraintFn, sigma_
     if note:
         logger.warning("restrain_: %s", note)
     s_new, c = correction_for(s, f, sigma_star)
-    apply_correction_(weight.data, -(u * c.to(u.dtype)), v, backend=backend)
+    # The tensor itself, not .data: the write bumps its version counter, so autograd refuses a
+    # later backward through a graph that saved the old weight (as for any in-place change).
+    apply_correction_(weight, -(u * c.to(u.dtype)), v, backend=backend)
     return RestrainResult(
         n_restrained=int(s.numel()), sigma_star=sigma_star, sigma_before=s.tolist(), sigma_after=s_new.tolist(),
         elapsed_s=time.perf_counter() - start, backend=backend, fn=f.describe(), residual=residual,

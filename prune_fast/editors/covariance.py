@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .architectures import EditSite, resolve_module
+from .errors import EditorError
 from .probes import encode, input_device, pad_rows
 
 __all__ = ["CovarianceStore", "read_corpus", "model_key"]
@@ -74,7 +75,7 @@ class CovarianceStore:
                  batch_size: int = 64, progress: bool = True) -> None:
         texts = [t for t in corpus if isinstance(t, str) and t.strip()]
         if not texts:
-            raise ValueError("the covariance corpus is empty")
+            raise EditorError("the covariance corpus is empty")
         self.corpus = texts
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
         self.model_id = model_id
@@ -119,7 +120,7 @@ class CovarianceStore:
                 save_file({"mom2": cov.contiguous()}, str(tmp), metadata={"module": site.module_name, "n": str(n)})
                 tmp.replace(path)
         if cov.shape != (site.d_in, site.d_in):
-            raise ValueError(f"covariance for {site.module_name} has shape {tuple(cov.shape)}, expected "
+            raise EditorError(f"covariance for {site.module_name} has shape {tuple(cov.shape)}, expected "
                              f"({site.d_in}, {site.d_in}); delete {path}")
         self._memory[key] = cov
         return cov
@@ -161,6 +162,6 @@ class CovarianceStore:
             handle.remove()
             model.train(was_training)
         if count == 0:
-            raise ValueError("the covariance corpus produced no tokens")
+            raise EditorError("the covariance corpus produced no tokens")
         logger.info("key covariance of %s from %d tokens of %d texts", site.module_name, count, len(texts))
         return (acc / count).float().cpu()

@@ -15,9 +15,10 @@ Example::
 from __future__ import annotations
 
 import torch
+from torch.autograd.graph import increment_version
 
 from .dispatch import check_triton_device, triton_kernel
-from .settings import INPUT_PRECISION, cdiv, launch_config
+from .settings import cdiv, launch_config
 
 try:
     import triton.language as tl
@@ -82,7 +83,7 @@ def _launch_low_rank_update(out: torch.Tensor, base: torch.Tensor, dense: torch.
         out.stride(0), out.stride(1), base.stride(0), base.stride(1), d.stride(0), d.stride(1),
         left.stride(0), left.stride(1), right.stride(0), right.stride(1),
         HAS_DENSE=dense is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        INPUT_PRECISION=INPUT_PRECISION, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        INPUT_PRECISION=cfg.input_precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 
@@ -158,7 +159,7 @@ def apply_correction_(weight: torch.Tensor, left: torch.Tensor, right: torch.Ten
     """
     _check(weight, left, right)
     if _use_triton(backend, weight):
-        return apply_correction_triton_(weight, left, right)
+        return _bump_version(apply_correction_triton_(weight, left, right))
     return apply_correction_torch_(weight, left, right)
 
 
@@ -167,5 +168,12 @@ def write_restrained_(weight: torch.Tensor, w0: torch.Tensor, left: torch.Tensor
     """W ← W0 + dense + left @ rightᵀ (rounded once); shapes as in :func:`apply_correction_`."""
     _check(weight, left, right)
     if _use_triton(backend, weight):
-        return write_restrained_triton_(weight, w0, left, right, dense)
+        return _bump_version(write_restrained_triton_(weight, w0, left, right, dense))
     return write_restrained_torch_(weight, w0, left, right, dense)
+
+
+def _bump_version(weight: torch.Tensor) -> torch.Tensor:
+    """A kernel's write is invisible to autograd; count it as the in-place change it is (the torch
+    versions bump the version counter themselves)."""
+    increment_version(weight)
+    return weight
