@@ -34,30 +34,34 @@ in [τ − ρ, τ), with ρ the rounding margin below, are deflated too but not 
    ‖A‖_F² this costs nothing, and it settles every Δ of rank below the basis size.
 3. *Randomized (probabilistic, failure probability ≤ ``failure_probability``, 1e-10 by default)*,
    for a dense Δ whose mass below τ keeps the Frobenius tail large. Once the wanted triplets have
-   converged their right vectors V₀ are frozen, P₀ = I − V₀V₀ᵀ, and a fresh Gaussian block Ω
-   (independent of P₀) joins the next V block. By Courant–Fischer σ_{k+1}(A) ≤ ‖AP₀‖ for any V₀,
-   and ‖AP₀‖ is bounded from the growing space S ⊇ K_j(P₀AᵀAP₀, Ω) in two ways:
+   converged (and the next Ritz value's residual interval lies below τ − ρ), their right vectors V₀
+   are fixed, P₀ = I − V₀V₀ᵀ, and a second chain starts from a fresh Gaussian block Ω (drawn now,
+   so independent of P₀) on B = AP₀, i.e. with its V blocks kept orthogonal to V₀. By
+   Courant–Fischer σ_{k+1}(A) ≤ ‖B‖ for any V₀, and ‖B‖ is bounded from that chain in two ways:
 
    - Halko, Martinsson & Tropp, SIAM Review 53 (2011), Lemma 4.1 (after Dixon 1983): for a fixed B
      and independent standard Gaussian ω_1..ω_b, P[max_i ‖Bω_i‖ ≤ t‖B‖] ≤ (t√(2/π))^b; so
-     ‖AP₀‖ ≤ max_i ‖AP₀ω_i‖ / t except with that probability. Sharp when AP₀ is tiny (the rest of
-     a low-rank Δ is rounding noise), one block after the freeze.
+     ‖B‖ ≤ max_i ‖Bω_i‖ / t except with that probability. Sharp when B is tiny (the rest of a
+     low-rank Δ is rounding noise): it certifies after one block.
    - Kuczyński & Woźniakowski, SIAM J. Matrix Anal. Appl. 13 (1992), Thm 4.2: for a symmetric PSD
      n×n matrix M and a start uniform on the sphere, the largest Ritz value ξ of the Krylov space
      [b, Mb, …, M^k b] satisfies P[ξ ≤ (1 − ε)λ₁(M)] ≤ 1.648 √n e^{−√ε(2k−1)} (k ≥ 2, n ≥ 8). The
-     block space contains the Krylov space of each Gaussian column, whose directions are
-     independent, so with θ̂ = max over S ⊥ V₀ of ‖Ax‖ (= ‖T(I − Y₀Y₀ᵀ)‖₂, Y₀ the coordinates of
-     V₀), ‖AP₀‖ ≤ θ̂ / √(1 − ε) except with probability (1.648 √n e^{−√ε(2k−1)})^b. Gap-free: it
-     settles a dense spectrum just below τ in a few blocks, and needs more the closer it hugs τ.
+     block space contains the Krylov space of BᵀB from each Gaussian column (P₀ω has the same
+     Krylov Ritz values as a start that is uniform on the sphere, or larger), and the columns are
+     independent, so with θ̂ = ‖T_B‖₂ (T_B = U_Bᵀ B V_B) ‖B‖ ≤ θ̂ / √(1 − ε) except with
+     probability (1.648 √n e^{−√ε(2k−1)})^b. Gap-free: a dense spectrum up to 0.8τ takes about six
+     blocks of 16 columns; the closer it hugs τ, the more.
 
-   The failure budget is split over the freezes (δ/2^r for the r-th) and, within one, half to the
-   Gaussian-norm bound and the rest over the checks (δ/(2j(j+1)) for the j-th), so the stopping rule
-   cannot spend more than ``failure_probability`` in all. The probability is over the Gaussian
-   blocks: with the fixed seed used when no ``generator`` is given, it is the chance that a given Δ
-   happens to be one of the rare inputs that seed fails on. If θ̂ reaches τ − ρ, the deflated
-   space holds another value at or above the band: it is found, V₀ refrozen and a new Ω drawn.
-   Where the bound would need many more blocks (a dense Δ hugging τ) and A is a dense tensor, the
-   direct float64 solve decides instead.
+   The failure budget is split over the certificate rounds (δ_r = δ/2^r for the r-th; round 1 uses
+   the search chain's own Gaussian start while nothing reaches τ − ρ, as then V₀ is empty) and,
+   within one, half to the Gaussian-norm bound and half over the checks (δ_r/(2j(j+1)) for the j-th), so
+   the stopping rule cannot spend more than ``failure_probability`` in all. The probability is over
+   the Gaussian blocks: with the fixed seed used when no ``generator`` is given, it is the chance
+   that a given Δ happens to be one of the rare inputs that seed fails on. If θ̂ reaches τ − ρ the
+   deflated space holds another value at or above the band: its directions join the search chain,
+   which goes on, and a new round starts later. Where the bound would need more blocks than a
+   direct solve costs (a cost model; a dense Δ hugging τ) and A is a dense tensor, the direct
+   float64 solve decides instead.
 
 Rounding margin: Ritz values, residuals and bounds come from fp32 products (fp64 for fp64 inputs),
 accurate to about ρ = ``tol``·θ₁ (64 ulp of σ_max, the residual level the solver asks for and

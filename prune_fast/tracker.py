@@ -384,7 +384,7 @@ def _check_state(weight: torch.Tensor, state: object, fn: object) -> dict[str, A
         raise InvalidInputError(f"state is for a {meta['dtype']} weight of shape {meta['shape']!r}, "
                                 f"got {weight.dtype} {tuple(weight.shape)}")
     try:
-        _validate.check_sigma_star(meta["sigma_star"])
+        _validate.check_sigma_star(meta["sigma_star"], compute_dtype(weight))
         if meta["sigma_star"] is None:
             raise InvalidInputError("sigma_star is missing")
     except InvalidInputError as e:
