@@ -37,7 +37,7 @@ from .covariance import CovarianceStore
 from .hparams import MEMITHyperParams
 from .probes import AddAtOutput, encode, make_batch, site_index
 from .requests import EditRequest
-from .rome import check_requests, covariance_for, mean_key
+from .rome import check_requests, covariance_factor, mean_key
 from .values import ValueResult, optimize_value
 
 __all__ = ["MEMITResult", "compute_memit"]
@@ -84,6 +84,14 @@ def _block_outputs(model: nn.Module, tokenizer: Any, block: nn.Module, requests:
     return probe.before
 
 
+def _memit_key_side(chol: torch.Tensor, keys: torch.Tensor, lam: float) -> torch.Tensor:
+    """``(λC + K Kᵀ)⁻¹ K`` from the cached Cholesky factor of ``C``: with ``X = C⁻¹ K`` it equals
+    ``X (λI + Kᵀ X)⁻¹`` (push-through identity), a ``b × b`` solve instead of a ``d_in × d_in`` one."""
+    x = torch.cholesky_solve(keys, chol)                                                 # (d_in, b)
+    small = lam * torch.eye(keys.shape[1], dtype=keys.dtype, device=keys.device) + keys.T @ x
+    return torch.linalg.solve(small, x.T).T                                              # small is symmetric
+
+
 def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp: MEMITHyperParams,
                   covariance: CovarianceStore | torch.Tensor | dict[int, torch.Tensor]) -> MEMITResult:
     """The MEMIT updates for a batch of requests; the model is left unchanged.
@@ -94,8 +102,11 @@ def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditReque
     hp.validate()
     reqs = check_requests(requests)
     sites = [resolve_site(model, layer, hp.mlp_out_template, hp.layer_template) for layer in hp.layers]
-    covs = [covariance_for(model, tokenizer, s, hp, covariance[s.layer] if isinstance(covariance, dict) else covariance)
-            for s in sites]  # all before any update exists: statistics of the unedited model
+    # all before any update exists: statistics of the unedited model, every layer from one pass
+    if isinstance(covariance, CovarianceStore):
+        covariance.get_many(model, tokenizer, sites, hp.cov_samples, hp.cov_max_tokens)
+    chols = [covariance_factor(model, tokenizer, s, hp, covariance[s.layer] if isinstance(covariance, dict)
+                               else covariance) for s in sites]
     z_block = resolve_module(model, sites[-1].layer_name)
 
     searches = [optimize_value(model, tokenizer, r, z_block, hp) for r in reqs]
@@ -105,7 +116,7 @@ def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditReque
     pending = _PendingUpdates()
     updates: list[FactoredUpdate] = []
     n_layers = len(sites)
-    for j, (site, cov) in enumerate(zip(sites, covs)):
+    for j, (site, chol) in enumerate(zip(sites, chols)):
         module = resolve_module(model, site.module_name)
         dev = module.weight.device
         with ExitStack() as stack:
@@ -113,8 +124,7 @@ def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditReque
             keys = mean_key(model, tokenizer, module, reqs, hp).to(dev).double().T     # (d_in, b)
             current = _block_outputs(model, tokenizer, z_block, reqs, hp.site)          # (b, d)
         resid = ((targets - current.to(dev_z)) / (n_layers - j)).to(dev).double().T  # (d, b)
-        a = hp.mom2_update_weight * cov + keys @ keys.T
-        kv = torch.linalg.solve(a, keys)                                              # (d_in, b)
+        kv = _memit_key_side(chol, keys, hp.mom2_update_weight)                       # (d_in, b)
         u, v = site.factors(resid.float(), kv.float())
         updates.append(FactoredUpdate(site.param_name, u, v, site.layer))
         pending.add(module, resid.float(), kv.float())

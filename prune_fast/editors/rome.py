@@ -29,14 +29,15 @@ from torch import nn
 
 from .apply import FactoredUpdate
 from .architectures import EditSite, Layout, resolve_module, resolve_site
-from .covariance import CovarianceStore
+from .covariance import CovarianceStore, cholesky_of
 from .errors import MalformedRequestError
 from .hparams import ROMEHyperParams, ValueHyperParams
 from .probes import encode, make_batch, module_inputs_at, site_index
 from .requests import EditRequest
 from .values import ValueResult, optimize_value
 
-__all__ = ["ROMEResult", "compute_rome", "mean_key", "module_output", "covariance_for"]
+__all__ = ["ROMEResult", "compute_rome", "mean_key", "module_output", "covariance_for",
+           "covariance_factor"]
 
 logger = logging.getLogger(__name__)
 
@@ -97,6 +98,19 @@ def covariance_for(model: nn.Module, tokenizer: Any, site: EditSite, hp: ValueHy
     return cov.to(resolve_module(model, site.module_name).weight.device, torch.float64)
 
 
+def covariance_factor(model: nn.Module, tokenizer: Any, site: EditSite, hp: ValueHyperParams,
+                      covariance: CovarianceStore | torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """Lower Cholesky factor of ``C + ridge · mean(diag C) · I``, float64 on the module's device.
+
+    From a store it is factored once per module and statistics and reused by every later edit; a
+    tensor given directly is factored on each call.
+    """
+    dev = resolve_module(model, site.module_name).weight.device
+    if isinstance(covariance, CovarianceStore):
+        return covariance.factor(model, tokenizer, site, hp.cov_samples, hp.cov_max_tokens, ridge).to(dev)
+    return cholesky_of(covariance_for(model, tokenizer, site, hp, covariance), ridge, site.module_name)
+
+
 def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROMEHyperParams,
                  covariance: CovarianceStore | torch.Tensor) -> ROMEResult:
     """The ROME update for one request (see the module docstring); the model is left unchanged.
@@ -108,7 +122,7 @@ def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROM
     (request,) = check_requests([request])
     site = resolve_site(model, hp.layer, hp.mlp_out_template, hp.layer_template)
     module = resolve_module(model, site.module_name)
-    cov = covariance_for(model, tokenizer, site, hp, covariance)
+    chol = covariance_factor(model, tokenizer, site, hp, covariance, hp.cov_ridge)
 
     key = mean_key(model, tokenizer, module, [request], hp)[0]                    # (d_in,)
     search = optimize_value(model, tokenizer, request, module, hp)
@@ -118,9 +132,7 @@ def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROM
     current = module_output(module, site, key[None])[0]                           # W k* + b
 
     k64 = key.double()
-    if hp.cov_ridge > 0:
-        cov = cov + hp.cov_ridge * cov.diagonal().mean() * torch.eye(site.d_in, dtype=cov.dtype, device=cov.device)
-    cinv_k = torch.linalg.solve(cov, k64)                                         # C⁻¹ k*
+    cinv_k = torch.cholesky_solve(k64[:, None], chol)[:, 0]                        # C⁻¹ k*
     left = cinv_k / (k64 @ cinv_k)                                                # (d_in,)
     right = (value - current).double()                                            # (d_out,)
     u, v = site.factors(right[:, None].float(), left[:, None].float())
