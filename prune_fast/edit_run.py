@@ -142,6 +142,7 @@ def _check_editor_options(job: EditJob) -> None:
 def run_edit(job: EditJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
     from .editors import CovarianceStore, MEMITHyperParams, ROMEHyperParams, read_corpus
+    from .editors.covariance import default_cache_dir
     from .evaluation import Evaluator, load_task_jsonl, world_abilities
     from .run_results import results_document, write_results
     from .runner import SequentialEditor
@@ -176,7 +177,8 @@ def run_edit(job: EditJob) -> dict[str, Any]:
         probe = SequentialEditor(model, tok, config=_run_config(job), progress=False, **editor_kwargs)
         Journal.resume(out / "run", probe.journal_header(_header(job, model, len(requests)), len(requests)))
     if job.editor != "mend":
-        editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
+        # shared by every run and arm (keyed by model content, layer, corpus and samples)
+        editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
 
     abilities: dict[str, Any] = {}
     info: dict[str, Any] = {}

@@ -48,24 +48,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..testbed.model import default_cache_dir  # the package's one cache root ($PRUNE_FAST_CACHE)
 from .architectures import EditSite, resolve_module
 from .errors import EditorError
 from .probes import encode, input_device, pad_rows
 
 __all__ = ["CovarianceStore", "read_corpus", "model_key", "second_moments", "MomentSums", "pack_batches",
-           "default_cache_dir"]
+           "default_cache_dir", "cholesky_of"]
 
 logger = logging.getLogger(__name__)
 
 # Config fields that say where or with what a model was saved, not what it computes.
 _VOLATILE_CONFIG = ("_name_or_path", "_commit_hash", "transformers_version", "_model_name_or_path")
 _FINGERPRINT_ELEMENTS = 4096
-
-
-def default_cache_dir() -> Path:
-    """``$PRUNE_FAST_CACHE`` if set, else ``~/.cache/prune_fast`` (shared by every run)."""
-    env = os.environ.get("PRUNE_FAST_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "prune_fast"
 
 
 def read_corpus(sources: str | Path | Iterable[str | Path]) -> list[str]:
