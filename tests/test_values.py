@@ -22,7 +22,7 @@ def _compare(model, tok, req, module, hp):
     assert abs(got.nll_start - ref.nll_start) <= 1e-5 * max(1.0, abs(ref.nll_start))
     assert torch.allclose(got.v0, ref.v0, rtol=1e-5, atol=1e-6)
     err = ((got.target.double() - ref.target.double()).norm() / ref.target.double().norm()).item()
-    assert err <= 1e-4, f"target differs by {err:.2e} (relative) after {ref.steps} steps"
+    assert err <= 1e-5, f"target differs by {err:.2e} (relative) after {ref.steps} steps"
     return got
 
 
