@@ -7,6 +7,7 @@ input leaves every weight bit-identical.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 
@@ -25,12 +26,21 @@ def check_matrix(name: str, t: object, *, dtypes: tuple[torch.dtype, ...] = _FLO
     if t.dtype not in dtypes:
         allowed = ", ".join(str(d).replace("torch.", "") for d in dtypes)
         raise InvalidInputError(f"{name} has dtype {t.dtype}; expected one of {allowed}")
+    check_not_meta(name, t)
     if finite:
         check_finite(name, t)
     return t
 
 
+def check_not_meta(name: str, t: torch.Tensor) -> None:
+    """A tensor on the meta device has a shape but no values (an offloaded or not yet loaded
+    parameter): nothing can be read from or written to it."""
+    if t.device.type == "meta":
+        raise InvalidInputError(f"{name} is on the meta device (no data: offloaded or not loaded?)")
+
+
 def check_finite(name: str, t: torch.Tensor) -> None:
+    check_not_meta(name, t)
     if not t.numel():
         return
     # A NaN or Inf anywhere makes the sum NaN or Inf, so a finite sum proves every value finite, from
@@ -57,6 +67,44 @@ def check_same_placement(name: str, t: torch.Tensor, ref_name: str, ref: torch.T
         raise InvalidInputError(f"{name} has shape {tuple(t.shape)} but {ref_name} needs {want}")
     if t.device != ref.device:
         raise InvalidInputError(f"{name} is on {t.device} but {ref_name} is on {ref.device}")
+
+
+def shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether the memory spans of ``a`` and ``b`` overlap (conservative: from each one's first to
+    its last element, so two disjoint slices of one buffer do not count, interleaved ones do)."""
+    if a.device != b.device or not a.numel() or not b.numel() or a.device.type == "meta":
+        return False
+    (a0, a1), (b0, b1) = _span(a), _span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _span(t: torch.Tensor) -> tuple[int, int]:
+    """[first byte, one past the last byte] of a non-empty tensor's elements."""
+    lo = hi = t.data_ptr()
+    for size, stride in zip(t.shape, t.stride()):
+        reach = (size - 1) * stride * t.element_size()
+        lo, hi = (lo + reach, hi) if reach < 0 else (lo, hi + reach)
+    return lo, hi + t.element_size()
+
+
+def check_update_finite(u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) -> None:
+    """Refuse factors whose product u vᵀ would overflow ``dtype``, from the bound
+    |(u vᵀ)_jk| ≤ Σ_i ‖u_i‖·‖v_i‖ (column norms in float64: two skinny passes, no m×n product)."""
+    if not u.numel() or not v.numel():
+        return
+    bound = float((torch.linalg.vector_norm(u.detach().to(torch.float64), dim=0)
+                   * torch.linalg.vector_norm(v.detach().to(torch.float64), dim=0)).sum())
+    if not math.isfinite(bound) or bound > torch.finfo(dtype).max:
+        name = str(dtype).replace("torch.", "")
+        raise InvalidInputError(f"u vᵀ may overflow {name}: Σ‖u_i‖·‖v_i‖ = {bound:.3g} "
+                                f"exceeds its largest value {torch.finfo(dtype).max:.3g}")
+
+
+def check_count(name: str, value: object, *, minimum: int = 0) -> int:
+    """An int (not a bool) ≥ ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return value
 
 
 def check_sigma_star(sigma_star: object) -> float | None:
@@ -97,3 +145,11 @@ def check_backend(backend: object) -> str:
     if backend not in ("auto", "torch", "triton"):
         raise InvalidInputError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
     return backend  # type: ignore[return-value]
+
+
+def check_input_file(option: str, path: object) -> None:
+    """``path`` (given as ``option`` on a command line) names an existing file, not a folder."""
+    p = Path(str(path)).expanduser()
+    if not p.is_file():
+        why = "is a folder" if p.is_dir() else "does not exist"
+        raise InvalidInputError(f"{option} {path} {why}; a file is needed")

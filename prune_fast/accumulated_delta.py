@@ -83,11 +83,38 @@ class AccumulatedDelta:
             out._ra, out._rb = qa.shape[1], qb.shape[1]
         return out
 
+    # -- transactions --------------------------------------------------------------------------
+    def snapshot(self) -> tuple:
+        """What :meth:`restore` needs to undo the next :meth:`append_` exactly.
+
+        References only, except the used block of the factored core, which ``append_`` updates in
+        place (an r_a×r_b float64 copy: small against the work on the core that follows every
+        append). The bases grow into columns past the used ones and the dense form is written into
+        a second buffer, so their current tensors stay as they are.
+        """
+        core = None if self.is_dense or self._core.numel() == 0 else self._core[: self._ra, : self._rb].clone()
+        return (self._qa, self._qb, self._core, self._ra, self._rb, self.dense, core,
+                getattr(self, "_last_core", None))
+
+    def restore(self, snap: tuple) -> None:
+        """Undo everything since :meth:`snapshot` (Δ bit-identical to what it was)."""
+        self._qa, self._qb, core_buf, ra, rb, self.dense, core, self._last_core = snap
+        if core is not None and core_buf is self._core:  # updated in place: clear the grown block, put back the old
+            self._core[: max(ra, self._ra), : max(rb, self._rb)].zero_()
+            self._core[:ra, :rb].copy_(core)
+        self._core, self._ra, self._rb = core_buf, ra, rb
+
     # -- updates -------------------------------------------------------------------------------
     def append_(self, u: torch.Tensor, v: torch.Tensor) -> None:
         """Δ += u vᵀ  (u: m×r, v: n×r, already validated and in ``dtype``)."""
         if self.is_dense:
-            self.dense.addmm_(u, v.T)
+            # Into the spare buffer (the same one pass as an in-place addmm_), then swap: the
+            # previous Δ stays intact for restore() until the next append.
+            spare = getattr(self, "_spare", None)
+            if spare is None or spare.shape != self.dense.shape or spare is self.dense:
+                spare = torch.empty_like(self.dense)
+            self._spare = self.dense
+            self.dense = torch.addmm(self.dense, u, v.T, out=spare)
             return
         pa, qa_new, ra_new = self._extend(u, self.qa)
         pb, qb_new, rb_new = self._extend(v, self.qb)

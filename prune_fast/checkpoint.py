@@ -181,7 +181,7 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
         work = torch.empty(w.shape, dtype=acc, device=w.device)
     elif work.shape != w.shape or work.dtype != acc or work.device != w.device or not work.is_contiguous():
         raise InvalidInputError(f"{name}: work must be a contiguous {acc} tensor of shape {tuple(w.shape)} on {w.device}")
-    elif _shares_memory(work, w) or _shares_memory(work, w0):
+    elif _validate.shares_memory(work, w) or _validate.shares_memory(work, w0):
         raise InvalidInputError(f"{name}: work shares memory with an input; it is overwritten, pass a separate buffer")
     rep = TensorReport(name, tuple(w.shape), _dtype_name(w.dtype), "below_sigma_star")
     # W0 in the compute dtype: the input itself when it already is (a zero-copy view of BASE's
@@ -197,6 +197,7 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
     else:
         delta = torch.sub(w, w0_acc, out=work) if w.dtype == acc else work.copy_(w).sub_(w0_acc)
     del w0_acc
+    _validate.check_finite(f"{name}: Δ = edited − base (overflow?)", delta)  # both finite, the difference may not be
     trip = triplets_at_or_above(delta, sigma_star, used)
     if trip is None:  # Δ = 0
         rep.sigma_delta_before = rep.sigma_delta_after = 0.0
@@ -218,14 +219,6 @@ def restrain_pair(name: str, w0: torch.Tensor, w_edited: torch.Tensor, *, fn: Fn
                     "the restraint grows this update", name, raised, res.n_restrained, sigma_star, res.fn)
     rep.seconds = time.perf_counter() - start
     return weight.to(w_edited.dtype), rep
-
-
-def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether the storages behind ``a`` and ``b`` overlap (conservative: whole storages)."""
-    if a.device != b.device or not a.numel() or not b.numel():
-        return False
-    sa, sb = a.untyped_storage(), b.untyped_storage()
-    return sa.data_ptr() < sb.data_ptr() + sb.nbytes() and sb.data_ptr() < sa.data_ptr() + sa.nbytes()
 
 
 _SUBTRACT_BLOCK = 4 << 20  # elements per converted block of rows (16 MB in fp32)
@@ -307,6 +300,11 @@ def _read_header(path: Path) -> tuple[list[_Entry], dict[str, str]]:
                 raise InvalidInputError(f"{path} is corrupt: tensor {e.name!r} ({e.dtype}, shape {list(e.shape)}) "
                                         f"needs {want} bytes but its data_offsets span {e.nbytes}")
     entries.sort(key=lambda e: (e.start, e.end))
+    for prev, e in zip(entries, entries[1:]):  # the safetensors library refuses such files too
+        if e.start < prev.end:
+            raise InvalidInputError(f"{path} is corrupt: the byte ranges of tensors {prev.name!r} "
+                                    f"({prev.start - 8 - n}..{prev.end - 8 - n}) and {e.name!r} "
+                                    f"({e.start - 8 - n}..{e.end - 8 - n}) overlap")
     return entries, meta
 
 
@@ -317,13 +315,14 @@ class _Source:
     JSON file if sharded; ``kind``: ``"safetensors"`` or ``"pickle"``.
     """
 
-    def __init__(self, role: str, path: Path, allow_pickle: bool):
+    def __init__(self, role: str, path: Path, allow_pickle: bool, allow_extra_files: bool = False):
         self.role, self.path = role, path
         self._maps: dict[Path, mmap.mmap] = {}
         self._pickled: dict[Path, dict[str, torch.Tensor]] = {}
+        _resolve(role, path)
         if not path.exists():
             raise InvalidInputError(f"{role} {path} does not exist")
-        self.kind, self.shards, self.index = _find_weights(role, path, allow_pickle)
+        self.kind, self.shards, self.index = _find_weights(role, path, allow_pickle, allow_extra_files)
         self.metadata: dict[Path, dict[str, str]] = {}
         self.file_entries: dict[Path, list[_Entry]] = {}
         for shard in self.shards:
@@ -420,8 +419,14 @@ def _st_code(dtype: torch.dtype, where: str) -> str:
     return _TORCH_TO_ST[dtype]
 
 
-def _find_weights(role: str, path: Path, allow_pickle: bool) -> tuple[str, list[Path], Path | None]:
-    """``(kind, shard files, index file)`` of a model folder or a single weight file."""
+def _find_weights(role: str, path: Path, allow_pickle: bool,
+                  allow_extra_files: bool = False) -> tuple[str, list[Path], Path | None]:
+    """``(kind, shard files, index file)`` of a model folder or a single weight file.
+
+    Several ``.safetensors`` files without an index are ambiguous (a stale or foreign file beside
+    ``model.safetensors``, or shards whose index was lost) and refused, unless ``allow_extra_files``
+    says that ``model.safetensors`` is the model and the others are to be left behind.
+    """
     if path.is_file():
         if path.suffix == ".safetensors":
             return "safetensors", [path], None
@@ -435,13 +440,15 @@ def _find_weights(role: str, path: Path, allow_pickle: bool) -> tuple[str, list[
     if indexes:
         return "safetensors", _shards_of(indexes[0]), indexes[0]
     singles = sorted(path.glob("*.safetensors"))
-    if (path / "model.safetensors").is_file():
+    if (path / "model.safetensors").is_file() and (len(singles) == 1 or allow_extra_files):
         return "safetensors", [path / "model.safetensors"], None
     if len(singles) == 1:
         return "safetensors", singles, None
     if len(singles) > 1:
+        hint = ("; if model.safetensors is the model, pass allow_extra_files=True (CLI --allow-extra-files) "
+                "and the others are neither read nor copied") if (path / "model.safetensors").is_file() else ""
         raise InvalidInputError(f"{role} {path} has several .safetensors files and no index JSON: "
-                                f"{', '.join(p.name for p in singles)}")
+                                f"{', '.join(p.name for p in singles)}{hint}")
     pickles = sorted(p for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES and p.is_file())
     if not pickles:
         raise InvalidInputError(f"{role} {path} holds no .safetensors weights")
@@ -548,15 +555,28 @@ def _check_pair(base: _Source, edited: _Source) -> None:
             raise InvalidInputError(f"{e.where()} has dtype {e.dtype} but {b.where()} has dtype {b.dtype}")
 
 
+def _resolve(role: str, path: Path) -> Path:
+    """``path`` with every symlink resolved, or a clear error for a link loop or a path that cannot be
+    resolved (``Path.resolve`` raises a bare ``RuntimeError`` or ``OSError`` there)."""
+    if path.is_symlink() and not path.exists():  # os.stat fails: the link's target is missing or a loop
+        raise InvalidInputError(f"{role} {path} is a dangling symlink or a symlink loop (to {os.readlink(path)}); "
+                                "remove it or pass another path")
+    try:
+        return path.resolve()
+    except (RuntimeError, OSError) as e:
+        raise InvalidInputError(f"{role} {path} cannot be resolved (a symlink loop?): {e}") from None
+
+
 def _check_out(out: Path, base: Path, edited: Path, overwrite: bool) -> None:
-    o = out.resolve()
-    for role, p in (("BASE", base.resolve()), ("EDITED", edited.resolve())):
+    o = _resolve("OUT", out)
+    for role, given in (("BASE", base), ("EDITED", edited)):
+        p = _resolve(role, given)
         if o == p:
             raise InvalidInputError(f"OUT {out} is the {role} checkpoint itself; choose another output path")
         if o in p.parents:
             raise InvalidInputError(f"OUT {out} contains the {role} checkpoint {p}; choose another output path")
-    if edited.is_dir() and edited.resolve() in o.parents:
-        raise InvalidInputError(f"OUT {out} lies inside the EDITED folder {edited}; choose a path outside it")
+        if p.is_dir() and p in o.parents:
+            raise InvalidInputError(f"OUT {out} lies inside the {role} folder {given}; choose a path outside it")
     if out.exists() and not overwrite:
         raise InvalidInputError(f"OUT {out} already exists; pass overwrite=True (CLI --overwrite) to replace it")
     if not o.parent.is_dir():
@@ -600,6 +620,7 @@ def restrain_checkpoint(
     allow_pickle: bool = False,
     backend: str = "auto",
     progress: bool = True,
+    allow_extra_files: bool = False,
 ) -> RestrainReport:
     """Restrain every edited 2-D weight of EDITED against BASE and write the model to ``out``.
 
@@ -618,6 +639,9 @@ def restrain_checkpoint(
             (output is written as safetensors). Off by default: pickle files are refused.
         backend: ``"auto"``, ``"torch"`` or ``"triton"`` for :func:`prune_fast.restrain_`.
         progress: show a tqdm bar over tensors.
+        allow_extra_files: a folder holding ``model.safetensors`` and other ``.safetensors`` files but
+            no index is ambiguous and refused; with this, ``model.safetensors`` is the model and the
+            other files are neither read nor copied.
 
     Returns:
         :class:`RestrainReport`, one :class:`TensorReport` per tensor that differs.
@@ -642,9 +666,9 @@ def restrain_checkpoint(
     if out_p is not None and not dry_run:
         _check_out(out_p, base_p, edited_p, overwrite)
     with contextlib.ExitStack() as stack:
-        src_b = _Source("BASE", base_p, allow_pickle)
+        src_b = _Source("BASE", base_p, allow_pickle, allow_extra_files)
         stack.callback(src_b.close)
-        src_e = _Source("EDITED", edited_p, allow_pickle)
+        src_e = _Source("EDITED", edited_p, allow_pickle, allow_extra_files)
         stack.callback(src_e.close)
         _check_pair(src_b, src_e)
         if out_p is not None and not dry_run and edited_p.is_file() and (out_p.suffix != ".safetensors" or out_p.is_dir()):
@@ -730,14 +754,61 @@ def _process(base: _Source, edited: _Source, e: _Entry, *, fn: FnLike, alpha: fl
     return new, rep
 
 
+def _folder_mode() -> int:
+    """The mode a new folder gets from the process umask (``mkdir``'s 0777 & ~umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o777 & ~mask
+
+
+def _other_files(edited: _Source) -> list[tuple[Path, Path]]:
+    """``(file, path relative to EDITED)`` of every non-weight file to copy into OUT.
+
+    Symlinked files and folders are followed (OUT gets real files); a dangling link or a folder
+    link that leads back into its own ancestors (a loop) is refused here, before anything is
+    written. Weight files that are not part of the model are left out, with a warning.
+    """
+    src = edited.path
+    weight_files = {_resolve("EDITED", p) for p in edited.shards}
+    if edited.index is not None:
+        weight_files.add(_resolve("EDITED", edited.index))
+    found: list[tuple[Path, Path]] = []
+    for folder, dirs, files in os.walk(src, followlinks=True, onerror=_walk_error):
+        here = Path(folder)
+        ancestors = {_resolve("EDITED", a) for a in [here, *here.parents] if a == src or src in a.parents}
+        for d in list(dirs):
+            target = _resolve("EDITED", here / d)
+            if target in ancestors:
+                raise InvalidInputError(f"EDITED {src}: the folder link {here / d} leads back to {target} (a loop); "
+                                        "remove it or replace it with a real folder")
+        for name in sorted(files):
+            p = here / name
+            if not p.exists():
+                raise InvalidInputError(f"EDITED {src}: {p} is a dangling or looping symlink; remove it")
+            if _resolve("EDITED", p) in weight_files:
+                continue
+            stale_pickle = p.suffix in _PICKLE_SUFFIXES and p.name.startswith(("pytorch_model", "model"))
+            if stale_pickle or p.name.endswith((".bin.index.json", ".safetensors", ".safetensors.index.json")):
+                log.warning("not copying %s: unrestrained weights must not sit beside the restrained ones", p)
+                continue
+            found.append((p, p.relative_to(src)))
+    return sorted(found, key=lambda f: str(f[1]))
+
+
+def _walk_error(e: OSError) -> None:
+    raise InvalidInputError(f"EDITED: cannot read {e.filename}: {e.strerror}")
+
+
 class _Staging:
     """A temporary folder (or file) beside OUT, renamed onto OUT only by :meth:`commit`."""
 
     def __init__(self, out: Path, edited: _Source):
         self.out, self.edited = out, edited
         self.single = edited.path.is_file()
+        self.others = [] if self.single else _other_files(edited)  # links checked before anything is written
         parent = out.resolve().parent
         self.tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=parent))
+        os.chmod(self.tmp, _folder_mode())  # mkdtemp's 0700 would become OUT's mode
 
     def open_shard(self, shard: Path, entries: list[_Entry]) -> _ShardWriter:
         name = self.out.name if self.single else _out_name(shard, self.edited.kind)
@@ -746,21 +817,10 @@ class _Staging:
         return _ShardWriter(self.tmp / name, spec, metadata)
 
     def _copy_other_files(self) -> None:
-        src = self.edited.path
-        weight_files = {p.resolve() for p in self.edited.shards}
-        if self.edited.index is not None:
-            weight_files.add(self.edited.index.resolve())
-        for p in sorted(src.rglob("*")):
-            rel = p.relative_to(src)
-            if p.is_dir() or p.resolve() in weight_files:
-                continue
-            stale_pickle = p.suffix in _PICKLE_SUFFIXES and p.name.startswith(("pytorch_model", "model"))
-            if stale_pickle or p.name.endswith((".bin.index.json", ".safetensors", ".safetensors.index.json")):
-                log.warning("not copying %s: unrestrained weights must not sit beside the restrained ones", p)
-                continue
+        for p, rel in self.others:
             dest = self.tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(p, dest)
+            shutil.copy2(p, dest)  # follows links: OUT gets the files themselves
         if self.edited.index is not None:
             if self.edited.kind == "safetensors":
                 shutil.copy2(self.edited.index, self.tmp / self.edited.index.name)

@@ -40,6 +40,9 @@ def add_restrain_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--allow-pickle", action="store_true",
                    help="read .bin/.pt checkpoints with torch.load(weights_only=True) (output is safetensors)")
+    p.add_argument("--allow-extra-files", action="store_true",
+                   help="a folder with model.safetensors and other .safetensors files but no index: use "
+                        "model.safetensors, leave the others out (refused otherwise as ambiguous)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=_run_restrain)
@@ -55,7 +58,7 @@ def _run_restrain(args: argparse.Namespace) -> int:
     report = restrain_checkpoint(
         args.base, args.edited, args.out, fn=args.fn, alpha=math.e if args.alpha is None else args.alpha,
         modules=args.modules, dry_run=args.dry_run, overwrite=args.overwrite, allow_pickle=args.allow_pickle,
-        backend=args.backend, progress=not args.no_progress)
+        backend=args.backend, progress=not args.no_progress, allow_extra_files=args.allow_extra_files)
     print(report.format_table())
     if args.report:
         report.save_json(args.report)
@@ -230,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except PruneFastError as e:
+        print(f"python -m prune_fast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read or written (permissions, a full disk): one line, named
         print(f"python -m prune_fast {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

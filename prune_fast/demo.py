@@ -29,6 +29,7 @@ from typing import Any
 
 import torch
 
+from . import _validate
 from .run_results import results_document, write_results
 
 __all__ = ["run_demo", "DEFAULT_FN", "SWEEP_FNS"]
@@ -59,6 +60,9 @@ def run_demo(out_dir: str | Path, *, n: int = 200, fn: str = DEFAULT_FN, sweep: 
     from .runner import RunConfig, SequentialEditor
     from .testbed import default_cache_dir, load_testbed, shipped_corpus
 
+    _validate.check_count("--n", n, minimum=1)
+    _validate.check_count("--threads", threads, minimum=1)
+    _validate.check_count("--eval-every", eval_every)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

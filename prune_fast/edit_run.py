@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from . import _validate
 from .errors import InvalidInputError
 
 __all__ = ["EditJob", "run_edit", "load_local_model", "load_requests"]
@@ -75,6 +76,7 @@ def load_local_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any, b
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise InvalidInputError(f"--model {path}: not a local folder (nothing is downloaded here)")
+    _check_model_folder(folder)
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
@@ -91,14 +93,39 @@ def load_local_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any, b
     return model, tok, False
 
 
+def _check_model_folder(folder: Path) -> None:
+    """A folder ``from_pretrained`` can read: a config.json beside the weights (a folder holding only
+    a GGUF file makes transformers raise a bare ``ValueError`` deep inside)."""
+    if (folder / "config.json").is_file():
+        return
+    ggufs = sorted(p.name for p in folder.glob("*.gguf"))
+    what = f"holds {', '.join(ggufs)} but no config.json: a GGUF file is not a Hugging Face model folder; " \
+           "convert it (transformers' from_pretrained(..., gguf_file=...) then save_pretrained) and pass that folder" \
+        if ggufs else "has no config.json: not a Hugging Face model folder"
+    raise InvalidInputError(f"--model {folder} {what}")
+
+
+def _check_job(job: EditJob) -> None:
+    """The options that need no model: counts and every input file, before anything is loaded."""
+    if job.n is not None:
+        _validate.check_count("--n", job.n, minimum=1)
+    files = [("--requests", job.requests), *(("--corpus", c) for c in job.corpus),
+             *(("--tasks", t.rpartition("=")[2]) for t in job.tasks), ("--heldout", job.heldout),
+             ("--hparams", job.hparams), ("--mend-checkpoint", job.mend_checkpoint)]
+    for option, value in files:
+        if value:
+            _validate.check_input_file(option, value)
+
+
 def load_requests(path: str | Path, fmt: str = "auto", limit: int | None = None) -> list[Any]:
     """CounterFact or ZsRE requests; ``fmt="auto"`` looks at the first record's fields."""
     from .editors import load_counterfact, load_zsre
+    from .editors.requests import read_records
 
     if fmt == "auto":
-        text = Path(path).read_text(encoding="utf-8")
-        first = json.loads(text.splitlines()[0]) if str(path).endswith(".jsonl") else json.loads(text)[0]
-        fmt = "counterfact" if "requested_rewrite" in first else "zsre" if "src" in first else ""
+        first = read_records(path)[0]  # missing, empty or malformed files raise naming the file
+        fmt = "" if not isinstance(first, dict) else \
+            "counterfact" if "requested_rewrite" in first else "zsre" if "src" in first else ""
         if not fmt:
             raise InvalidInputError(f"{path}: cannot tell CounterFact from ZsRE; pass --format")
     if fmt not in ("counterfact", "zsre"):
@@ -150,8 +177,9 @@ def run_edit(job: EditJob) -> dict[str, Any]:
     if job.threads:
         torch.set_num_threads(job.threads)
     _check_editor_options(job)
+    _check_job(job)
+    requests = load_requests(job.requests, job.format, job.n)  # malformed requests refused before the model loads
     model, tok, testbed = load_local_model(job.model, job.device)
-    requests = load_requests(job.requests, job.format, job.n)
     if job.n is not None and len(requests) < job.n:
         raise InvalidInputError(f"--n {job.n} but {job.requests} holds only {len(requests)} requests")
     out = Path(job.out)

@@ -99,10 +99,14 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], bat
 def load_task_jsonl(path: str | Path) -> list[tuple[str, str]]:
     """(prompt, answer) pairs from a JSONL file of ``{"prompt": ..., "answer": ...}`` objects.
 
-    A malformed line raises :class:`InvalidInputError` naming the file and line number.
+    A missing file or a malformed line raises :class:`InvalidInputError` naming the file (and line).
     """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise InvalidInputError(f"task file {path}: cannot be read ({e})") from None
     pairs = []
-    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:

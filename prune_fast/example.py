@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import _validate
 from .restrain import restrain_
 from .synthetic_edits import rome_like_updates
 from .tracker import SpectralTracker
@@ -34,6 +35,8 @@ class ExampleRow:
 def run_example(m: int = 1600, n: int = 6400, n_edits: int = 200, checkpoints: tuple[int, ...] = (1, 10, 50, 100, 200),
                 fn: str = "log", edit_scale: float = 0.3, seed: int = 0) -> tuple[list[ExampleRow], dict]:
     """Run the side-by-side comparison; returns the table rows and a summary dict."""
+    for name, value in (("rows", m), ("cols", n), ("edits", n_edits)):
+        _validate.check_count(f"--{name}", value, minimum=1)
     g = torch.Generator().manual_seed(seed)
     w0 = torch.randn(m, n, generator=g) / math.sqrt(n)
     plain, restrained = w0.clone(), w0.clone()

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from . import _validate
 from .errors import InvalidInputError
 
 __all__ = ["MENDTrainJob", "run_mend_train"]
@@ -51,6 +52,12 @@ def run_mend_train(job: MENDTrainJob) -> Any:
     from .editors import MENDHyperParams, read_corpus
     from .editors.mend import train
 
+    if job.steps is not None:
+        _validate.check_count("--steps", job.steps, minimum=1)
+    for option, value in (("--requests", job.requests), ("--eval-requests", job.eval_requests),
+                          ("--hparams", job.hparams), *(("--locality", f) for f in job.locality)):
+        if value:  # before the model loads
+            _validate.check_input_file(option, value)
     if job.threads:
         torch.set_num_threads(job.threads)
     model, tok, testbed = load_local_model(job.model, job.device)

@@ -89,12 +89,17 @@ def restrain_(
     _validate.check_matrix("weight", weight)
     _validate.check_matrix("delta", delta)
     _validate.check_same_placement("delta", delta, "weight", weight)
+    if _validate.shares_memory(delta, weight):  # writing the weight would change delta under us
+        raise _validate.InvalidInputError("delta shares memory with weight (the same tensor or a view of it); "
+                                          "restrain_ writes weight and only reads delta: pass a separate delta")
     f = resolve_fn(fn, alpha)
     sigma_star = _validate.check_sigma_star(sigma_star)
     used = resolve_backend(_validate.check_backend(backend), weight.device)
 
     acc = compute_dtype(weight)
     d = delta.detach().to(acc)
+    if d.dtype != delta.dtype:  # a float64 delta beyond the fp32 range overflows in the conversion
+        _validate.check_finite(f"delta (in {str(acc).replace('torch.', '')})", d)
     if sigma_star is None:
         sigma_star = _sigma_star_of_difference(weight.detach(), d, acc, used)
         if sigma_star == 0.0:
@@ -122,14 +127,21 @@ def triplets_at_or_above(delta: torch.Tensor, sigma_star: float, backend: str) -
 def _sigma_star_of_difference(weight: torch.Tensor, d: torch.Tensor, acc: torch.dtype, backend: str) -> float:
     """σ_max(W − Δ) for ``restrain_`` when σ* was not given."""
     if backend == "triton":
-        return sigma_max(ImplicitDifferenceOperator(weight, d, backend=backend), backend=backend)[0]  # never formed
+        # Never formed: an overflowing W − Δ shows as a non-finite σ*.
+        s = sigma_max(ImplicitDifferenceOperator(weight, d, backend=backend), backend=backend)[0]
+        if not math.isfinite(s):
+            raise _validate.InvalidInputError(f"weight - delta (W0) overflows {acc}: σ_max(W0) = {s}")
+        return s
     if weight.device.type != "cpu":
-        return sigma_max(weight.to(acc) - d, backend=backend)[0]
+        w0 = weight.to(acc) - d
+        _validate.check_finite("weight - delta (W0)", w0)
+        return sigma_max(w0, backend=backend)[0]
     # On the CPU one fp32 W0 is cheaper than re-forming W − Δ in every product, and writing it into
     # a reused buffer avoids the first-touch cost of a fresh weight-sized tensor (17 ms of 20 at
     # 1600×6400, see _scratch.py).
     with _scratch.borrow(tuple(weight.shape), acc) as w0:
         torch.sub(weight, d, out=w0)
+        _validate.check_finite("weight - delta (W0)", w0)  # W and Δ finite, W − Δ may still overflow
         return sigma_max(w0, backend=backend)[0]
 
 
@@ -166,7 +178,9 @@ def apply_triplets_(weight: torch.Tensor, trip: Triplets, f: RestraintFn, sigma_
     if note:
         logger.warning("restrain_: %s", note)
     s_new, c = correction_for(s, f, sigma_star)
-    apply_correction_(weight.data, -(u * c.to(u.dtype)), v, backend=backend)
+    # The tensor itself, not .data: the write bumps its version counter, so autograd refuses a
+    # later backward through a graph that saved the old weight (as for any in-place change).
+    apply_correction_(weight, -(u * c.to(u.dtype)), v, backend=backend)
     return RestrainResult(
         n_restrained=int(s.numel()), sigma_star=sigma_star, sigma_before=s.tolist(), sigma_after=s_new.tolist(),
         elapsed_s=time.perf_counter() - start, backend=backend, fn=f.describe(), residual=residual,

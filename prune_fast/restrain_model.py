@@ -94,7 +94,7 @@ def restrain_model_(
         raise InvalidInputError("original_weights must be a dict of parameter name → tensor or a path, "
                                 f"got {type(original_weights).__name__}")
     for param, new in staged:  # commit: nothing below can fail on valid, same-shape tensors
-        param.data.copy_(new)
+        param.copy_(new)  # the parameter itself (under no_grad): its version counter sees the write
     return RestrainReport(fn=fn_name, n_tensors=len(pairs), tensors=reports,
                           elapsed_s=time.perf_counter() - start, base=base)
 

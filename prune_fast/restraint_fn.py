@@ -51,7 +51,12 @@ class RestraintFn:
         if self.custom is not None:
             out = sigma.clone()
             if bool(above.any()):
-                mapped = torch.as_tensor(self.custom(sigma[above], sigma_star), dtype=sigma.dtype)
+                raw = self.custom(sigma[above], sigma_star)
+                try:  # None, a string, a list of strings...: the user's function broke its contract
+                    mapped = torch.as_tensor(raw, dtype=sigma.dtype)
+                except (TypeError, ValueError, RuntimeError):
+                    raise InvalidInputError(f"custom fn {self.name!r} must return a tensor of F(σ) values, "
+                                            f"got {type(raw).__name__}") from None
                 if mapped.shape != sigma[above].shape or not bool(torch.isfinite(mapped).all()):
                     raise InvalidInputError(
                         f"custom fn {self.name!r} must return finite values of shape "

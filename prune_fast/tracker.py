@@ -16,11 +16,12 @@ ever written by rounding the shadow — and is recomputed from W0 + Δ − U_a c
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -99,6 +100,7 @@ class SpectralTracker:
         self.n_edits = 0
         self._since_restrain = 0
         self._since_refresh = 0
+        self._probe = _probe_positions(weight)
 
     # -- public ----------------------------------------------------------------------------------
     @property
@@ -117,23 +119,27 @@ class SpectralTracker:
         Returns the :class:`RestrainResult` when this call restrained, else ``None``.
         """
         u, v = _validate.check_factors(u, v, self.weight)
+        _validate.check_update_finite(u, v, self._acc)  # Δ accumulates u vᵀ in the state dtype
         self._check_weight_unchanged()
         u, v = u.detach().to(self._acc), v.detach().to(self._acc)
-        self._delta.append_(u, v)
-        self.n_edits += 1
-        self._since_restrain += 1
-        self._since_refresh += 1
-        if self.restrain_every is not None and self._since_restrain >= self.restrain_every:
-            return self._restrain(raw=(u, v))
-        apply_correction_(self._live(), u, v, backend=self.backend)
-        self._publish()
-        return None
+        with self._all_or_nothing():
+            self._delta.append_(u, v)
+            self.n_edits += 1
+            self._since_restrain += 1
+            self._since_refresh += 1
+            if self.restrain_every is not None and self._since_restrain >= self.restrain_every:
+                return self._restrain(raw=(u, v))
+            self._write_started = True
+            apply_correction_(self._live(), u, v, backend=self.backend)
+            self._publish()
+            return None
 
     @torch.no_grad()
     def restrain_(self) -> RestrainResult:
         """Restrain now: weight ← W0 + F(Δ) for the raw Δ accumulated so far."""
         self._check_weight_unchanged()
-        return self._restrain(raw=None)
+        with self._all_or_nothing():
+            return self._restrain(raw=None)
 
     @torch.no_grad()
     def spectrum(self) -> SpectrumReport:
@@ -186,20 +192,7 @@ class SpectralTracker:
         ``fn`` is needed only when the tracker was created with a callable.
         """
         _validate.check_matrix("weight", weight, finite=False)  # its content is rewritten from the state
-        meta = state.get("meta") if isinstance(state, dict) else None
-        if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-            raise InvalidInputError("state is not a SpectralTracker state_dict (missing or unknown 'meta.format')")
-        if list(weight.shape) != meta["shape"] or str(weight.dtype) != meta["dtype"]:
-            raise InvalidInputError(f"state is for a {meta['dtype']} weight of shape {tuple(meta['shape'])}, "
-                                    f"got {weight.dtype} {tuple(weight.shape)}")
-        if meta["fn"] is None and fn is None:
-            raise InvalidInputError("this state was made with a callable fn: pass fn= to from_state_dict")
-        needed = {"w0", "applied_u", "applied_c", "applied_v"}
-        missing = needed - set(state)
-        if missing or not ({"delta"} <= set(state) or {"qa", "qb", "core"} <= set(state)):
-            raise InvalidInputError(f"state is missing tensors: {sorted(missing) or 'delta/qa/qb/core'}")
-        if tuple(state["w0"].shape) != tuple(weight.shape):
-            raise InvalidInputError(f"state w0 has shape {tuple(state['w0'].shape)}, weight {tuple(weight.shape)}")
+        meta = _check_state(weight, state, fn)
         tr = cls.__new__(cls)
         tr._fn = resolve_fn(meta["fn"] if fn is None else fn, meta["alpha"])
         tr._fn_spec = (meta["fn"] if fn is None or isinstance(fn, str) else None, meta["alpha"])
@@ -207,8 +200,6 @@ class SpectralTracker:
         tr.weight = weight
         tr.restrain_every, tr.refresh_every = meta["restrain_every"], meta["refresh_every"]
         saved = meta.get("state_dtype")  # absent in states written before the option existed
-        if saved is not None and saved not in _STATE_DTYPES:
-            raise InvalidInputError(f"state has an unknown state_dtype {saved!r}")
         tr._acc = _state_dtype(weight, None if saved is None else _STATE_DTYPES[saved])
         tr._generator = torch.Generator().manual_seed(0)
         tr._w0 = state["w0"].to(weight.device, weight.dtype, copy=True)
@@ -222,6 +213,7 @@ class SpectralTracker:
         tr._last_triplets = None
         tr.n_edits, tr._since_restrain = int(meta["n_edits"]), int(meta["since_restrain"])
         tr._since_refresh = 0
+        tr._probe = _probe_positions(weight)
         tr._refresh()
         return tr
 
@@ -232,8 +224,11 @@ class SpectralTracker:
 
     # -- internals -------------------------------------------------------------------------------
     def _live(self) -> torch.Tensor:
-        """The full-precision live weight: the weight itself (fp32/fp64) or its shadow."""
-        return self.weight.data if self._shadow is None else self._shadow
+        """The full-precision live weight: the weight itself (fp32/fp64) or its shadow.
+
+        The tensor itself, never ``.data``: writes (under ``no_grad``) bump its version counter, so
+        autograd refuses a backward through a graph that saved the old weight."""
+        return self.weight if self._shadow is None else self._shadow
 
     def _compute_copy(self) -> torch.Tensor:
         """The live weight in the weight's compute dtype, for σ_max: a float64 state would make
@@ -243,17 +238,53 @@ class SpectralTracker:
 
     def _publish(self) -> None:
         if self._shadow is not None:
-            self.weight.data.copy_(self._shadow)
-        self._stamp = self.weight.data.data_ptr(), self.weight._version
+            self.weight.copy_(self._shadow)
+        self._stamp = self._weight_stamp()
+
+    def _weight_stamp(self) -> tuple[int, int, torch.Tensor]:
+        """(storage address, version counter, the values at the probe positions).
+
+        The version counter sees every in-place write to the tensor or its views, but not writes
+        through ``.data`` (a separate counter); those are caught by the probe values, a fixed sample
+        of up to 1,024 entries, which any dense update (a rank-one edit changes every entry) alters.
+        """
+        rows, cols = self._probe
+        w = self.weight.detach()
+        return w.data_ptr(), self.weight._version, w[rows, cols]  # advanced indexing copies
 
     def _check_weight_unchanged(self) -> None:
         """Refuse to go on if something wrote the weight behind the tracker's back."""
         stamp = getattr(self, "_stamp", None)
-        if stamp is not None and stamp != (self.weight.data.data_ptr(), self.weight._version):
+        if stamp is None:
+            return
+        now = self._weight_stamp()
+        if stamp[:2] != now[:2] or not torch.equal(stamp[2], now[2]):
             raise InvalidInputError(
                 "the weight was modified outside this SpectralTracker since its last update; "
                 "route every update through add_() (or rebuild the tracker)"
             )
+
+    @contextlib.contextmanager
+    def _all_or_nothing(self) -> Iterator[None]:
+        """Undo every state change of the block if it raises before the weight is written.
+
+        The weight is written last (``_write_started`` marks it), so an error before that point — a
+        callable F that raises or returns garbage, an interrupt — leaves the weight untouched and
+        the tracker is put back exactly (``state_dict()`` equal tensor for tensor); the snapshot is
+        references plus the small factored core, never a weight-sized copy.
+        """
+        snap = (self._delta.snapshot(), self._applied, self._last_triplets, self.n_edits, self._since_restrain,
+                self._since_refresh, getattr(self, "_precision_warned", False), self._generator.get_state())
+        self._write_started = False
+        try:
+            yield
+        except BaseException:
+            if not self._write_started:
+                (delta, self._applied, self._last_triplets, self.n_edits, self._since_restrain, self._since_refresh,
+                 self._precision_warned, gen) = snap
+                self._delta.restore(delta)
+                self._generator.set_state(gen)
+            raise
 
     def _empty_correction(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         m, n = self.weight.shape
@@ -278,6 +309,7 @@ class SpectralTracker:
         self._applied = new
         self._since_restrain = 0
         if self._since_refresh >= self.refresh_every:
+            self._write_started = True
             self._refresh()
         else:
             lefts = [u_a * c_a.to(self._acc), -(trip.u * c.to(self._acc))]
@@ -285,7 +317,9 @@ class SpectralTracker:
             if raw is not None:
                 lefts.insert(0, raw[0])
                 rights.insert(0, raw[1])
-            apply_correction_(self._live(), torch.cat(lefts, 1), torch.cat(rights, 1), backend=self.backend)
+            left, right = torch.cat(lefts, 1), torch.cat(rights, 1)
+            self._write_started = True
+            apply_correction_(self._live(), left, right, backend=self.backend)
             self._publish()
         return RestrainResult(
             n_restrained=int(trip.s.numel()), sigma_star=self.sigma_star, sigma_before=trip.s.tolist(),
@@ -320,6 +354,83 @@ class SpectralTracker:
 
 
 _STATE_DTYPES = {str(d): d for d in (torch.float32, torch.float64)}
+_PROBES = 1024
+
+
+def _probe_positions(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed sample of (row, column) positions of the weight for the written-behind-my-back check
+    (its own generator: the tracker's random stream is not touched), on the weight's device."""
+    m, n = weight.shape
+    if m * n <= _PROBES:
+        idx = torch.arange(m * n)
+    else:
+        idx = torch.randint(0, m * n, (_PROBES,), generator=torch.Generator().manual_seed(0x5EED))
+    return (idx // n).to(weight.device), (idx % n).to(weight.device)
+
+
+def _check_state(weight: torch.Tensor, state: object, fn: object) -> dict[str, Any]:
+    """Every field of a ``state_dict`` checked against ``weight`` and each other, before any write;
+    returns its meta. Raises :class:`InvalidInputError` naming the field."""
+    meta = state.get("meta") if isinstance(state, dict) else None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        raise InvalidInputError("state is not a SpectralTracker state_dict (missing or unknown 'meta.format')")
+    required = ("shape", "dtype", "sigma_star", "fn", "alpha", "restrain_every", "refresh_every", "n_edits",
+                "since_restrain")
+    absent = [k for k in required if k not in meta]
+    if absent:
+        raise InvalidInputError(f"state meta lacks {', '.join(f'meta.{k}' for k in absent)}")
+    if meta["shape"] != list(weight.shape) or meta["dtype"] != str(weight.dtype):
+        raise InvalidInputError(f"state is for a {meta['dtype']} weight of shape {meta['shape']!r}, "
+                                f"got {weight.dtype} {tuple(weight.shape)}")
+    try:
+        _validate.check_sigma_star(meta["sigma_star"])
+        if meta["sigma_star"] is None:
+            raise InvalidInputError("sigma_star is missing")
+    except InvalidInputError as e:
+        raise InvalidInputError(f"state meta.sigma_star: {e}") from None
+    if meta["fn"] is None and fn is None:
+        raise InvalidInputError("this state was made with a callable fn: pass fn= to from_state_dict")
+    if meta["fn"] is not None and not isinstance(meta["fn"], str):
+        raise InvalidInputError(f"state meta.fn must be a name or null, got {meta['fn']!r}")
+    try:
+        resolve_fn(meta["fn"] if fn is None else fn, meta["alpha"])
+    except InvalidInputError as e:
+        raise InvalidInputError(f"state meta.fn/meta.alpha: {e}") from None
+    if meta["restrain_every"] is not None:
+        _validate.check_count("state meta.restrain_every", meta["restrain_every"], minimum=1)
+    _validate.check_count("state meta.refresh_every", meta["refresh_every"], minimum=1)
+    _validate.check_count("state meta.n_edits", meta["n_edits"])
+    _validate.check_count("state meta.since_restrain", meta["since_restrain"])
+    saved = meta.get("state_dtype")  # absent in states written before the option existed
+    if saved is not None and saved not in _STATE_DTYPES:
+        raise InvalidInputError(f"state meta.state_dtype: unknown state_dtype {saved!r}")
+    needed = {"w0", "applied_u", "applied_c", "applied_v"}
+    missing = needed - set(state)
+    if missing or not ({"delta"} <= set(state) or {"qa", "qb", "core"} <= set(state)):
+        raise InvalidInputError(f"state is missing tensors: {sorted(missing) or 'delta/qa/qb/core'}")
+    m, n = weight.shape
+    k = _state_tensor(state, "applied_c", 1).shape[0]
+    shapes: dict[str, tuple[int, ...]] = {"w0": (m, n), "applied_u": (m, k), "applied_v": (n, k)}
+    if "delta" in state:
+        shapes["delta"] = (m, n)
+    else:
+        ra, rb = _state_tensor(state, "qa", 2).shape[1], _state_tensor(state, "qb", 2).shape[1]
+        shapes.update(qa=(m, ra), qb=(n, rb), core=(ra, rb))
+    for key, want in shapes.items():
+        t = _state_tensor(state, key, len(want))
+        if tuple(t.shape) != want:
+            raise InvalidInputError(f"state[{key!r}] has shape {tuple(t.shape)}, expected {want} "
+                                    f"for a weight of shape {(m, n)}")
+    return meta
+
+
+def _state_tensor(state: dict[str, Any], key: str, dim: int) -> torch.Tensor:
+    t = state[key]
+    if not isinstance(t, torch.Tensor) or t.dim() != dim or t.dtype not in _validate._FLOATING:
+        what = f"a {t.dim()}-D {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
+        raise InvalidInputError(f"state[{key!r}] must be a {dim}-D floating tensor, got {what}")
+    _validate.check_finite(f"state[{key!r}]", t)
+    return t
 
 
 def _state_dtype(weight: torch.Tensor, state_dtype: object) -> torch.dtype:

@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import InvalidTypeError
 from .errors import EditorError
 
 __all__ = ["FactoredUpdate", "TrackerSet"]
@@ -72,7 +73,7 @@ class TrackerSet:
             def tracker_factory(weight: torch.Tensor) -> Any:
                 return SpectralTracker(weight, **tracker_kwargs)
         elif tracker_kwargs:
-            raise TypeError("pass tracker keyword arguments or a tracker_factory, not both")
+            raise InvalidTypeError("pass tracker keyword arguments or a tracker_factory, not both")
         self.model = model
         self._factory = tracker_factory
         self.trackers: dict[str, Any] = {}

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import InvalidLayerError, UnsupportedArchitectureError
+from .errors import EditorError, InvalidLayerError, UnsupportedArchitectureError
 
 __all__ = ["ArchitectureSpec", "ARCHITECTURES", "Layout", "EditSite", "architecture_of", "detect_layout",
            "num_layers", "resolve_site", "resolve_module"]
@@ -123,7 +123,7 @@ class EditSite:
             key_side: ``K``, ``(d_in, r)``.
         """
         if value_side.shape[0] != self.d_out or key_side.shape[0] != self.d_in:
-            raise ValueError(f"factor shapes {tuple(value_side.shape)}, {tuple(key_side.shape)} do not fit "
+            raise EditorError(f"factor shapes {tuple(value_side.shape)}, {tuple(key_side.shape)} do not fit "
                              f"d_out={self.d_out}, d_in={self.d_in}")
         if self.layout is Layout.IN_OUT:
             return key_side, value_side

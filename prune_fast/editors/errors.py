@@ -4,7 +4,7 @@ from __future__ import annotations
 from ..errors import PruneFastError
 
 __all__ = ["EditorError", "UnsupportedArchitectureError", "InvalidLayerError", "MalformedRequestError",
-           "EditorCheckpointError"]
+           "EditorCheckpointError", "HyperParamsError"]
 
 
 class EditorError(PruneFastError, ValueError):
@@ -21,6 +21,10 @@ class InvalidLayerError(EditorError):
 
 class MalformedRequestError(EditorError):
     """An edit request (or a CounterFact / ZsRE record) that cannot be edited as given."""
+
+
+class HyperParamsError(EditorError):
+    """Editor settings (a YAML file, a preset name, a field) that cannot be used as given."""
 
 
 class EditorCheckpointError(EditorError):

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .architectures import architecture_of, num_layers
+from .errors import HyperParamsError
 
 __all__ = ["HyperParams", "ValueHyperParams", "ROMEHyperParams", "MEMITHyperParams", "MENDHyperParams", "SITES"]
 
@@ -33,7 +34,8 @@ class HyperParams:
     """Base of the editors' settings: ``validate()``, dict and YAML round trips."""
 
     def validate(self) -> None:
-        """``ValueError`` naming the offending field; called by the editors before any work."""
+        """:class:`HyperParamsError` (a ``ValueError``) naming the offending field; called by the editors
+        before any work."""
 
     # -- YAML ----------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -51,10 +53,16 @@ class HyperParams:
         names = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - set(names))
         if unknown:
-            raise ValueError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
+            raise HyperParamsError(f"unknown {cls.__name__} field(s) {unknown}; known: {sorted(names)}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        hp = cls(**kwargs)
-        hp.validate()
+        try:
+            hp = cls(**kwargs)  # a required field missing
+        except TypeError as e:
+            raise HyperParamsError(f"{cls.__name__}: {e}") from None
+        try:
+            hp.validate()
+        except TypeError as e:  # a field of the wrong kind compared with a number ("abc" < 1)
+            raise HyperParamsError(f"{cls.__name__}: a field has the wrong type ({e}); got {data}") from None
         return hp
 
     @classmethod
@@ -80,12 +88,20 @@ class HyperParams:
     @classmethod
     def from_yaml(cls: type[_H], source: str | Path) -> _H:
         """Read settings from a YAML file path or YAML text (``yaml.safe_load``)."""
-        text = Path(source).read_text() if isinstance(source, Path) or (
-            isinstance(source, str) and "\n" not in source and Path(source).is_file()) else source
-        data = yaml.safe_load(text)
+        is_file = isinstance(source, Path) or (isinstance(source, str) and "\n" not in source
+                                               and Path(source).is_file())
+        where = f"{source}: " if is_file else ""
+        try:
+            text = Path(source).read_text() if is_file else source
+            data = yaml.safe_load(text)
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            raise HyperParamsError(f"{where}cannot read the hyper-parameters: {e}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{cls.__name__}.from_yaml expects a mapping, got {type(data).__name__}")
-        return cls.from_dict(data)
+            raise HyperParamsError(f"{where}{cls.__name__}.from_yaml expects a mapping, got {type(data).__name__}")
+        try:
+            return cls.from_dict(data)
+        except HyperParamsError as e:
+            raise HyperParamsError(f"{where}{e}") from None
 
 
 @dataclass(kw_only=True)
@@ -116,25 +132,26 @@ class ValueHyperParams(HyperParams):
     cov_max_tokens: int = 128
 
     def validate(self) -> None:
-        """``ValueError`` naming the offending field; called by the editors before any work."""
+        """:class:`HyperParamsError` (a ``ValueError``) naming the offending field; called by the editors
+        before any work."""
         if self.site not in SITES:
-            raise ValueError(f"site must be one of {SITES}, got {self.site!r}")
+            raise HyperParamsError(f"site must be one of {SITES}, got {self.site!r}")
         for t in self.context_templates:
             if not t.endswith("{}") or t.count("{}") != 1:
-                raise ValueError(f"context template must end with its single '{{}}', got {t!r}")
+                raise HyperParamsError(f"context template must end with its single '{{}}', got {t!r}")
         if not self.context_templates:
-            raise ValueError("context_templates is empty")
+            raise HyperParamsError("context_templates is empty")
         if self.kl_template.count("{}") != 1:
-            raise ValueError(f"kl_template must contain one '{{}}', got {self.kl_template!r}")
+            raise HyperParamsError(f"kl_template must contain one '{{}}', got {self.kl_template!r}")
         for name in ("v_steps", "cov_samples", "cov_max_tokens"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise HyperParamsError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("v_lr", "clamp_norm_factor"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise HyperParamsError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("v_weight_decay", "kl_factor", "nll_stop"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise HyperParamsError(f"{name} must be >= 0, got {getattr(self, name)}")
 
 
 @dataclass(kw_only=True)
@@ -152,7 +169,7 @@ class ROMEHyperParams(ValueHyperParams):
     def validate(self) -> None:
         super().validate()
         if self.cov_ridge < 0:
-            raise ValueError(f"cov_ridge must be >= 0, got {self.cov_ridge}")
+            raise HyperParamsError(f"cov_ridge must be >= 0, got {self.cov_ridge}")
 
     @classmethod
     def preset(cls, name: str, n_layers: int | None = None) -> "ROMEHyperParams":
@@ -177,9 +194,9 @@ class MEMITHyperParams(ValueHyperParams):
     def validate(self) -> None:
         super().validate()
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
-            raise ValueError(f"layers must be a non-empty strictly increasing sequence, got {self.layers}")
+            raise HyperParamsError(f"layers must be a non-empty strictly increasing sequence, got {self.layers}")
         if not self.mom2_update_weight > 0:
-            raise ValueError(f"mom2_update_weight must be > 0, got {self.mom2_update_weight}")
+            raise HyperParamsError(f"mom2_update_weight must be > 0, got {self.mom2_update_weight}")
 
     @classmethod
     def preset(cls, name: str, n_layers: int | None = None) -> "MEMITHyperParams":
@@ -222,23 +239,23 @@ class MENDHyperParams(HyperParams):
 
     def validate(self) -> None:
         if not self.layers or list(self.layers) != sorted(set(self.layers)):
-            raise ValueError(f"layers must be a non-empty strictly increasing sequence, got {self.layers}")
+            raise HyperParamsError(f"layers must be a non-empty strictly increasing sequence, got {self.layers}")
         if self.module_templates is not None:
             if not self.module_templates or any(t.count("{}") != 1 for t in self.module_templates):
-                raise ValueError(f"module_templates must be templates with one '{{}}' each, "
+                raise HyperParamsError(f"module_templates must be templates with one '{{}}' each, "
                                  f"got {self.module_templates}")
         for name in ("rank", "steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise HyperParamsError(f"{name} must be >= 1, got {getattr(self, name)}")
         for name in ("n_hidden", "n_loc", "seed"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise HyperParamsError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("edit_lr", "lr", "grad_clip"):
             if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+                raise HyperParamsError(f"{name} must be > 0, got {getattr(self, name)}")
         for name in ("lr_lr", "c_edit", "c_loc"):
             if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+                raise HyperParamsError(f"{name} must be >= 0, got {getattr(self, name)}")
 
     @classmethod
     def preset(cls, name: str, n_layers: int | None = None) -> "MENDHyperParams":
@@ -250,7 +267,7 @@ def _preset(table: dict[str, dict[str, Any]], name: str, n_layers: int | None) -
     """A copy of the preset's settings without its reference depth, and the depth to place layers in
     (``n_layers``, else the preset's reference model's)."""
     if name not in table:
-        raise ValueError(f"no preset {name!r}; presets: {sorted(table)}")
+        raise HyperParamsError(f"no preset {name!r}; presets: {sorted(table)}")
     p = dict(table[name])
     depth = p.pop("n_layers_ref")
     return p, n_layers or depth

@@ -34,6 +34,8 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
+from .errors import EditorError
+
 __all__ = ["RunningNorm", "LowRankResidual", "GradientMapper", "MENDNetwork", "shape_key"]
 
 
@@ -140,7 +142,7 @@ class MENDNetwork(nn.Module):
     def __init__(self, shapes: Mapping[str, tuple[int, int]], rank: int, n_hidden: int, edit_lr: float) -> None:
         super().__init__()
         if not shapes:
-            raise ValueError("MENDNetwork needs at least one weight")
+            raise EditorError("MENDNetwork needs at least one weight")
         self.names = list(shapes)
         groups: dict[str, list[str]] = {}
         for name, (d_in, d_out) in shapes.items():

@@ -16,6 +16,8 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .errors import HyperParamsError, MalformedRequestError
+
 __all__ = ["Batch", "site_index", "encode", "make_batch", "input_device", "module_inputs_at", "AddAtOutput", "frozen"]
 
 
@@ -37,9 +39,9 @@ def site_index(tokenizer: Any, context: str, prompt: str, subject: str, site: st
         head = prompt[: prompt.index("{}")] + subject
         n = len(encode(tokenizer, context.format(head)))
         if not 0 < n <= len(full):
-            raise ValueError(f"subject {subject!r} not found as a token span of {prompt!r}")
+            raise MalformedRequestError(f"subject {subject!r} not found as a token span of {prompt!r}")
         return n - 1
-    raise ValueError(f"unknown token site {site!r}")
+    raise HyperParamsError(f"unknown token site {site!r}")
 
 
 def input_device(model: nn.Module) -> torch.device:

@@ -59,14 +59,16 @@ class EditRequest:
             raise MalformedRequestError(f"{name}: prompt must contain exactly one '{{}}', got {self.prompt!r}")
         if not isinstance(self.subject, str) or not self.subject.strip():
             raise MalformedRequestError(f"{name}: subject is missing or empty")
+        if self.subject != self.subject.strip():  # the edit would land on a whitespace token, not the subject's
+            raise MalformedRequestError(f"{name}: subject {self.subject!r} has leading or trailing whitespace")
         if not isinstance(self.target_new, str) or not self.target_new.strip():
             raise MalformedRequestError(f"{name}: target_new is missing or empty")
         if self.target_true is not None and not isinstance(self.target_true, str):
             raise MalformedRequestError(f"{name}: target_true must be a string, got {type(self.target_true).__name__}")
         for attr in ("paraphrase_prompts", "neighborhood_prompts", "neighborhood_answers"):
             value = getattr(self, attr)
-            if isinstance(value, str) or not all(isinstance(p, str) for p in value):
-                raise MalformedRequestError(f"{name}: {attr} must be a sequence of strings")
+            if not isinstance(value, (list, tuple)) or not all(isinstance(p, str) for p in value):
+                raise MalformedRequestError(f"{name}: {attr} must be a list of strings, got {value!r:.80}")
             object.__setattr__(self, attr, tuple(value))
         if self.neighborhood_answers and len(self.neighborhood_answers) != len(self.neighborhood_prompts):
             raise MalformedRequestError(
@@ -128,8 +130,9 @@ def counterfact_request(record: Mapping[str, Any], index: int | None = None) -> 
         subject=subject,
         target_new=_answer_str(_get(rewrite, "target_new", name), "target_new", name),
         target_true=None if target_true is None else _answer_str(target_true, "target_true", name),
-        paraphrase_prompts=tuple(record.get("paraphrase_prompts", ())),
-        neighborhood_prompts=tuple(record.get("neighborhood_prompts", ())),
+        # Passed as read: tuple() here would split a string into one-character prompts.
+        paraphrase_prompts=record.get("paraphrase_prompts", ()),
+        neighborhood_prompts=record.get("neighborhood_prompts", ()),
         case_id=case_id,
     )
 
@@ -166,24 +169,52 @@ def zsre_request(record: Mapping[str, Any], index: int | None = None) -> EditReq
     )
 
 
-def _records(source: str | Path | Iterable[Mapping[str, Any]]) -> list[Any]:
-    if isinstance(source, (str, Path)):
-        path = Path(source)
+def read_records(source: str | Path | Iterable[Mapping[str, Any]]) -> list[Any]:
+    """The records of a ``.json`` list or ``.jsonl`` file (or an iterable already in memory).
+
+    A missing or unreadable file, malformed JSON (naming the line), JSON lines in a ``.json``
+    file or an empty file raise :class:`MalformedRequestError`.
+    """
+    if not isinstance(source, (str, Path)):
+        return list(source)
+    path = Path(source)
+    try:
         text = path.read_text(encoding="utf-8")
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-        if not isinstance(data, list):
+    except (OSError, UnicodeDecodeError) as e:
+        raise MalformedRequestError(f"requests file {path}: cannot be read ({e})") from None
+    if path.suffix == ".jsonl":
+        records = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise MalformedRequestError(f"{path}:{i}: not a JSON record ({e})") from None
+    else:
+        try:
+            records = json.loads(text)
+        except json.JSONDecodeError as e:
+            hint = "; it looks like JSON lines: name the file .jsonl" if e.msg == "Extra data" else ""
+            raise MalformedRequestError(f"{path}:{e.lineno}: not valid JSON ({e.msg}){hint}") from None
+        if not isinstance(records, list):
             raise MalformedRequestError(f"{path}: expected a JSON list of records")
-        return data
-    return list(source)
+    if not records:
+        raise MalformedRequestError(f"{path}: holds no requests")
+    return records
 
 
 def _load(source: Any, convert: Any, limit: int | None) -> list[EditRequest]:
-    records = _records(source)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise MalformedRequestError(f"limit must be a positive number of requests or None, got {limit!r}")
+    records = read_records(source)
     if limit is not None:
         records = records[:limit]
-    return [convert(rec, i) for i, rec in enumerate(records)]
+    try:
+        return [convert(rec, i) for i, rec in enumerate(records)]
+    except MalformedRequestError as e:
+        if isinstance(source, (str, Path)):
+            raise MalformedRequestError(f"{source}: {e}") from None
+        raise
 
 
 def load_counterfact(source: str | Path | Sequence[Mapping[str, Any]], limit: int | None = None) -> list[EditRequest]:

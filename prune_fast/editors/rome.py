@@ -30,7 +30,8 @@ from torch import nn
 from .apply import FactoredUpdate
 from .architectures import EditSite, Layout, resolve_module, resolve_site
 from .covariance import CovarianceStore, cholesky_of
-from .errors import MalformedRequestError
+from ..errors import InvalidTypeError
+from .errors import EditorError, MalformedRequestError
 from .hparams import ROMEHyperParams, ValueHyperParams
 from .probes import encode, make_batch, module_inputs_at, site_index
 from .requests import EditRequest
@@ -92,9 +93,9 @@ def covariance_for(model: nn.Module, tokenizer: Any, site: EditSite, hp: ValueHy
     elif isinstance(covariance, torch.Tensor):
         cov = covariance
     else:
-        raise TypeError(f"covariance must be a CovarianceStore or a tensor, got {type(covariance).__name__}")
+        raise InvalidTypeError(f"covariance must be a CovarianceStore or a tensor, got {type(covariance).__name__}")
     if cov.shape != (site.d_in, site.d_in):
-        raise ValueError(f"covariance of shape {tuple(cov.shape)} for {site.module_name} with d_in={site.d_in}")
+        raise EditorError(f"covariance of shape {tuple(cov.shape)} for {site.module_name} with d_in={site.d_in}")
     return cov.to(resolve_module(model, site.module_name).weight.device, torch.float64)
 
 

@@ -29,6 +29,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from .errors import MalformedRequestError
 from .hparams import ValueHyperParams
 from .probes import AddAtOutput, encode, frozen, make_batch, site_index
 from .requests import EditRequest
@@ -142,7 +143,7 @@ def optimize_value(model: nn.Module, tokenizer: Any, request: EditRequest, modul
     """
     target_ids = encode(tokenizer, " " + request.target_new, add_special_tokens=False)
     if not target_ids:
-        raise ValueError(f"request {request.case_id!r}: target {request.target_new!r} encodes to no tokens")
+        raise MalformedRequestError(f"request {request.case_id!r}: target {request.target_new!r} encodes to no tokens")
     rows, sites, answer_spans = [], [], []
     for ctx in hp.context_templates:
         prompt_ids = encode(tokenizer, ctx.format(request.text))

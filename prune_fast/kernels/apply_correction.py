@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import torch
+from torch.autograd.graph import increment_version
 
 from .dispatch import check_triton_device, triton_kernel
 from .settings import INPUT_PRECISION, cdiv, launch_config
@@ -158,7 +159,7 @@ def apply_correction_(weight: torch.Tensor, left: torch.Tensor, right: torch.Ten
     """
     _check(weight, left, right)
     if _use_triton(backend, weight):
-        return apply_correction_triton_(weight, left, right)
+        return _bump_version(apply_correction_triton_(weight, left, right))
     return apply_correction_torch_(weight, left, right)
 
 
@@ -167,5 +168,12 @@ def write_restrained_(weight: torch.Tensor, w0: torch.Tensor, left: torch.Tensor
     """W ← W0 + dense + left @ rightᵀ (rounded once); shapes as in :func:`apply_correction_`."""
     _check(weight, left, right)
     if _use_triton(backend, weight):
-        return write_restrained_triton_(weight, w0, left, right, dense)
+        return _bump_version(write_restrained_triton_(weight, w0, left, right, dense))
     return write_restrained_torch_(weight, w0, left, right, dense)
+
+
+def _bump_version(weight: torch.Tensor) -> torch.Tensor:
+    """A kernel's write is invisible to autograd; count it as the in-place change it is (the torch
+    versions bump the version counter themselves)."""
+    increment_version(weight)
+    return weight

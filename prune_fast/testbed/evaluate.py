@@ -11,6 +11,8 @@ from typing import Any
 
 import torch
 
+from ..errors import InvalidInputError
+
 __all__ = ["encode_pairs", "answer_correct", "top1_next", "task_accuracies"]
 
 
@@ -27,7 +29,7 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch
         p = list(tokenizer.encode(prompt))
         a = list(tokenizer.encode(" " + answer, add_special_tokens=False))
         if not a:
-            raise ValueError(f"answer {answer!r} encodes to no tokens")
+            raise InvalidInputError(f"answer {answer!r} encodes to no tokens")
         seqs.append(p + a)
         label_rows.append([-100] * len(p) + a)
     width = max(len(s) for s in seqs)

@@ -35,6 +35,7 @@ from typing import Any
 
 import torch
 
+from ..errors import CorruptStateError
 from .evaluate import answer_correct, encode_pairs, task_accuracies
 from .tokenizer import WordTokenizer
 from .world import World, WorldSpec
@@ -244,7 +245,7 @@ def load_testbed(cache_dir: str | Path | None = None, world_spec: WorldSpec | No
         return bed
     tok = WordTokenizer.load(folder / "tokenizer.json")
     if tok.vocab != WordTokenizer(world.vocabulary()).vocab:
-        raise RuntimeError(f"cached tokenizer in {folder} does not match the world; delete the folder")
+        raise CorruptStateError(f"cached tokenizer in {folder} does not match the world; delete the folder")
     model = GPT2LMHeadModel.from_pretrained(folder)
     model.eval()
     report = TrainReport(**json.loads((folder / "report.json").read_text()))

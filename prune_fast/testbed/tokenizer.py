@@ -16,6 +16,8 @@ import json
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from ..errors import InvalidInputError, UnknownNameError
+
 __all__ = ["WordTokenizer"]
 
 SPECIAL_TOKENS: tuple[str, ...] = ("<pad>", "<unk>", "<eos>")
@@ -33,7 +35,7 @@ class WordTokenizer:
         seen = set(vocab)
         for word in words:
             if not word or any(ch.isspace() for ch in word):
-                raise ValueError(f"a vocabulary word must be non-empty without spaces, got {word!r}")
+                raise InvalidInputError(f"a vocabulary word must be non-empty without spaces, got {word!r}")
             if word not in seen:
                 seen.add(word)
                 vocab.append(word)
@@ -73,7 +75,7 @@ class WordTokenizer:
         try:
             return self._ids[word]
         except KeyError:
-            raise KeyError(f"word {word!r} is not in the vocabulary ({len(self)} words)") from None
+            raise UnknownNameError(f"word {word!r} is not in the vocabulary ({len(self)} words)") from None
 
     def __contains__(self, word: object) -> bool:
         return word in self._ids
@@ -90,8 +92,8 @@ class WordTokenizer:
     def load(cls, path: str | Path) -> "WordTokenizer":
         data = json.loads(Path(path).read_text())
         if data.get("format") != "prune_fast.word_tokenizer/1":
-            raise ValueError(f"{path}: not a prune_fast word tokenizer file")
+            raise InvalidInputError(f"{path}: not a prune_fast word tokenizer file")
         vocab = data["vocab"]
         if tuple(vocab[: len(SPECIAL_TOKENS)]) != SPECIAL_TOKENS:
-            raise ValueError(f"{path}: special tokens missing or reordered")
+            raise InvalidInputError(f"{path}: special tokens missing or reordered")
         return cls(vocab[len(SPECIAL_TOKENS):])

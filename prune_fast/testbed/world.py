@@ -26,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
 from ..editors.requests import EditRequest
+from ..errors import InvalidInputError, UnknownNameError
 
 __all__ = ["Relation", "WorldSpec", "World", "Example", "RELATIONS", "TASKS", "shipped_corpus"]
 
@@ -81,9 +82,9 @@ class WorldSpec:
 
     def __post_init__(self) -> None:
         if not 1 <= self.n_relations <= len(RELATIONS):
-            raise ValueError(f"n_relations must be in [1, {len(RELATIONS)}], got {self.n_relations}")
+            raise InvalidInputError(f"n_relations must be in [1, {len(RELATIONS)}], got {self.n_relations}")
         if self.n_subjects < 2:
-            raise ValueError(f"n_subjects must be at least 2, got {self.n_subjects}")
+            raise InvalidInputError(f"n_subjects must be at least 2, got {self.n_subjects}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +139,7 @@ class World:
         for r in self.relations:
             if r.name == name:
                 return r
-        raise KeyError(f"no relation {name!r}; relations are {[r.name for r in self.relations]}")
+        raise UnknownNameError(f"no relation {name!r}; relations are {[r.name for r in self.relations]}")
 
     # -- facts ---------------------------------------------------------------------------------
     def fact_prompts(self, subjects: tuple[str, ...] | list[str] | None = None,
@@ -196,7 +197,7 @@ class World:
         pool_subjects = self.subjects if subjects is None else self._known(subjects)
         pairs = [(s, r) for s in pool_subjects for r in self.relations]
         if n > len(pool_subjects):
-            raise ValueError(f"asked for {n} edits on distinct subjects but there are {len(pool_subjects)}")
+            raise InvalidInputError(f"asked for {n} edits on distinct subjects but there are {len(pool_subjects)}")
         rng.shuffle(pairs)
         used: set[str] = set()
         out: list[EditRequest] = []
@@ -232,7 +233,7 @@ class World:
     def split_subjects(self, heldout: float = 0.5, seed: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """``(train, held_out)``: a seeded random partition of the subjects, ``heldout`` of them held out."""
         if not 0 < heldout < 1:
-            raise ValueError(f"heldout must be in (0, 1), got {heldout}")
+            raise InvalidInputError(f"heldout must be in (0, 1), got {heldout}")
         order = list(self.subjects)
         random.Random(self.spec.seed * 7727 + seed).shuffle(order)
         n_out = min(len(order) - 1, max(1, round(heldout * len(order))))
@@ -242,9 +243,9 @@ class World:
     def _known(self, subjects: tuple[str, ...] | list[str]) -> tuple[str, ...]:
         unknown = sorted(set(subjects) - set(self.subjects))
         if unknown:
-            raise ValueError(f"subjects not in this world: {unknown[:5]}")
+            raise InvalidInputError(f"subjects not in this world: {unknown[:5]}")
         if len(set(subjects)) < 2:
-            raise ValueError("need at least two subjects (edits have neighbours)")
+            raise InvalidInputError("need at least two subjects (edits have neighbours)")
         return tuple(dict.fromkeys(subjects))
 
     def _request(self, rng: random.Random, s: str, r: Relation, template: int, n_neighbours: int,
