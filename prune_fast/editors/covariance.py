@@ -380,9 +380,17 @@ class CovarianceStore:
         return self.get_many(model, tokenizer, [site], n_samples, max_tokens)[site.module_name]
 
     def get_many(self, model: nn.Module, tokenizer: Any, sites: Sequence[EditSite], n_samples: int,
-                 max_tokens: int = 128) -> dict[str, torch.Tensor]:
-        """``C`` for every site (by module name); those not cached come from one pass over the corpus."""
+                 max_tokens: int = 128, *, distributed: Any = None) -> dict[str, torch.Tensor]:
+        """``C`` for every site (by module name); those not cached come from one pass over the corpus.
+
+        ``distributed``: a ``torch.distributed`` process group (or ``True`` for the default one) to
+        shard the pass over: every rank calls this, takes every ``world``-th batch, the sums are
+        all-reduced and rank 0 writes the cache (what is missing is decided by rank 0).
+        """
         keys = {s.module_name: self.key(model, s, n_samples, max_tokens) for s in sites}
+        if distributed is not None and distributed is not False:
+            return self._get_sharded(model, tokenizer, sites, keys, max_tokens,
+                                     None if distributed is True else distributed)
         out = {name: self._memory[k] for name, k in keys.items() if k in self._memory}
         missing = [s for s in sites if s.module_name not in out]
         if missing:
@@ -404,6 +412,31 @@ class CovarianceStore:
                 raise EditorError(f"covariance for {s.module_name} has shape {tuple(cov.shape)}, expected "
                                   f"({s.d_in}, {s.d_in}); delete {self.path(keys[s.module_name])}")
             self._memory[keys[s.module_name]] = cov
+        return {s.module_name: out[s.module_name] for s in sites}
+
+    def _get_sharded(self, model: nn.Module, tokenizer: Any, sites: Sequence[EditSite],
+                     keys: dict[str, tuple[str, str, int, int, str]], max_tokens: int, group: Any
+                     ) -> dict[str, torch.Tensor]:
+        import torch.distributed as dist  # optional: only sharded passes need it
+
+        rank, world = dist.get_rank(group), dist.get_world_size(group)
+        decision: list[Any] = [None]
+        if rank == 0:
+            decision[0] = [s.module_name for s in sites if self._load(keys[s.module_name]) is None]
+        dist.broadcast_object_list(decision, src=0, group=group)
+        todo = [s for s in sites if s.module_name in decision[0]]
+        out: dict[str, torch.Tensor] = {}
+        if todo:
+            out.update(self._compute(model, tokenizer, todo, keys, max_tokens, rank=rank, world=world, group=group))
+        dist.barrier(group=group)  # rank 0 has written the files every rank may now read
+        for s in sites:
+            if s.module_name not in out:
+                cov = self._load(keys[s.module_name])
+                if cov is None:
+                    raise EditorError(f"covariance of {s.module_name} missing from {self.path(keys[s.module_name])} "
+                                      "after the sharded pass: is the cache folder shared by every rank?")
+                out[s.module_name] = cov
+            self._memory[keys[s.module_name]] = out[s.module_name]
         return {s.module_name: out[s.module_name] for s in sites}
 
     def factor(self, model: nn.Module, tokenizer: Any, site: EditSite, n_samples: int, max_tokens: int = 128,
@@ -429,25 +462,29 @@ class CovarianceStore:
         return cov
 
     def _compute(self, model: nn.Module, tokenizer: Any, sites: Sequence[EditSite],
-                 keys: dict[str, tuple[str, str, int, int, str]], max_tokens: int) -> dict[str, torch.Tensor]:
+                 keys: dict[str, tuple[str, str, int, int, str]], max_tokens: int, *, rank: int = 0, world: int = 1,
+                 group: Any = None) -> dict[str, torch.Tensor]:
         n = keys[sites[0].module_name][2]
         modules = [s.module_name for s in sites]
         partial = None
         if self.cache_dir is not None:
             k0 = keys[sites[0].module_name]
             names = hashlib.sha256("|".join(sorted(modules)).encode()).hexdigest()[:8]
-            partial = self.cache_dir / "covariance" / k0[0] / f"partial-{names}-n{n}-t{max_tokens}-{k0[4]}.safetensors"
+            shard = f"-r{rank}of{world}" if world > 1 else ""
+            partial = self.cache_dir / "covariance" / k0[0] / \
+                f"partial-{names}-n{n}-t{max_tokens}-{k0[4]}{shard}.safetensors"
         start = time.perf_counter()
         state = second_moments(model, tokenizer, sites, self.corpus[:n], max_tokens=max_tokens,
                                token_budget=self.token_budget, max_rows=self.batch_size, progress=self.progress,
-                               checkpoint=partial, checkpoint_s=self.checkpoint_s)
+                               checkpoint=partial, checkpoint_s=self.checkpoint_s, rank=rank, world=world,
+                               process_group=group)
         covs = state.means()
         elapsed = time.perf_counter() - start
         logger.info("key covariance of %s from %d tokens of %d texts in %.1f s (%.0f tokens/s)",
                     ", ".join(modules), state.count, n, elapsed, state.count / max(elapsed, 1e-9))
         for s in sites:
             path = self.path(keys[s.module_name])
-            if path is not None:
+            if path is not None and rank == 0:
                 _save_atomic(path, {"mom2": covs[s.module_name]},
                              {"module": s.module_name, "n": str(n), "tokens": str(state.count)})
         if partial is not None:
