@@ -1,6 +1,7 @@
 """``python -m prune_fast stats``: one process, and two processes under torchrun over gloo, give the
 same key statistics (and the straightforward float64 ones) in the shared cache."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,7 +20,7 @@ WORLD = World.generate(WorldSpec(n_subjects=20, n_relations=3, seed=3))
 
 def _run(args, cache):
     env = dict(os.environ, PYTHONPATH=str(ROOT), PRUNE_FAST_CACHE=str(cache), OMP_NUM_THREADS="1")
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -41,7 +42,11 @@ def test_two_gloo_processes_give_the_single_process_statistics(tmp_path, rng):
     common = ["--model", str(folder), "--corpus", str(tmp_path / "corpus.txt"), "--layers", "1", "2",
               "--samples", "40", "--token-budget", "64", "--no-progress", "--threads", "1"]
     _run([sys.executable, "-m", "prune_fast", "stats", *common], tmp_path / "one")
-    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=0",
+    with socket.socket() as sock:  # a free port for the rendezvous
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    _run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+          f"--master_port={port}",
           "-m", "prune_fast", "stats", *common], tmp_path / "two")
     one = sorted((tmp_path / "one" / "covariance").rglob("*.safetensors"))
     two = sorted((tmp_path / "two" / "covariance").rglob("*.safetensors"))
