@@ -9,6 +9,9 @@ Compared in the same run on the same machine:
 - the paper's per-matrix procedure (``prune_fast.reference.paper_procedure``: four float64 NumPy
   SVDs with full U and V + ``matrix_rank``, as its code does), once, and its thin variant (a thin
   SVD of Δ, singular values only for the other three) as the stricter yardstick;
+- many values above σ* (issue 15), W0 Gaussian: a rank-200 Δ whose 200 values all lie in
+  [1.2σ*, 4σ*], and a dense full-rank Δ with 700 values in [1.05σ*, 3σ*] and 900 in [0, 0.95σ*],
+  with the certificate each call used;
 - 1000 sequential rank-1 tracker steps (``prune_fast.synthetic_edits.rome_like_updates``), the
   median and quantiles of one step at edits 1–100, 401–500 and 901–1000.
 
@@ -56,6 +59,25 @@ def make_case(rank: int, seed: int = 0, w0_kind: str = "gaussian") -> tuple[torc
     u = torch.linalg.qr(torch.randn(M, rank, generator=g))[0]
     v = torch.linalg.qr(torch.randn(N, rank, generator=g))[0]
     return w0, (u * s) @ v.T, sigma_star
+
+
+MANY = {"rank200_all_above": (200, False), "dense_700_above": (700, True)}
+
+
+def make_many_case(name: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """W0 Gaussian/√N and a Δ with many values above σ* (see the module docstring)."""
+    count, dense = MANY[name]
+    g = torch.Generator().manual_seed(seed)
+    w0 = torch.randn(M, N, generator=g) / math.sqrt(N)
+    sigma_star = prune_fast.restrain.sigma_max(w0)[0]
+    if dense:
+        s = torch.cat([torch.linspace(3.0, 1.05, count, dtype=torch.float64),
+                       torch.linspace(0.95, 0.0, M - count, dtype=torch.float64)])
+    else:
+        s = torch.linspace(4.0, 1.2, count, dtype=torch.float64)
+    u = torch.linalg.qr(torch.randn(M, s.numel(), generator=g, dtype=torch.float64))[0]
+    v = torch.linalg.qr(torch.randn(N, s.numel(), generator=g, dtype=torch.float64))[0]
+    return w0, ((u * (s * sigma_star)) @ v.T).float(), sigma_star
 
 
 def timed_inplace(w_edited: torch.Tensor, run, repeats: int) -> list[float]:
@@ -125,6 +147,16 @@ def main() -> None:
                   f"{statistics.median(low):.3f} | {n} |", flush=True)
             if rank == 16 and kind == "trained":
                 paper_case = (w0, delta)
+    print("\n| many values above σ* (W0 gaussian) | restrain_ median (s) | restrain_ with σ* given (s) | n restrained | certificate |")
+    print("|---|---|---|---|---|")
+    for name in MANY:
+        w0, delta, sigma_star = make_many_case(name)
+        w_edited = w0 + delta
+        fast = timed_inplace(w_edited, restrain_fast(delta), args.repeats)
+        given = timed_inplace(w_edited, restrain_fast(delta, sigma_star), args.repeats)
+        n = prune_fast.restrain_(w0 + delta, delta).n_restrained
+        cert = prune_fast.restrain.triplets_at_or_above(delta, sigma_star, "torch").certificate
+        print(f"| {name} | {statistics.median(fast):.3f} | {statistics.median(given):.3f} | {n} | {cert} |", flush=True)
     if not args.quick:
         w0, delta = paper_case
         for full, label in ((True, "as in the paper's code: 4 float64 SVDs with full U and V + matrix_rank"),
@@ -151,6 +183,12 @@ if pytest is not None:
     @pytest.mark.parametrize("rank", RANKS)
     def test_bench_restrain(benchmark, rank):
         w0, delta, _ = make_case(rank)
+        w_edited = w0 + delta
+        benchmark.pedantic(restrain_fast(delta), setup=lambda: ((w_edited.clone(),), {}), rounds=3, iterations=1)
+
+    @pytest.mark.parametrize("name", list(MANY))
+    def test_bench_restrain_many(benchmark, name):
+        w0, delta, _ = make_many_case(name)
         w_edited = w0 + delta
         benchmark.pedantic(restrain_fast(delta), setup=lambda: ((w_edited.clone(),), {}), rounds=3, iterations=1)
 

@@ -1,6 +1,11 @@
 """Check every kernel on the GPU against float64 references, then time restraint at LLM sizes.
 
-One call does both:
+One call does everything, in this order, writing its results after each part (so a run cut short
+by the device's time limit still returns what it measured):
+
+0. **Set-up**: builds the optional CUDA library (``csrc/``) with CMake + nvcc when they are there
+   (``--no-build-cuda`` skips), measures the device's copy bandwidth (a 1 GiB device-to-device
+   copy, bytes read + written, ``do_bench`` median) — the ceiling every floor below uses.
 
 1. **Correctness**: every Triton kernel (low-rank update in place and the no-drift write, skinny
    products with an implicit Δ incl. the split reduction, CholeskyQR2, the Jacobi eigensolver — and
@@ -13,28 +18,49 @@ One call does both:
    4096×14336, fp32 and bf16 weights; the same restraint done with ``torch.linalg.svd`` and with
    ``torch.svd_lowrank``. Each row prints the achieved GB/s and the ratio of the time to the memory
    floor: the bytes that must move (one read and one write of W, plus one read of Δ per product the
-   Krylov solver needed for ``restrain_``) at the device's peak bandwidth.
+   Krylov solver needed for ``restrain_``) at the measured copy bandwidth. Also the Triton and the
+   CUDA-library Jacobi eigensolvers side by side (which one ``small_eigh`` should prefer).
+3. **CUDA graph**: a synchronisation-free restraint step (W ← edited W; σ₁, u, v of W − W0 by
+   ``sigma_max_power``; W −= (σ₁ − F(σ₁)) u vᵀ when σ₁ ≥ σ*) captured in a ``torch.cuda.CUDAGraph``,
+   replayed twice: the replays must agree bit for bit (and with the eager step to fp32 rounding),
+   and the top singular value after the step must be max(F(σ₁), σ₂), against a float64 SVD. Finally (last, as a failed capture can upset the context) the
+   script tries to capture ``SpectralTracker.add_`` itself and records whether that works.
+4. **Targets** from the issue, judged in ``gpu_check.md``: dense ``restrain_`` at 4096×11008 fp32
+   within 3× of its memory floor; tracker step ≤ 0.5 ms; ≥ 1000× faster than ``torch.linalg.svd``.
 
 ``--dry-run`` runs the same code path on tiny shapes on the CPU under Triton's interpreter
 (timings there are meaningless; the point is that nothing can crash on first contact with a GPU).
-Logs (``gpu_check.log``, ``gpu_check.json``) go to ``$OUT`` when it is set, else ``--out``.
+Outputs (``gpu_check.log``, ``gpu_check.json``, ``gpu_check.md``) go to ``--out``, else ``$OUT``.
+The whole GPU run is sized for a 15-minute device lease: ~1 minute of Triton JIT compiles, the
+timings stop starting new shapes after ``--budget-s`` seconds (default 420).
 
 Usage::
 
     python bench/gpu_check.py                  # on a CUDA machine
     python bench/gpu_check.py --dry-run        # anywhere (sets TRITON_INTERPRET=1 itself)
+
+On a lent device machine (one call; the image's python3 has torch, Triton, CMake and nvcc; the
+outputs come back from $OUT, the table is the end of the printed output)::
+
+    set -o pipefail; PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT 2>&1 | tee $OUT/stdout.txt
+
+If that run is cut short, rerun only what is missing, e.g. ``--skip-timing`` or
+``--shapes llama3-8b --budget-s 200``.
 """
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import math
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -64,8 +90,10 @@ GPU_SHAPES = {"gpt2xl": (1600, 6400), "llama2-7b": (4096, 11008), "llama3-8b": (
 DRY_SHAPES = {"tiny": (48, 96)}
 ROUNDING = {torch.float32: 2.0 ** -23, torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
 ACCUMULATION = 64 * torch.finfo(torch.float32).eps
-# Peak DRAM bandwidth by device name fragment (GB/s), for the floor; unknown devices use --peak-gbs.
+# Datasheet DRAM bandwidth by device name fragment (GB/s), reported beside the measured copy
+# bandwidth, which is what the floors use (--peak-gbs overrides both).
 PEAK_GBS = {"H100": 3350.0, "H200": 4800.0, "A100": 2039.0}
+TARGETS = {"restrain_floor_ratio": 3.0, "tracker_step_ms": 0.5, "svd_speedup": 1000.0}
 
 
 @dataclass
@@ -241,17 +269,28 @@ def make_restraint_case(m: int, n: int, dtype: torch.dtype, device, g: torch.Gen
 
 
 def timing_rows(device: torch.device, shapes: dict, on_gpu: bool, peak_gbs: float, g: torch.Generator,
-                rotate: int, reps: int) -> list[Timing]:
-    rows: list[Timing] = []
+                rotate: int, reps: int, deadline: float = math.inf, skipped: list[str] | None = None,
+                on_row: Callable[[], None] | None = None, rows: list[Timing] | None = None) -> list[Timing]:
+    """Timings per shape (in order) and dtype, appended to ``rows`` (``on_row`` called after each);
+    shapes not started before ``deadline`` are listed in ``skipped``."""
+    rows = [] if rows is None else rows
     backend = "triton"
     f = resolve_fn("log")
+    if on_gpu:  # cuSOLVER's handle and workspace set-up stay out of the first SVD timing
+        torch.linalg.svd(torch.randn(64, 256, device=device), full_matrices=False)
 
     def row(what, name, dtype, method, ms, floor_bytes, **extra):
         gbs = floor_bytes / (ms * 1e-3) / 1e9 if ms > 0 else float("nan")
         floor_ms = floor_bytes / (peak_gbs * 1e9) * 1e3
         rows.append(Timing(what, name, str(dtype)[6:], method, ms, floor_bytes, gbs, ms / floor_ms, extra))
+        if on_row:
+            on_row()
 
     for name, (m, n) in shapes.items():
+        if time.perf_counter() > deadline:
+            if skipped is not None:
+                skipped.append(f"{name} {m}x{n}: time budget spent")
+            continue
         for dtype in (torch.float32, torch.bfloat16):
             cases = [make_restraint_case(m, n, dtype, device, g) for _ in range(rotate)]
             esize = torch.tensor([], dtype=dtype).element_size()
@@ -309,6 +348,148 @@ def timing_rows(device: torch.device, shapes: dict, on_gpu: bool, peak_gbs: floa
     return rows
 
 
+# ---- set-up: CUDA library, copy bandwidth ------------------------------------------------------
+def build_cuda_library(arch: str, work: Path) -> str:
+    """Build csrc/ with CMake + nvcc for ``arch`` (e.g. "90") and point cuda_library at the result."""
+    if cuda_library.available():
+        return f"already built: {cuda_library.library_path()}"
+    if shutil.which("cmake") is None or shutil.which("nvcc") is None:
+        return "not built: cmake or nvcc missing"
+    build, lib_dir = work / "cuda_build", work / "cuda_lib"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        for cmd in (["cmake", "-S", str(root), "-B", str(build), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
+                     f"-DPRUNE_FAST_LIB_DIR={lib_dir}", "-DCMAKE_BUILD_TYPE=Release"],
+                    ["cmake", "--build", str(build)]):
+            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        tail = getattr(exc, "stderr", "") or ""
+        return f"build failed: {exc} {tail[-500:]}"
+    libs = sorted(lib_dir.glob("*prune_fast_cuda*"))
+    if not libs:
+        return "build produced no library"
+    os.environ["PRUNE_FAST_CUDA_LIB"] = str(libs[0])
+    cuda_library._load.cache_clear()
+    return f"built for sm_{arch}: {libs[0]} (loaded: {cuda_library.available()})"
+
+
+def copy_bandwidth(device: torch.device, on_gpu: bool) -> dict:
+    """Device-to-device copy rate, counting bytes read plus bytes written (random data, never zeros)."""
+    n = (1 << 30) // 4 if on_gpu else (1 << 24) // 4
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    ms = bench(lambda: dst.copy_(src), on_gpu, reps=5)
+    del src, dst
+    return {"bytes": 2 * n * 4, "median_ms": ms, "gbs": 2 * n * 4 / (ms * 1e-3) / 1e9}
+
+
+# ---- CUDA graph ----------------------------------------------------------------------------------
+def graph_check(device: torch.device, on_gpu: bool, shape: tuple[int, int], g: torch.Generator,
+                iters: int = 12) -> tuple[dict, list[Check]]:
+    """Capture the synchronisation-free restraint step in a CUDA graph and replay it (see module doc)."""
+    m, n = shape
+    backend = "triton"
+    f = resolve_fn("log")
+    w0 = (torch.randn(m, n, generator=g) / math.sqrt(n)).to(device)
+    sigma_star, _ = sigma_max(w0)
+    a = torch.linalg.qr(torch.randn(m, 2, generator=g))[0].to(device)
+    b = torch.linalg.qr(torch.randn(n, 2, generator=g))[0].to(device)
+    edited = w0 + (a * torch.tensor([3.0, 1.5], device=device) * sigma_star) @ b.T
+    w = edited.clone()
+    start = torch.randn(n, 4, generator=g).to(device)
+    op = ImplicitDifferenceOperator(w, w0, backend=backend)
+
+    def step():
+        w.copy_(edited)  # every replay starts from the same edited weight
+        res = sigma_max_power(op, iters=iters, start=start, backend=backend)
+        c = torch.where(res.sigma >= sigma_star, res.sigma - f(res.sigma, sigma_star), torch.zeros_like(res.sigma))
+        apply_correction_(w, -(res.u * c)[:, None], res.v[:, None], backend=backend)
+
+    info: dict = {"shape": f"{m}x{n}", "iters": iters, "graph": on_gpu}
+    if on_gpu:
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: Triton JIT compiles, allocator pools
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+        step()
+        eager = w.clone()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        graph.replay()
+        torch.cuda.synchronize(device)
+        first = w.clone()
+        graph.replay()
+        torch.cuda.synchronize(device)
+        second = w.clone()
+        info["eager_ms"] = bench(step, True, 5)
+        info["replay_ms"] = bench(graph.replay, True, 5)
+    else:  # no graphs on the CPU: the same step, run eagerly three times
+        step()
+        eager = w.clone()
+        step()
+        first = w.clone()
+        step()
+        second = w.clone()
+    info["replays_identical"] = bool(torch.equal(first, second))
+    info["replay_equals_eager"] = bool(torch.equal(first, eager))
+    info["max_abs_replay_vs_eager"] = float((first - eager).abs().max())
+    sigma_before = torch.linalg.svdvals((edited - w0).double().cpu())[:2]
+    sigma_after = float(torch.linalg.svdvals((first - w0).double().cpu())[0])
+    want = float(f(sigma_before[:1], sigma_star)[0])
+    # After the top value is restrained, the largest is max(F(σ₁), σ₂) (σ₂ = 1.5σ* stays ≥ σ*).
+    want = max(want, float(sigma_before[1]))
+    info.update(sigma_star=sigma_star, sigma_before=sigma_before.tolist(), sigma_after=sigma_after, want=want)
+    # Replays must agree bit for bit; the eager run may differ by rounding only (cuBLAS may pick
+    # another algorithm under capture), so it is held to fp32 rounding of the weight's scale.
+    scale = float(eager.abs().max())
+    close = info["max_abs_replay_vs_eager"] <= 1e-5 * scale
+    checks = [
+        Check("graph: replays identical", info["shape"], 0.0 if info["replays_identical"] else float("inf"),
+              info["replays_identical"]),
+        Check("graph: replay vs eager", info["shape"], info["max_abs_replay_vs_eager"] / (1e-5 * scale), close),
+        Check("graph: σ₁ after step (vs f64)", info["shape"], abs(sigma_after - want) / (1e-3 * want),
+              abs(sigma_after - want) <= 1e-3 * want),
+    ]
+    return info, checks
+
+
+def tracker_capture_attempt(device: torch.device, g: torch.Generator) -> dict:
+    """Whether ``SpectralTracker.add_`` itself can be captured in a CUDA graph (it reads values back)."""
+    m, n = 1024, 4096
+    w = (torch.randn(m, n, generator=g) / math.sqrt(n)).to(device)
+    tracker = prune_fast.SpectralTracker(w, backend="triton")
+    u, v = torch.randn(m, 1, generator=g).to(device), torch.randn(n, 1, generator=g).to(device)
+    tracker.add_(u, v)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            tracker.add_(u, v)
+        graph.replay()
+        torch.cuda.synchronize(device)
+        return {"capturable": True}
+    except Exception as exc:  # noqa: BLE001 - the finding is the error itself
+        return {"capturable": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
+
+
+def eigh_timing_rows(device: torch.device, on_gpu: bool, g: torch.Generator) -> list[Timing]:
+    """Triton vs CUDA-library Jacobi on b×b Gram matrices (the sizes sigma_power and Krylov use)."""
+    rows = []
+    for k in (8, 16, 64):
+        a = torch.randn(k, 4 * k, generator=g).to(device)
+        gram = a @ a.T
+        methods = {"triton jacobi": lambda: small_eigh_triton(gram), "torch.linalg.eigh": lambda: torch.linalg.eigh(gram)}
+        if cuda_library.available():
+            methods["cuda-lib jacobi"] = lambda: cuda_library.jacobi_eigh(gram)
+        for method, fn in methods.items():
+            ms = bench(fn, on_gpu, 5)
+            rows.append(Timing("small_eigh", f"{k}x{k}", "float32", method, ms, k * k * 4 * 3, float("nan"),
+                               float("nan")))
+    return rows
+
+
 # ---- report ---------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
     try:
@@ -316,19 +497,132 @@ def environment(device: torch.device) -> dict:
                                 cwd=Path(__file__).resolve().parent, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         commit = "unknown"
+    import triton  # noqa: PLC0415
+
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-            "torch": torch.__version__, "commit": commit, "python": platform.python_version(),
-            "cuda_library": cuda_library.available(), "interpreter": os.environ.get("TRITON_INTERPRET") == "1"}
+            "torch": torch.__version__, "triton": triton.__version__, "commit": commit or "unknown",
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "interpreter": os.environ.get("TRITON_INTERPRET") == "1"}
+
+
+def target_verdicts(timings: list[Timing]) -> list[dict]:
+    """The issue's three targets, judged from the timing rows (absent rows: not measured)."""
+    def find(what, shape_part, dtype, method):
+        return next((t for t in timings if t.what == what and shape_part in t.shape and t.dtype == dtype
+                     and t.method == method), None)
+
+    out = []
+    r = find("restrain_", "4096x11008", "float32", "prune_fast")
+    out.append({"target": f"restrain_ 4096x11008 fp32 within {TARGETS['restrain_floor_ratio']:g}x of its memory floor",
+                "value": None if r is None else round(r.floor_ratio, 2),
+                "met": None if r is None else r.floor_ratio <= TARGETS["restrain_floor_ratio"]})
+    steps = [t for t in timings if t.what.startswith("tracker.add_")]
+    worst = max(steps, key=lambda t: t.median_ms, default=None)
+    out.append({"target": f"tracker step <= {TARGETS['tracker_step_ms']} ms (worst shape/dtype)",
+                "value": None if worst is None else f"{worst.median_ms:.3f} ms ({worst.shape} {worst.dtype})",
+                "met": None if worst is None else worst.median_ms <= TARGETS["tracker_step_ms"]})
+    ratios = []
+    for t in timings:
+        if t.what == "restrain_" and t.method == "prune_fast":
+            svd = find("restrain_", t.shape, t.dtype, "torch.linalg.svd")
+            if svd is not None:
+                ratios.append((svd.median_ms / t.median_ms, t))
+    low = min(ratios, key=lambda x: x[0], default=None)
+    out.append({"target": f">= {TARGETS['svd_speedup']:g}x faster than torch.linalg.svd (smallest ratio)",
+                "value": None if low is None else f"{low[0]:.0f}x ({low[1].shape} {low[1].dtype})",
+                "met": None if low is None else low[0] >= TARGETS["svd_speedup"]})
+    return out
+
+
+def markdown(result: dict) -> str:
+    env = result["env"]
+    lines = [f"# gpu_check: {env['device']}, {env['date']}", "",
+             f"commit {env['commit']}, torch {env['torch']}, triton {env['triton']}, "
+             f"dry run: {result['dry_run']}, elapsed {result.get('elapsed_s', 0):.0f} s", ""]
+    bw = result.get("bandwidth")
+    if bw:
+        lines += [f"Copy bandwidth (device-to-device, read + write): **{bw['gbs']:.0f} GB/s** measured "
+                  f"(datasheet {result['datasheet_gbs']:.0f} GB/s); floors below use {result['floor_gbs']:.0f} GB/s.", ""]
+    lines += [f"CUDA library: {result.get('cuda_library')}", ""]
+    checks = result.get("checks", [])
+    failed = [c for c in checks if not c["ok"]]
+    lines += [f"## Kernel checks against float64: {len(checks) - len(failed)} passed, {len(failed)} failed", ""]
+    if failed:
+        lines += ["| kernel | case | err/bound |", "|---|---|---|"]
+        lines += [f"| {c['kernel']} | {c['case']} | {c['worst']:.3g} |" for c in failed]
+        lines.append("")
+    graph = result.get("graph")
+    if graph:
+        lines += ["## CUDA graph (sync-free restraint step)", "", "```", json.dumps(graph, indent=1), "```", ""]
+    timings = result.get("timings", [])
+    if timings:
+        lines += ["## Timings (median ms)", "", "| step | shape | dtype | method | ms | GB/s | x floor | extra |",
+                  "|---|---|---|---|---:|---:|---:|---|"]
+        lines += [f"| {t['what']} | {t['shape']} | {t['dtype']} | {t['method']} | {t['median_ms']:.3f} | "
+                  f"{t['gbs']:.0f} | {t['floor_ratio']:.2f} | {json.dumps(t['extra']) if t['extra'] else ''} |"
+                  for t in timings]
+        lines.append("")
+    if result.get("skipped"):
+        lines += ["Skipped: " + "; ".join(result["skipped"]), ""]
+    if result.get("targets"):
+        lines += ["## Targets", "", "| target | value | met |", "|---|---|---|"]
+        lines += [f"| {t['target']} | {t['value']} | {t['met']} |" for t in result["targets"]]
+        lines.append("")
+    if result.get("tracker_capture"):
+        lines += [f"SpectralTracker.add_ in a CUDA graph: {result['tracker_capture']}", ""]
+    return "\n".join(lines)
+
+
+def text_log(result: dict) -> str:
+    env = result["env"]
+    lines = [f"# gpu_check  device={env['device']}  torch={env['torch']}  commit={env['commit']}  "
+             f"floor={result.get('floor_gbs', 0):.0f} GB/s  cuda_library={result.get('cuda_library')}  "
+             f"dry_run={result['dry_run']}"]
+    checks = result.get("checks", [])
+    lines.append(f"{'kernel':34s} {'case':24s} {'err/bound':>10s}  ok")
+    lines += [f"{c['kernel']:34s} {c['case']:24s} {c['worst']:10.3g}  {'PASS' if c['ok'] else 'FAIL'}" for c in checks]
+    lines.append(f"checks: {sum(c['ok'] for c in checks)} ok, {sum(not c['ok'] for c in checks)} not ok")
+    if result.get("timings"):
+        lines.append(f"{'step':28s} {'shape':22s} {'dtype':9s} {'method':32s} {'median ms':>10s} {'GB/s':>8s} "
+                     f"{'x floor':>8s}")
+        lines += [f"{t['what']:28s} {t['shape']:22s} {t['dtype']:9s} {t['method']:32s} {t['median_ms']:10.3f} "
+                  f"{t['gbs']:8.1f} {t['floor_ratio']:8.2f}  {json.dumps(t['extra']) if t['extra'] else ''}"
+                  for t in result["timings"]]
+    for t in result.get("targets", []):
+        lines.append(f"target: {t['target']}: {t['value']} -> {t['met']}")
+    if result.get("graph"):
+        lines.append("graph: " + json.dumps(result["graph"]))
+    return "\n".join(lines)
+
+
+class Output:
+    """The result dict, written to the out folder (JSON, markdown, log) after every part."""
+
+    def __init__(self, folder: str | None, result: dict):
+        self.folder = Path(folder) if folder else None
+        self.result = result
+
+    def flush(self) -> None:
+        if self.folder is None:
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        Path(self.folder, "gpu_check.json").write_text(json.dumps(self.result, indent=1, default=str))
+        Path(self.folder, "gpu_check.md").write_text(markdown(self.result))
+        Path(self.folder, "gpu_check.log").write_text(text_log(self.result) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU under Triton's interpreter")
-    p.add_argument("--out", default=None, help="log folder (default: $OUT, else no files)")
-    p.add_argument("--peak-gbs", type=float, default=None, help="device DRAM bandwidth for the floor (GB/s)")
+    p.add_argument("--out", default=None, help="output folder (default: $OUT, else no files)")
+    p.add_argument("--peak-gbs", type=float, default=None, help="bandwidth for the floors instead of the measured one")
     p.add_argument("--skip-timing", action="store_true")
+    p.add_argument("--no-build-cuda", action="store_true", help="do not build csrc/ with CMake + nvcc")
+    p.add_argument("--budget-s", type=float, default=420.0, help="start no new timing shape after this many seconds")
+    p.add_argument("--shapes", default=None, help=f"comma-separated subset of {', '.join(GPU_SHAPES)}")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
+    t0 = time.perf_counter()
 
     on_gpu = torch.cuda.is_available() and not args.dry_run
     if not on_gpu and not args.dry_run:
@@ -336,34 +630,61 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = torch.device("cuda" if on_gpu else "cpu")
     env = environment(device)
-    peak = args.peak_gbs or next((v for k, v in PEAK_GBS.items() if k in env["device"]), 1000.0)
     g = torch.Generator().manual_seed(args.seed)
-    lines = [f"# gpu_check  device={env['device']}  torch={env['torch']}  commit={env['commit']}  "
-             f"peak={peak:.0f} GB/s  cuda_library={env['cuda_library']}  dry_run={args.dry_run}"]
+    result: dict = {"env": env, "dry_run": args.dry_run}
+    out = Output(args.out or os.environ.get("OUT"), result)
+
+    def part(name: str) -> None:
+        result["elapsed_s"] = time.perf_counter() - t0
+        out.flush()
+        print(f"[{result['elapsed_s']:6.1f} s] {name}", flush=True)
+
+    if not args.no_build_cuda:  # the dry run builds too (for sm_90), so the build path is tested here
+        arch = "".join(map(str, torch.cuda.get_device_capability(device))) if on_gpu else "90"
+        work = tempfile.mkdtemp(prefix="gpu_check_")
+        atexit.register(shutil.rmtree, work, True)  # the loaded library stays mapped until exit
+        result["cuda_library"] = build_cuda_library(arch, Path(work))
+    else:
+        result["cuda_library"] = f"available: {cuda_library.available()}"
+    result["bandwidth"] = copy_bandwidth(device, on_gpu)
+    result["datasheet_gbs"] = next((v for k, v in PEAK_GBS.items() if k in env["device"]), float("nan"))
+    floor_gbs = args.peak_gbs or result["bandwidth"]["gbs"]
+    result["floor_gbs"] = floor_gbs
+    part("set-up")
 
     check_shapes = [(1, 1), (17, 33), (130, 70)] + ([(1600, 6400)] if on_gpu else [])
     checks = check_kernels(device, check_shapes, g)
-    lines.append(f"{'kernel':34s} {'case':24s} {'err/bound':>10s}  ok")
-    lines += [f"{c.kernel:34s} {c.case:24s} {c.worst:10.3g}  {'PASS' if c.ok else 'FAIL'}" for c in checks]
-    failed = [c for c in checks if not c.ok]
-    lines.append(f"checks: {len(checks) - len(failed)} passed, {len(failed)} failed")
+    result["checks"] = [asdict(c) for c in checks]
+    part("kernel checks")
+
+    graph, graph_checks = graph_check(device, on_gpu, (1600, 6400) if on_gpu else (48, 96), g)
+    result["graph"] = graph
+    result["checks"] += [asdict(c) for c in graph_checks]
+    part("CUDA graph")
 
     timings: list[Timing] = []
+    skipped: list[str] = []
+    result["timings"], result["skipped"] = [], skipped
     if not args.skip_timing:
+        def on_row():
+            result["timings"] = [asdict(t) for t in timings]
+            out.flush()
+
+        timings += eigh_timing_rows(device, on_gpu, g)
         shapes = GPU_SHAPES if on_gpu else DRY_SHAPES
-        timings = timing_rows(device, shapes, on_gpu, peak, g, rotate=3 if on_gpu else 2, reps=5 if on_gpu else 1)
-        lines.append(f"{'step':28s} {'shape':22s} {'dtype':9s} {'method':32s} {'median ms':>10s} {'GB/s':>8s} {'x floor':>8s}")
-        lines += [f"{t.what:28s} {t.shape:22s} {t.dtype:9s} {t.method:32s} {t.median_ms:10.3f} {t.gbs:8.1f} "
-                  f"{t.floor_ratio:8.2f}  {json.dumps(t.extra) if t.extra else ''}" for t in timings]
-    text = "\n".join(lines)
-    print(text)
-    out = args.out or os.environ.get("OUT")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        Path(out, "gpu_check.log").write_text(text + "\n")
-        Path(out, "gpu_check.json").write_text(json.dumps(
-            {"env": env, "peak_gbs": peak, "checks": [asdict(c) for c in checks],
-             "timings": [asdict(t) for t in timings]}, indent=1))
+        if args.shapes:
+            shapes = {k: shapes[k] for k in args.shapes.split(",")}
+        timing_rows(device, shapes, on_gpu, floor_gbs, g, rotate=3 if on_gpu else 2, reps=5 if on_gpu else 1,
+                    deadline=t0 + args.budget_s, skipped=skipped, on_row=on_row, rows=timings)
+        result["timings"] = [asdict(t) for t in timings]
+        result["targets"] = target_verdicts(timings)
+    part("timings")
+
+    if on_gpu:  # last: a failed capture may leave the context unusable
+        result["tracker_capture"] = tracker_capture_attempt(device, g)
+        part("SpectralTracker.add_ capture attempt")
+    print(text_log(result))
+    failed = [c for c in result["checks"] if not c["ok"]]
     return 1 if failed else 0
 
 

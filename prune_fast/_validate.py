@@ -7,8 +7,10 @@ input leaves every weight bit-identical.
 from __future__ import annotations
 
 import math
+import numbers
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import InvalidInputError
@@ -107,18 +109,45 @@ def check_count(name: str, value: object, *, minimum: int = 0) -> int:
     return value
 
 
-def check_sigma_star(sigma_star: object) -> float | None:
+def check_sigma_star(sigma_star: object, dtype: torch.dtype = torch.float32) -> float | None:
+    """σ* as a Python float: any real scalar (int, float, a NumPy integer or floating scalar or 0-d
+    array, a one-element real tensor) whose value is a positive, finite, *normal* number of ``dtype``,
+    the compute dtype (fp32 for fp32/fp16/bf16 weights, fp64 for fp64 ones). Subnormal values (5e-324,
+    1e-45 in fp32), zero, negatives, NaN and ±Inf are refused: the restraint divides by σ* and takes
+    its logarithm, and a subnormal σ* would fill the weight with Inf/NaN."""
     if sigma_star is None:
         return None
-    if isinstance(sigma_star, torch.Tensor):
-        if sigma_star.numel() != 1:
-            raise InvalidInputError(f"sigma_star must be a scalar, got a tensor of shape {tuple(sigma_star.shape)}")
-        sigma_star = float(sigma_star)
-    if isinstance(sigma_star, bool) or not isinstance(sigma_star, (int, float)):
-        raise InvalidInputError(f"sigma_star must be a positive number, got {type(sigma_star).__name__}")
-    if not math.isfinite(sigma_star) or sigma_star <= 0:
-        raise InvalidInputError(f"sigma_star must be finite and > 0, got {sigma_star!r}")
-    return float(sigma_star)
+    if isinstance(sigma_star, torch.Tensor) and sigma_star.numel() != 1:
+        raise InvalidInputError(f"sigma_star must be a scalar, got a tensor of shape {tuple(sigma_star.shape)}")
+    value = _real_scalar(sigma_star)
+    if value is None:
+        raise InvalidInputError(f"sigma_star must be a real number, got {type(sigma_star).__name__}")
+    info = torch.finfo(dtype)
+    name = str(dtype).replace("torch.", "")
+    if not math.isfinite(value) or value <= 0:
+        raise InvalidInputError(f"sigma_star must be finite and > 0, got {value!r}")
+    if value < info.tiny or value > info.max:
+        raise InvalidInputError(f"sigma_star must be a normal {name} number (between {info.tiny:.3g} and "
+                                f"{info.max:.3g}), got {value!r}")
+    return value
+
+
+def _real_scalar(x: object) -> float | None:
+    """``float(x)`` for a real scalar (never bool or complex), else None."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1 or x.dtype == torch.bool or x.is_complex():
+            return None
+        return float(x.detach().reshape(()).item())
+    if isinstance(x, np.ndarray):
+        if x.ndim != 0 or x.dtype.kind not in "fiu":
+            return None
+        return float(x)
+    if isinstance(x, (bool, np.bool_)) or not isinstance(x, numbers.Real):
+        return None
+    try:
+        return float(x)
+    except (OverflowError, TypeError, ValueError):  # e.g. an int too large for a float
+        return math.inf
 
 
 def check_factors(u: object, v: object, weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

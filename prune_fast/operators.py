@@ -2,15 +2,25 @@
 
 An operator ``A`` of shape (m, n) offers ``matmul(X) = A X`` (X: n×b) and ``rmatmul(Y) = Aᵀ Y``
 (Y: m×b). The solver never needs A's entries, so Δ = W − W0 is never materialised for products.
+Operators may also offer ``magnitude()``: an estimate of ‖A‖_F within a few powers of two (a pass
+over the data), which the solver asks for only when a product under- or overflowed, to wrap the
+operator in a :class:`ScaledOperator`.
 """
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
 
 from .kernels.cpu_matmul import skinny_matmul_cpu
+from .kernels.orthonormalize import times_power_of_two
 from .kernels.skinny_matmul import difference_matmul, skinny_matmul
+
+
+def _norm(t: torch.Tensor) -> float:
+    """‖t‖_F in float64 (no fp32 under/overflow), for ``magnitude()``."""
+    return float(torch.linalg.vector_norm(t.detach(), dtype=torch.float64)) if t.numel() else 0.0
 
 
 class MatrixOperator(Protocol):
@@ -38,6 +48,9 @@ class DenseOperator:
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
         return skinny_matmul_cpu(self.a.T, y)
 
+    def magnitude(self) -> float:
+        return _norm(self.a)
+
 
 class DifferenceOperator:
     """A = W − D without forming it: two products instead of one full-size temporary."""
@@ -54,6 +67,9 @@ class DifferenceOperator:
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
         return self.w.T @ y - self.d.T @ y
 
+    def magnitude(self) -> float:
+        return _norm(self.w) + _norm(self.d)
+
 
 class TransposedOperator:
     """Aᵀ, so the solver can always work on the tall orientation (as torch's ``_lowrank`` does)."""
@@ -69,6 +85,39 @@ class TransposedOperator:
 
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
         return self.op.matmul(y)
+
+    def magnitude(self) -> float:
+        return magnitude(self.op)
+
+
+class ScaledOperator:
+    """2^k · A, exactly, for operators whose products would under- or overflow in fp32.
+
+    The power of two is split: the skinny input is scaled by 2^k₁ before the product (so that the
+    products of huge entries stay finite and those of tiny entries stay normal) and the output by
+    2^k₂ after it, k₁ + k₂ = k, |k₁| ≤ 64. Powers of two change only exponents, so nothing is rounded.
+    """
+
+    def __init__(self, op: MatrixOperator, exponent: int):
+        self.op, self.exponent = op, exponent
+        self._pre = max(-64, min(64, exponent))
+        self._post = exponent - self._pre
+        self.shape, self.dtype, self.device = op.shape, op.dtype, op.device
+
+    def matmul(self, x: torch.Tensor) -> torch.Tensor:
+        return times_power_of_two(self.op.matmul(times_power_of_two(x, self._pre)), self._post)
+
+    def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
+        return times_power_of_two(self.op.rmatmul(times_power_of_two(y, self._pre)), self._post)
+
+    def magnitude(self) -> float:
+        return math.ldexp(magnitude(self.op), self.exponent)
+
+
+def magnitude(op: MatrixOperator) -> float:
+    """``op.magnitude()`` when the operator has one, else NaN (unknown)."""
+    fn = getattr(op, "magnitude", None)
+    return float(fn()) if fn is not None else math.nan
 
 
 def _product_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -101,6 +150,9 @@ class ImplicitDifferenceOperator:
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
         return difference_matmul(self.w.mT, self.w0.mT, y, backend=self.backend)
 
+    def magnitude(self) -> float:
+        return _norm(self.w) + _norm(self.w0)
+
 
 class LowRankOperator:
     """A = L Rᵀ (L: m×r, R: n×r): A X = L (Rᵀ X), Aᵀ Y = R (Lᵀ Y): two skinny products each, no m×n temporary.
@@ -124,3 +176,6 @@ class LowRankOperator:
     def rmatmul(self, y: torch.Tensor) -> torch.Tensor:
         inner = skinny_matmul(self.left.mT, y, backend=self.backend)
         return skinny_matmul(self.right, inner, backend=self.backend)
+
+    def magnitude(self) -> float:
+        return _norm(self.left) * _norm(self.right)

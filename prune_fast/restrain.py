@@ -2,10 +2,13 @@
 
     Ŵ = W − U_k diag(σ_k − F(σ_k)) V_kᵀ,     k = #{σ(Δ) ≥ σ*},  σ* = σ_max(W − Δ)
 
-Only the k triplets of Δ at or above σ* are computed (block Krylov, ``krylov.py``); the weight is
+Only the k triplets of Δ at or above σ* are computed (block Krylov, ``krylov.py``), with a
+certificate that no other singular value of Δ reaches σ* (deterministic where the tail of Δ allows
+it, else randomized with failure probability ≤ 1e-10 per call: see ``krylov.py``); the weight is
 then corrected by one rank-k update that reads and writes it once. Layout does not matter: Δ and
 Δᵀ have the same singular values, so nn.Linear (out×in) and GPT-2 Conv1D (in×out) weights are
-handled alike.
+handled alike. Random numbers come from a private generator (fixed seed) or the caller's
+``generator``: torch's global random stream is never touched, and equal inputs give equal weights.
 """
 from __future__ import annotations
 
@@ -39,7 +42,8 @@ _SIGMA_MAX_BLOCK = 16
 def sigma_max(matrix, *, generator: torch.Generator | None = None, backend: str = "torch") -> tuple[float, float]:
     """``(σ_max, relative residual bound)`` of a 2-D tensor or operator, by block Krylov.
 
-    Matrices with a short side ≤ 64 (tiny test weights) take one exact SVD instead.
+    Matrices with a short side ≤ 64 (tiny test weights) take one exact SVD instead. Scale-safe: a
+    matrix of 1e-30 or 1e30 is solved after a power-of-two rescaling (``krylov.py``).
     """
     if isinstance(matrix, torch.Tensor) and prefer_direct(tuple(matrix.shape), 1):
         return float(torch.linalg.svdvals(matrix.to(torch.float64))[0]) if matrix.numel() else 0.0, 0.0
@@ -62,6 +66,7 @@ def restrain_(
     fn: FnLike = "log",
     sigma_star: float | None = None,
     backend: str = "auto",
+    generator: torch.Generator | None = None,
 ) -> RestrainResult:
     """Restrain the edit held in ``weight`` in place; ``delta`` is read, never modified.
 
@@ -74,8 +79,11 @@ def restrain_(
         alpha: log base for ``fn="log"`` (> 1).
         fn: ``"log"``, ``"ln"``, ``"log2"``, ``"log1.5"``, ``"log1.2"``, ``"linear"`` or a callable
             ``(sigma, sigma_star) -> Tensor`` applied to the values ≥ σ*.
-        sigma_star: σ_max(W0) if known; otherwise computed from ``weight - delta``.
+        sigma_star: σ_max(W0) if known (a positive normal float of the compute dtype: fp32 for
+            fp32/fp16/bf16 weights); otherwise computed from ``weight - delta``.
         backend: ``"auto"``, ``"torch"`` or ``"triton"``.
+        generator: source of the solver's Gaussian start blocks; ``None`` uses a private generator with a
+            fixed seed (torch's global random stream is never read or advanced either way).
 
     Returns:
         :class:`RestrainResult`. If nothing reaches σ* the weight is left bit-identical.
@@ -93,25 +101,25 @@ def restrain_(
         raise _validate.InvalidInputError("delta shares memory with weight (the same tensor or a view of it); "
                                           "restrain_ writes weight and only reads delta: pass a separate delta")
     f = resolve_fn(fn, alpha)
-    sigma_star = _validate.check_sigma_star(sigma_star)
+    acc = compute_dtype(weight)
+    sigma_star = _validate.check_sigma_star(sigma_star, acc)
     used = resolve_backend(_validate.check_backend(backend), weight.device)
 
-    acc = compute_dtype(weight)
     d = delta.detach().to(acc)
     if d.dtype != delta.dtype:  # a float64 delta beyond the fp32 range overflows in the conversion
         _validate.check_finite(f"delta (in {str(acc).replace('torch.', '')})", d)
     if sigma_star is None:
-        sigma_star = _sigma_star_of_difference(weight.detach(), d, acc, used)
-        if sigma_star == 0.0:
-            raise _validate.InvalidInputError("weight - delta (W0) is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
-    trip = triplets_at_or_above(d, sigma_star, used)
+        sigma_star = _sigma_star_of_difference(weight.detach(), d, acc, used, generator)
+    trip = triplets_at_or_above(d, sigma_star, used, generator)
     if trip is None:
         return RestrainResult(0, sigma_star, elapsed_s=time.perf_counter() - start, backend=used, fn=f.describe())
     return apply_triplets_(weight, trip, f, sigma_star, used, start)
 
 
-def triplets_at_or_above(delta: torch.Tensor, sigma_star: float, backend: str) -> Triplets | None:
-    """The triplets of ``delta`` with σ ≥ σ* (``None`` when Δ = 0), in ``delta``'s dtype.
+def triplets_at_or_above(delta: torch.Tensor, sigma_star: float, backend: str,
+                         generator: torch.Generator | None = None) -> Triplets | None:
+    """The triplets of ``delta`` with σ ≥ σ* (``None`` when Δ = 0), in ``delta``'s dtype, certified:
+    no other singular value of Δ reaches σ* (``Triplets.certificate`` says how that was proved).
 
     ``restrain_`` is this plus :func:`apply_triplets_`; ``restrain_pair`` calls the two halves
     itself so that one buffer can hold Δ first and the restrained weight after.
@@ -121,28 +129,47 @@ def triplets_at_or_above(delta: torch.Tensor, sigma_star: float, backend: str) -
         return None
     if prefer_direct(tuple(delta.shape), 0):
         return direct_triplets(delta, sigma_star)
-    return topk_svd(delta, threshold=sigma_star, frobenius_sq=fro_sq, backend=backend)
+    return topk_svd(delta, threshold=sigma_star, frobenius_sq=fro_sq, generator=generator, backend=backend)
 
 
-def _sigma_star_of_difference(weight: torch.Tensor, d: torch.Tensor, acc: torch.dtype, backend: str) -> float:
-    """σ_max(W − Δ) for ``restrain_`` when σ* was not given."""
+def _sigma_star_of_difference(weight: torch.Tensor, d: torch.Tensor, acc: torch.dtype, backend: str,
+                              generator: torch.Generator | None = None) -> float:
+    """σ_max(W − Δ) for ``restrain_`` when σ* was not given; refuses a W0 that is exactly zero."""
     if backend == "triton":
         # Never formed: an overflowing W − Δ shows as a non-finite σ*.
-        s = sigma_max(ImplicitDifferenceOperator(weight, d, backend=backend), backend=backend)[0]
-        if not math.isfinite(s):
-            raise _validate.InvalidInputError(f"weight - delta (W0) overflows {acc}: σ_max(W0) = {s}")
-        return s
+        op = ImplicitDifferenceOperator(weight, d, backend=backend)
+        sigma = sigma_max(op, generator=generator, backend=backend)[0]
+        if not math.isfinite(sigma):
+            raise _validate.InvalidInputError(f"weight - delta (W0) overflows {acc}: σ_max(W0) = {sigma}")
+        if sigma == 0.0:
+            _refuse_zero_w0(bool(torch.equal(weight.to(acc), d)))
+        return sigma
     if weight.device.type != "cpu":
         w0 = weight.to(acc) - d
         _validate.check_finite("weight - delta (W0)", w0)
-        return sigma_max(w0, backend=backend)[0]
+        sigma = sigma_max(w0, generator=generator, backend=backend)[0]
+        if sigma == 0.0:
+            _refuse_zero_w0(not bool(w0.any()))
+        return sigma
     # On the CPU one fp32 W0 is cheaper than re-forming W − Δ in every product, and writing it into
     # a reused buffer avoids the first-touch cost of a fresh weight-sized tensor (17 ms of 20 at
     # 1600×6400, see _scratch.py).
     with _scratch.borrow(tuple(weight.shape), acc) as w0:
         torch.sub(weight, d, out=w0)
         _validate.check_finite("weight - delta (W0)", w0)  # W and Δ finite, W − Δ may still overflow
-        return sigma_max(w0, backend=backend)[0]
+        sigma = sigma_max(w0, generator=generator, backend=backend)[0]
+        if sigma == 0.0:
+            _refuse_zero_w0(not bool(w0.any()))
+        return sigma
+
+
+def _refuse_zero_w0(is_zero: bool) -> None:
+    """σ_max(W0) came out 0: say "W0 is zero" only when every entry of W0 = W − Δ is."""
+    if is_zero:
+        raise _validate.InvalidInputError("weight - delta (W0) is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
+    raise _validate.InvalidInputError(
+        "σ_max(weight - delta) could not be computed (it came out 0 for a nonzero W0; "
+        "entries beyond the compute dtype's range?); pass sigma_star")
 
 
 def rounding_note(sigma_delta_max: float, sigma_star: float, dtype: torch.dtype) -> str | None:

@@ -20,7 +20,7 @@ import torch
 
 from .errors import InvalidInputError
 
-__all__ = ["RestraintFn", "resolve_fn", "FN_NAMES"]
+__all__ = ["RestraintFn", "resolve_fn", "FN_NAMES", "DEFAULT_FN"]
 
 FnLike = Union[str, Callable[[torch.Tensor, float], torch.Tensor]]
 
@@ -35,6 +35,10 @@ _NAMED_BASES: dict[str, float | None] = {
     "linear": None,
 }
 FN_NAMES = ("log", "ln", "log2", "log1.5", "log1.2", "linear")
+# The one default of every entry point (restrain_, SpectralTracker, the runner, edit, restrain, demo):
+# the paper's natural log. ("log" with alpha = e, the signature default of restrain_ and
+# SpectralTracker, is the same function; they keep "log" so that alpha= alone picks another base.)
+DEFAULT_FN = "ln"
 
 
 @dataclass(frozen=True)

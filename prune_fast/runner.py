@@ -1,6 +1,7 @@
 """``SequentialEditor``: N edits one after another on one model, with PRUNE online, at the end, or not.
 
-The editor is ROME or MEMIT (given by their hyper-parameters) or a trained MEND (an editor object).
+The editor is ROME or MEMIT (given by their hyper-parameters), or an editor object: a trained MEND, or
+AlphaEdit (whose edit-key cache is run state: journaled with the trackers, so a resume continues exactly).
 
 Protocols (one per run, ``RunConfig.protocol``):
 
@@ -23,7 +24,7 @@ Example::
     bed = load_testbed()
     ev = Evaluator(bed.model, bed.tokenizer, abilities=...)
     runner = SequentialEditor(bed.model, bed.tokenizer, hparams=ROMEHyperParams.preset("testbed"),
-                              covariance=store, config=RunConfig(protocol="online", fn="log1.2"),
+                              covariance=store, config=RunConfig(protocol="online", fn="ln"),
                               evaluator=ev)
     result = runner.run(bed.world.edit_requests(200))
     result.final["after_sequence"]["efficacy"]
@@ -44,7 +45,7 @@ from .editors.apply import FactoredUpdate, TrackerSet
 from .editors.requests import EditRequest
 from .errors import InvalidInputError
 from .evaluation import EDIT_METRICS, Evaluator
-from .restraint_fn import FnLike, resolve_fn
+from .restraint_fn import DEFAULT_FN, FnLike, resolve_fn
 
 __all__ = ["RunConfig", "StepRecord", "EvalPoint", "ArmResult", "SequentialEditor", "PROTOCOLS",
            "update_sigma_max"]
@@ -78,7 +79,7 @@ class RunConfig:
     """
 
     protocol: str = "online"
-    fn: FnLike = "log1.2"
+    fn: FnLike = DEFAULT_FN
     alpha: float = math.e
     restrain_every: int = 1
     eval_every: int = 50
@@ -190,8 +191,10 @@ class SequentialEditor:
         hparams: :class:`~prune_fast.editors.ROMEHyperParams` (ROME) or
             :class:`~prune_fast.editors.MEMITHyperParams` (MEMIT, ``config.batch_size`` per call).
         covariance: what ROME/MEMIT take as key statistics (a ``CovarianceStore``).
-        editor: instead of ``hparams``/``covariance``: a trained :class:`~prune_fast.editors.MEND` on
-            ``model`` (``config.batch_size`` requests per call, edited from their summed gradient).
+        editor: instead of ``hparams``/``covariance``: an editor object on ``model`` —
+            a trained :class:`~prune_fast.editors.MEND` (``config.batch_size`` requests per call, edited
+            from their summed gradient) or an :class:`~prune_fast.editors.AlphaEdit` (``config.batch_size``
+            requests per call; its state goes into the journal).
         config: :class:`RunConfig`.
         evaluator: an :class:`~prune_fast.evaluation.Evaluator` on the same model (none: no scores).
         journal: a :class:`prune_fast.journal.Journal` for crash-safe runs (optional).
@@ -206,20 +209,27 @@ class SequentialEditor:
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, hparams: Any = None, covariance: Any = None,
                  editor: Any = None, config: RunConfig | None = None, evaluator: Evaluator | None = None,
                  journal: Any = None, progress: bool = True) -> None:
+        from .editors.alphaedit import AlphaEdit
         from .editors.hparams import MEMITHyperParams, ROMEHyperParams
         from .editors.mend import MEND
 
         self.config = config or RunConfig()
         self.config.validate()
         self.mend: MEND | None = None
+        self.alphaedit: AlphaEdit | None = None
         if editor is not None:
             if hparams is not None:
-                raise InvalidInputError("pass hparams (ROME, MEMIT) or editor (MEND), not both")
-            if not isinstance(editor, MEND):
-                raise InvalidInputError(f"editor must be a prune_fast.editors.MEND, got {type(editor).__name__}")
+                raise InvalidInputError("pass hparams (ROME, MEMIT) or editor (MEND, AlphaEdit), not both")
+            if not isinstance(editor, (MEND, AlphaEdit)):
+                raise InvalidInputError("editor must be a prune_fast.editors.MEND or AlphaEdit, "
+                                        f"got {type(editor).__name__}")
             if editor.model is not model:
-                raise InvalidInputError("the MEND editor was built for another model object than the one to edit")
-            self.editor, self.mend, hparams = "mend", editor, editor.hparams
+                raise InvalidInputError(f"the {type(editor).__name__} editor was built for another model object "
+                                        "than the one to edit")
+            if isinstance(editor, MEND):
+                self.editor, self.mend, hparams = "mend", editor, editor.hparams
+            else:
+                self.editor, self.alphaedit, hparams = "alphaedit", editor, editor.hparams
         elif isinstance(hparams, MEMITHyperParams):
             self.editor = "memit"
         elif isinstance(hparams, ROMEHyperParams):
@@ -253,7 +263,18 @@ class SequentialEditor:
 
     # -- one step --------------------------------------------------------------------------------
     def compute_updates(self, batch: Sequence[EditRequest]) -> list[FactoredUpdate]:
-        """The editor's factored updates for ``batch`` on the current (live) model."""
+        """The editor's factored updates for ``batch`` on the current (live) model (AlphaEdit: its
+        edit-key cache advances)."""
+        return self._compute_step(batch)[0]
+
+    def _compute_step(self, batch: Sequence[EditRequest]) -> tuple[list[FactoredUpdate], dict[str, torch.Tensor]]:
+        """The updates and what the step adds to a stateful editor's state (staged with the updates)."""
+        if self.alphaedit is not None:
+            res = self.alphaedit.compute(list(batch))
+            return res.updates, res.state_update
+        return self._compute_stateless(batch), {}
+
+    def _compute_stateless(self, batch: Sequence[EditRequest]) -> list[FactoredUpdate]:
         if self.mend is not None:
             return self.mend.compute(list(batch)).updates
         if self.editor == "rome":
@@ -332,10 +353,10 @@ class SequentialEditor:
         for i in range(start_step, len(batches)):
             batch = batches[i]
             t0 = time.perf_counter()
-            updates = self.compute_updates(batch)
+            updates, editor_state = self._compute_step(batch)
             editor_s = time.perf_counter() - t0
             if self.journal is not None:
-                self.journal.stage_updates(i, updates)
+                self.journal.stage_updates(i, updates, editor_state)
             apply_s, restrain_s, results = self.apply_updates(updates)
             done_requests += batch
             with_spectrum = (i + 1) % cfg.spectrum_every == 0 or i + 1 == len(batches)
@@ -352,7 +373,7 @@ class SequentialEditor:
                 point = self._evaluate(done_requests, restrained=online)
                 evals.append(point)
             if self.journal is not None:
-                self.journal.commit_step(rec, point, self.spectral_trackers())
+                self.journal.commit_step(rec, point, self.spectral_trackers(), editor=self.alphaedit)
             bar.update(1)
             if with_spectrum:
                 ratio = max(v.get("ratio", 0.0) for v in rec.layers.values())
@@ -405,14 +426,20 @@ class SequentialEditor:
     def _resume(self, requests: Sequence[EditRequest], state: Any) -> ArmResult:
         from .tracker import SpectralTracker
 
+        if self.alphaedit is not None:  # projectors from the unedited model's statistics, before any weight moves
+            self.alphaedit.prepare()
         last = -1
         if state.checkpoint_step >= 0:
             last, states = self.journal.load_checkpoint()
             params = dict(self.model.named_parameters())
             self.adopt_trackers({name: SpectralTracker.from_state_dict(params[name], st, fn=self.config.fn)
                                  for name, st in states.items()})
+            if self.alphaedit is not None:
+                self.alphaedit.load_state_dict(self.journal.load_editor_checkpoint())
         for i in range(last + 1, state.next_step):
             self.apply_updates(self.journal.load_updates(i))
+            if self.alphaedit is not None:
+                self.alphaedit.replay(self.journal.load_editor_update(i))
         logger.info("resumed %s: checkpoint after step %d, %d staged steps re-applied, continuing at step %d",
                     self.journal.path, last, state.next_step - last - 1, state.next_step)
         return self.run(requests, start_step=state.next_step,

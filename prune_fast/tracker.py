@@ -70,7 +70,7 @@ class SpectralTracker:
         _validate.check_matrix("weight", weight)
         self._fn = resolve_fn(fn, alpha)
         self._fn_spec = (fn if isinstance(fn, str) else None, float(alpha))
-        sigma_star = _validate.check_sigma_star(sigma_star)
+        sigma_star = _validate.check_sigma_star(sigma_star, compute_dtype(weight))
         if restrain_every is not None and (not isinstance(restrain_every, int) or restrain_every < 1):
             raise InvalidInputError(f"restrain_every must be a positive int or None, got {restrain_every!r}")
         if not isinstance(refresh_every, int) or refresh_every < 1:
@@ -80,7 +80,8 @@ class SpectralTracker:
         self.restrain_every = restrain_every
         self.refresh_every = refresh_every
         self._acc = _state_dtype(weight, state_dtype)
-        self._generator = torch.Generator().manual_seed(seed)
+        # The tracker's own random stream, on the weight's device: the global one is never touched.
+        self._generator = torch.Generator(device=weight.device).manual_seed(seed)
         with torch.no_grad():
             self._w0 = weight.detach().clone()
             # A weight in the state dtype is its own full-precision state; others (half weights, or
@@ -220,7 +221,7 @@ class SpectralTracker:
         tr.restrain_every, tr.refresh_every = meta["restrain_every"], meta["refresh_every"]
         saved = meta.get("state_dtype")  # absent in states written before the option existed
         tr._acc = _state_dtype(weight, None if saved is None else _STATE_DTYPES[saved])
-        tr._generator = torch.Generator().manual_seed(0)
+        tr._generator = torch.Generator(device=weight.device).manual_seed(0)
         tr._w0 = state["w0"].to(weight.device, weight.dtype, copy=True)
         tr._shadow = None if weight.dtype == tr._acc else tr._w0.to(tr._acc)
         tr.sigma_star, tr.sigma_star_residual = float(meta["sigma_star"]), float("nan")
@@ -406,7 +407,7 @@ def _check_state(weight: torch.Tensor, state: object, fn: object) -> dict[str, A
         raise InvalidInputError(f"state is for a {meta['dtype']} weight of shape {meta['shape']!r}, "
                                 f"got {weight.dtype} {tuple(weight.shape)}")
     try:
-        _validate.check_sigma_star(meta["sigma_star"])
+        _validate.check_sigma_star(meta["sigma_star"], compute_dtype(weight))
         if meta["sigma_star"] is None:
             raise InvalidInputError("sigma_star is missing")
     except InvalidInputError as e:

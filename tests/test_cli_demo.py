@@ -21,16 +21,16 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 def test_demo_help_documents_options():
     out = _cli("demo", "--help")
     assert out.returncode == 0
-    for opt in ("--out", "--n", "--fn", "--sweep", "--eval-every"):
+    for opt in ("--model", "--out", "--n", "--fn", "--sweep", "--eval-every", "smollm2", "testbed"):
         assert opt in out.stdout
 
 
 def test_demo_short_run_writes_results_and_plots(tmp_path):
-    out = _cli("demo", "--n", "10", "--eval-every", "5", "--out", str(tmp_path / "demo"), "--no-progress")
+    out = _cli("demo", "--model", "testbed", "--n", "10", "--eval-every", "5", "--out", str(tmp_path / "demo"), "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
     doc = json.loads((tmp_path / "demo" / "results.json").read_text())
     validate_results(doc)
-    assert list(doc["arms"]) == ["none", "online-linear", "at_end-linear"]
+    assert list(doc["arms"]) == ["none", "online-ln", "at_end-ln"]
     for name in doc["arms"]:
         assert name in out.stdout
     assert "σmax(W)/σ*" in out.stdout

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,3 +32,15 @@ def test_gpu_check_dry_run(tmp_path):
                              ("tracker.add_ (rank-1 edit)", "prune_fast")):
             assert (what, method, dtype) in methods
     assert (tmp_path / "gpu_check.log").read_text().startswith("# gpu_check")
+    # Measured copy bandwidth is the floor's ceiling; the sync-free step replays identically and
+    # restrains σ₁ to F(σ₁) (checked against float64 inside the script, as two of the checks).
+    assert report["bandwidth"]["gbs"] > 0 and report["floor_gbs"] == report["bandwidth"]["gbs"]
+    assert report["graph"]["replays_identical"] and report["graph"]["replay_equals_eager"]
+    assert {"graph: replays identical", "graph: replay vs eager", "graph: σ₁ after step (vs f64)"} <= kernels
+    assert {t["method"] for t in report["timings"] if t["what"] == "small_eigh"} >= {"triton jacobi",
+                                                                                     "torch.linalg.eigh"}
+    assert len(report["targets"]) == 3 and all("target" in t for t in report["targets"])
+    if shutil.which("cmake") and shutil.which("nvcc"):  # the build the GPU run does, for sm_90
+        assert report["cuda_library"].startswith("built for sm_90"), report["cuda_library"]
+    md = (tmp_path / "gpu_check.md").read_text()
+    assert md.startswith("# gpu_check") and "| restrain_ |" in md and "## Targets" in md

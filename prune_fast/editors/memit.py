@@ -23,7 +23,7 @@ Example::
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
@@ -34,13 +34,13 @@ from torch import nn
 from .apply import FactoredUpdate
 from .architectures import EditSite, resolve_module, resolve_site
 from .covariance import CovarianceStore
-from .hparams import MEMITHyperParams
+from .hparams import MEMITHyperParams, ValueHyperParams
 from .probes import AddAtOutput, encode, make_batch, site_index
 from .requests import EditRequest
 from .rome import check_requests, covariance_factor, mean_key
 from .values import ValueResult, optimize_value
 
-__all__ = ["MEMITResult", "compute_memit"]
+__all__ = ["MEMITResult", "compute_memit", "spread_over_layers", "PendingUpdates", "RightFactor"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class MEMITResult:
     value_searches: list[ValueResult]
 
 
-class _PendingUpdates:
+class PendingUpdates:
     """Forward hooks adding ``(x @ Kv) @ Rᵀ`` to each module's output (ΔW = R Kvᵀ, math layout)."""
 
     def __init__(self) -> None:
@@ -92,6 +92,47 @@ def _memit_key_side(chol: torch.Tensor, keys: torch.Tensor, lam: float) -> torch
     return torch.linalg.solve(small, x.T).T                                              # small is symmetric
 
 
+RightFactor = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``(j, K, R) -> F``: the key side of the update of the ``j``-th site, ``ΔW = R Fᵀ`` (math layout), from
+its keys ``K: (d_in, b)`` and residuals ``R: (d_out, b)``; float64 on the module's device."""
+
+
+def spread_over_layers(model: nn.Module, tokenizer: Any, reqs: list[EditRequest], hp: ValueHyperParams,
+                       sites: list[EditSite], right_factor: RightFactor, name: str = "MEMIT"
+                       ) -> tuple[MEMITResult, PendingUpdates]:
+    """MEMIT's spreading of a batch's targets over ``sites``, with the per-layer solve a parameter.
+
+    The targets ``z*`` are searched at the output of the last site's block; then, layer by layer
+    (ascending), the keys and the residual still missing are measured with the updates of the
+    earlier layers in place (as hooks) and ``right_factor`` turns them into the update.  MEMIT and
+    AlphaEdit differ only in ``right_factor``.  Returns the result and the pending updates of every
+    layer (hooks that reproduce the edited model without writing a weight).
+    """
+    z_block = resolve_module(model, sites[-1].layer_name)
+    searches = [optimize_value(model, tokenizer, r, z_block, hp) for r in reqs]
+    dev_z = searches[0].target.device
+    targets = torch.stack([s.target.to(dev_z) for s in searches])                    # (b, d)
+
+    pending = PendingUpdates()
+    updates: list[FactoredUpdate] = []
+    n_layers = len(sites)
+    for j, site in enumerate(sites):
+        module = resolve_module(model, site.module_name)
+        dev = module.weight.device
+        with ExitStack() as stack:
+            pending.hooks(stack)
+            keys = mean_key(model, tokenizer, module, reqs, hp).to(dev).double().T     # (d_in, b)
+            current = _block_outputs(model, tokenizer, z_block, reqs, hp.site)          # (b, d)
+        resid = ((targets - current.to(dev_z)) / (n_layers - j)).to(dev).double().T  # (d, b)
+        kv = right_factor(j, keys, resid)                                             # (d_in, b)
+        u, v = site.factors(resid.float(), kv.float())
+        updates.append(FactoredUpdate(site.param_name, u, v, site.layer))
+        pending.add(module, resid.float(), kv.float())
+        logger.info("%s layer %d: |resid| %.3g, |ΔW| %.3g", name, site.layer, resid.norm().item(),
+                    (resid.float() @ kv.float().T).norm().item())
+    return MEMITResult(updates=updates, sites=sites, targets=targets, value_searches=searches), pending
+
+
 def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp: MEMITHyperParams,
                   covariance: CovarianceStore | torch.Tensor | dict[int, torch.Tensor]) -> MEMITResult:
     """The MEMIT updates for a batch of requests; the model is left unchanged.
@@ -107,27 +148,8 @@ def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditReque
         covariance.get_many(model, tokenizer, sites, hp.cov_samples, hp.cov_max_tokens)
     chols = [covariance_factor(model, tokenizer, s, hp, covariance[s.layer] if isinstance(covariance, dict)
                                else covariance) for s in sites]
-    z_block = resolve_module(model, sites[-1].layer_name)
 
-    searches = [optimize_value(model, tokenizer, r, z_block, hp) for r in reqs]
-    dev_z = searches[0].target.device
-    targets = torch.stack([s.target.to(dev_z) for s in searches])                    # (b, d)
+    def memit_factor(j: int, keys: torch.Tensor, _resid: torch.Tensor) -> torch.Tensor:
+        return _memit_key_side(chols[j], keys, hp.mom2_update_weight)                # (λC + KKᵀ)⁻¹ K
 
-    pending = _PendingUpdates()
-    updates: list[FactoredUpdate] = []
-    n_layers = len(sites)
-    for j, (site, chol) in enumerate(zip(sites, chols)):
-        module = resolve_module(model, site.module_name)
-        dev = module.weight.device
-        with ExitStack() as stack:
-            pending.hooks(stack)
-            keys = mean_key(model, tokenizer, module, reqs, hp).to(dev).double().T     # (d_in, b)
-            current = _block_outputs(model, tokenizer, z_block, reqs, hp.site)          # (b, d)
-        resid = ((targets - current.to(dev_z)) / (n_layers - j)).to(dev).double().T  # (d, b)
-        kv = _memit_key_side(chol, keys, hp.mom2_update_weight)                       # (d_in, b)
-        u, v = site.factors(resid.float(), kv.float())
-        updates.append(FactoredUpdate(site.param_name, u, v, site.layer))
-        pending.add(module, resid.float(), kv.float())
-        logger.info("MEMIT layer %d: |resid| %.3g, |ΔW| %.3g", site.layer, resid.norm().item(),
-                    (resid.float() @ kv.float().T).norm().item())
-    return MEMITResult(updates=updates, sites=sites, targets=targets, value_searches=searches)
+    return spread_over_layers(model, tokenizer, reqs, hp, sites, memit_factor)[0]

@@ -3,12 +3,19 @@
 For a request (s, r, o → o*) at the down projection ``W`` (math layout ``(d_out, d_in)``, bias b)
 of ``hp.layer``::
 
-    k*  = mean over context templates of the projection's input at the token site      (d_in,)
+    k̄   = mean over key templates of the projection's input at the token site            (d_in,)
+    k   = the same input for the bare prompt (template "{}")                                 (d_in,)
     v*  = optimize_value(...)  — the output at the site that makes o* the answer         (d_out,)
     C   = E[k kᵀ] + ridge · mean(diag C) · I                                               (d_in, d_in)
-    ΔW  = (v* − W k* − b) (C⁻¹ k*)ᵀ / (k*ᵀ C⁻¹ k*)                                         rank one
+    ΔW  = (v* − W k − b) (C⁻¹ k̄)ᵀ / (kᵀ C⁻¹ k̄)                                              rank one
 
-so that ``(W + ΔW) k* + b = v*`` exactly, while keys uncorrelated with k* under C move little.
+so that ``(W + ΔW) k + b = v*`` exactly for the prompt as the model reads it, while the update's
+direction C⁻¹ k̄ comes from the subject in several contexts — the reference code's construction
+(``rome/compute_u.py``: left vector C⁻¹ k̄ from the mean over generated prefixes plus ``"{}"``;
+``rome/compute_v.py``: right vector from the plain prompt's input and output).  The key templates
+are ``hp.context_templates`` behind ``hp.n_key_prefixes`` prefixes the model generates itself
+(:mod:`prune_fast.editors.contexts`); with none, k̄ = k and this is the textbook
+``(v* − W k − b)(C⁻¹k)ᵀ / (kᵀC⁻¹k)``.
 The update is returned factored in the parameter's layout; nothing is written here — hand
 ``result.updates`` to :class:`prune_fast.editors.TrackerSet`.
 
@@ -29,6 +36,7 @@ from torch import nn
 
 from .apply import FactoredUpdate
 from .architectures import EditSite, Layout, resolve_module, resolve_site
+from .contexts import key_context_templates
 from .covariance import CovarianceStore, cholesky_of
 from ..errors import InvalidTypeError
 from .errors import EditorError, MalformedRequestError
@@ -45,7 +53,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ROMEResult:
-    """The update and what produced it: ``key`` k* ``(d_in,)``, ``value`` v* ``(d_out,)`` (float32)."""
+    """The update and what produced it: ``key`` k (the bare prompt's, which the update maps to the
+    value exactly) ``(d_in,)``, ``value`` v* ``(d_out,)`` (float32)."""
 
     updates: list[FactoredUpdate]
     site: EditSite
@@ -65,16 +74,18 @@ def check_requests(requests: Any) -> list[EditRequest]:
 
 
 def mean_key(model: nn.Module, tokenizer: Any, module: nn.Module, requests: list[EditRequest],
-             hp: ValueHyperParams) -> torch.Tensor:
-    """k per request: the module input at the token site, averaged over context templates; ``(b, d_in)``."""
+             hp: ValueHyperParams, templates: tuple[str, ...] | None = None) -> torch.Tensor:
+    """k per request: the module input at the token site, averaged over context templates
+    (``templates``, default ``hp.context_templates``); ``(b, d_in)``."""
+    templates = hp.context_templates if templates is None else templates
     rows, sites = [], []
     for req in requests:
-        for ctx in hp.context_templates:
+        for ctx in templates:
             rows.append(encode(tokenizer, ctx.format(req.text)))
             sites.append(site_index(tokenizer, ctx, req.prompt, req.subject, hp.site))
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     keys = module_inputs_at(model, module, make_batch(model, rows, sites, pad_id=pad))
-    return keys.reshape(len(requests), len(hp.context_templates), -1).mean(dim=1)
+    return keys.reshape(len(requests), len(templates), -1).mean(dim=1)
 
 
 def module_output(module: nn.Module, site: EditSite, keys: torch.Tensor) -> torch.Tensor:
@@ -125,16 +136,19 @@ def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROM
     module = resolve_module(model, site.module_name)
     chol = covariance_factor(model, tokenizer, site, hp, covariance, hp.cov_ridge)
 
-    key = mean_key(model, tokenizer, module, [request], hp)[0]                    # (d_in,)
-    search = optimize_value(model, tokenizer, request, module, hp)
+    templates = hp.context_templates
+    if hp.n_key_prefixes:
+        templates = key_context_templates(model, tokenizer, hp.n_key_prefixes)[:-1] + tuple(hp.context_templates)
     dev = module.weight.device
-    key = key.to(dev)
+    key_mean = mean_key(model, tokenizer, module, [request], hp, templates)[0].to(dev)              # k̄ (d_in,)
+    key = key_mean if templates == ("{}",) else \
+        mean_key(model, tokenizer, module, [request], hp, ("{}",))[0].to(dev)                      # k (d_in,)
+    search = optimize_value(model, tokenizer, request, module, hp)
     value = search.target.to(dev)
-    current = module_output(module, site, key[None])[0]                           # W k* + b
+    current = module_output(module, site, key[None])[0]                           # W k + b
 
-    k64 = key.double()
-    cinv_k = torch.cholesky_solve(k64[:, None], chol)[:, 0]                        # C⁻¹ k*
-    left = cinv_k / (k64 @ cinv_k)                                                # (d_in,)
+    cinv_k = torch.cholesky_solve(key_mean.double()[:, None], chol)[:, 0]          # C⁻¹ k̄
+    left = cinv_k / (key.double() @ cinv_k)                                       # (d_in,)
     right = (value - current).double()                                            # (d_out,)
     u, v = site.factors(right[:, None].float(), left[:, None].float())
     logger.info("ROME %s at %s: nll %.3f -> %.3f, |ΔW| = %.3g", request.case_id, site.module_name,

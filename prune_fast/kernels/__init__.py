@@ -11,6 +11,8 @@ front-end taking a resolved ``backend``:
 - ``small_eigh``: one-program Jacobi eigensolver for small symmetric matrices (no host sync);
 - ``sigma_power``: σ_max by block power iteration with SVQB, entirely on the device;
 - ``cuda_library``: the optional CUDA C++ Jacobi (``csrc/``, built by CMakeLists.txt), if present.
+- ``aot``: compiles every kernel for sm_80/sm_90 without a GPU and checks the per-block limits
+  (``python -m prune_fast.kernels.aot``).
 
 :func:`resolve_backend` decides which version runs:
 

@@ -18,7 +18,7 @@ import torch
 from torch.autograd.graph import increment_version
 
 from .dispatch import check_triton_device, triton_kernel
-from .settings import INPUT_PRECISION, cdiv, launch_config
+from .settings import cdiv, launch_config
 
 try:
     import triton.language as tl
@@ -83,7 +83,7 @@ def _launch_low_rank_update(out: torch.Tensor, base: torch.Tensor, dense: torch.
         out.stride(0), out.stride(1), base.stride(0), base.stride(1), d.stride(0), d.stride(1),
         left.stride(0), left.stride(1), right.stride(0), right.stride(1),
         HAS_DENSE=dense is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-        INPUT_PRECISION=INPUT_PRECISION, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        INPUT_PRECISION=cfg.input_precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out
 

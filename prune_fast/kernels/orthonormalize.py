@@ -10,13 +10,77 @@ X that lie numerically inside span(Q) are *deflated*: what is left of them is ro
 normalised direction would not be orthogonal to Q, so it is dropped (its part of R is zero) and a
 random direction orthogonal to Q takes its place. This keeps block Krylov bases orthonormal when the
 matrix has lower rank than the basis (every low-rank edit), which Rayleigh–Ritz needs.
+
+Scale safety: the column norms, Gram matrices and deflation tests square the entries, which under- or
+overflows in fp32 for blocks below ~1e-19 or above ~1e19 (a Δ of 1e-25 would look like zero). Both
+versions therefore first scale X by a power of two that brings its largest entry near 1 (exact: only
+the exponent changes) when it lies outside [2⁻⁴⁰, 2⁴⁰], and scale R and C back. Random replacement
+directions come from ``generator``, or from a private generator with a fixed seed: never from torch's
+global random stream, so calling this does not change the caller's random numbers.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .apply_correction import apply_correction_
 from .skinny_matmul import skinny_matmul
+
+# Blocks whose largest entry lies in [2^-_SAFE_EXPONENT, 2^_SAFE_EXPONENT] are left as they are: their
+# squares and Gram sums stay far inside the fp32 range (squares ≥ 2^-80, sums of 2^24 squares ≤ 2^104).
+_SAFE_EXPONENT = 40
+# Seed of the private generator used when the caller passes none (deterministic, never the global one).
+PRIVATE_SEED = 0x5EED
+
+
+def private_generator(device: torch.device | str) -> torch.Generator:
+    """A fresh generator on ``device`` seeded with :data:`PRIVATE_SEED` (torch's global stream untouched)."""
+    return torch.Generator(device=device).manual_seed(PRIVATE_SEED)
+
+
+def gaussian(rows: int, cols: int, dtype: torch.dtype, device: torch.device,
+             generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal ``rows × cols`` block on ``device`` from ``generator`` (private when None), drawn
+    on the generator's own device and moved if the two differ."""
+    g = private_generator(device) if generator is None else generator
+    if g.device == torch.device(device) or (g.device.type == torch.device(device).type == "cpu"):
+        return torch.randn(rows, cols, dtype=dtype, device=device, generator=g)
+    return torch.randn(rows, cols, dtype=dtype, device=g.device, generator=g).to(device)
+
+
+def power_of_two_exponent(x: torch.Tensor) -> int:
+    """``e`` such that ``x · 2^-e`` has its largest |entry| in [0.5, 1), or 0 when x is zero, non-finite, or
+    already in the safe range [2^-40, 2^40] (then nothing needs scaling)."""
+    if x.numel() == 0:
+        return 0
+    lo, hi = torch.aminmax(x.detach())
+    amax = max(-float(lo), float(hi))
+    if not (amax > 0.0) or amax == float("inf"):
+        return 0
+    _, e = math.frexp(amax)
+    return 0 if -_SAFE_EXPONENT <= e <= _SAFE_EXPONENT else e
+
+
+def times_power_of_two(t: torch.Tensor, k: int) -> torch.Tensor:
+    """``t · 2^k``, exact, in steps of at most 2^±100 so that no factor itself under/overflows fp32."""
+    while k:
+        step = max(-100, min(100, k))
+        t = t * (2.0 ** step)
+        k -= step
+    return t
+
+
+def _scale_safe(fn):
+    """Run an orthonormalisation ``fn(x, against, ...) -> (q, r, coeff)`` on x·2^-e (see module doc)."""
+    def wrapped(x: torch.Tensor, against: torch.Tensor | None = None, *args, **kwargs):
+        e = power_of_two_exponent(x)
+        if e == 0:
+            return fn(x, against, *args, **kwargs)
+        q, r, coeff = fn(times_power_of_two(x, -e), against, *args, **kwargs)
+        return q, times_power_of_two(r, e), None if coeff is None else times_power_of_two(coeff, e)
+    wrapped.__doc__, wrapped.__name__, wrapped.__wrapped__ = fn.__doc__, fn.__name__, fn
+    return wrapped
 
 
 def _project_out(x: torch.Tensor, basis: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -32,6 +96,7 @@ def _project_out(x: torch.Tensor, basis: torch.Tensor | None) -> tuple[torch.Ten
     return y - basis @ c2, c1 + c2
 
 
+@_scale_safe
 def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
                          generator: torch.Generator | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -61,7 +126,7 @@ def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
         return q_keep, r_keep, coeff
     # Random replacements (orthogonal to everything so far) for the deflated directions.
     basis = q_keep if against is None else torch.cat([against, q_keep], 1)
-    fill = torch.randn(rows, cols - n_keep, dtype=x.dtype, generator=generator).to(x.device)
+    fill = gaussian(rows, cols - n_keep, x.dtype, x.device, generator)
     fill, _ = _project_out(fill, basis)
     fill, _ = torch.linalg.qr(fill)
     q = torch.cat([q_keep, fill], 1)
@@ -97,6 +162,7 @@ def _cholesky_qr(x: torch.Tensor, backend: str) -> tuple[torch.Tensor, torch.Ten
     return q, r, int(info) == 0 and ratio == ratio, ratio
 
 
+@_scale_safe
 def cholesky_qr2(x: torch.Tensor, against: torch.Tensor | None = None, *, backend: str = "triton",
                  generator: torch.Generator | None = None
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:

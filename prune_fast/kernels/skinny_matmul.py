@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .dispatch import check_triton_device, triton_kernel
-from .settings import INPUT_PRECISION, cdiv, launch_config
+from .settings import cdiv, launch_config
 
 try:
     import triton.language as tl
@@ -35,12 +35,15 @@ _ROW_BLOCK = 512
 
 
 # ---- Triton kernel ------------------------------------------------------------------------------
-@triton_kernel
+# SPLIT is a plain runtime argument, never specialised: launch_config picks any of 1-32 from the
+# problem size, and as a constexpr (or a specialised int) each value would be another compiled
+# binary, i.e. another JIT compile on a GPU's first contact with a new size, for the same code.
+@triton_kernel(do_not_specialize=["SPLIT"])
 def _skinny_matmul_kernel(
     out_ptr, a_ptr, a0_ptr, x_ptr,
-    M, N, B,
+    M, N, B, SPLIT,
     s_os, s_om, s_ob, s_am, s_an, s_0m, s_0n, s_xn, s_xb,
-    SUBTRACT: tl.constexpr, SPLIT: tl.constexpr,
+    SUBTRACT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_B: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
     """out[s, i, c] = Σ_{j in split s} (a[i, j] − a0[i, j]) · x[j, c]     (fp32 accumulation)
@@ -80,11 +83,11 @@ def skinny_matmul_triton(a: torch.Tensor, x: torch.Tensor, a0: torch.Tensor | No
     a0_arg = a if a0 is None else a0  # placeholder pointer when SUBTRACT is off (never read)
     grid = (cdiv(m, cfg.block_m), cdiv(b, cfg.block_b), cfg.split)
     _skinny_matmul_kernel[grid](
-        out, a, a0_arg, x, m, n, b,
+        out, a, a0_arg, x, m, n, b, cfg.split,
         out.stride(0), out.stride(1), out.stride(2), a.stride(0), a.stride(1),
         a0_arg.stride(0), a0_arg.stride(1), x.stride(0), x.stride(1),
-        SUBTRACT=a0 is not None, SPLIT=cfg.split, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        BLOCK_B=cfg.block_b, INPUT_PRECISION=INPUT_PRECISION, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        SUBTRACT=a0 is not None, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        BLOCK_B=cfg.block_b, INPUT_PRECISION=cfg.input_precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return out[0] if cfg.split == 1 else out.sum(0)
 

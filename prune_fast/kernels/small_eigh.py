@@ -37,7 +37,7 @@ import torch
 
 from . import cuda_library
 from .dispatch import check_triton_device, triton_kernel
-from .settings import INPUT_PRECISION, JACOBI_MAX_K, JACOBI_MAX_SWEEPS, launch_config
+from .settings import JACOBI_MAX_K, JACOBI_MAX_SWEEPS, launch_config
 
 try:
     import triton.language as tl
@@ -119,7 +119,7 @@ def small_eigh_triton(a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tol = 4.0 * torch.finfo(torch.float32).eps * cfg.block_m
         _jacobi_eigh_kernel[(nb,)](
             batch, w, v, k, *batch.stride(), *w.stride(), *v.stride(), tol,
-            BLOCK=cfg.block_m, MAX_SWEEPS=JACOBI_MAX_SWEEPS, INPUT_PRECISION=INPUT_PRECISION,
+            BLOCK=cfg.block_m, MAX_SWEEPS=JACOBI_MAX_SWEEPS, INPUT_PRECISION=cfg.input_precision,
             num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
     w, v = _sort_descending(w, v)
