@@ -43,6 +43,7 @@ import torch
 
 from .editors.apply import FactoredUpdate, TrackerSet
 from .editors.requests import EditRequest
+from .editors.rome import KeyCache
 from .errors import InvalidInputError
 from .evaluation import EDIT_METRICS, Evaluator
 from .restraint_fn import DEFAULT_FN, FnLike, resolve_fn
@@ -246,6 +247,8 @@ class SequentialEditor:
         self.tracker_kwargs = dict(fn=cfg.fn, alpha=cfg.alpha, restrain_every=restrain_every,
                                    state_dtype=TRACKER_DTYPES[cfg.tracker_dtype])
         self.trackers = TrackerSet(model, tracker_factory=self._new_tracker)
+        # ROME's subject keys, reused while no applied update can change them (see KeyCache)
+        self.key_cache = KeyCache()
 
     # -- trackers --------------------------------------------------------------------------------
     def _new_tracker(self, weight: torch.Tensor) -> Any:
@@ -280,7 +283,8 @@ class SequentialEditor:
         if self.editor == "rome":
             from .editors.rome import compute_rome
 
-            return compute_rome(self.model, self.tokenizer, batch[0], self.hparams, self.covariance).updates
+            return compute_rome(self.model, self.tokenizer, batch[0], self.hparams, self.covariance,
+                                key_cache=self.key_cache).updates
         from .editors.memit import compute_memit
 
         return compute_memit(self.model, self.tokenizer, list(batch), self.hparams, self.covariance).updates
@@ -289,6 +293,7 @@ class SequentialEditor:
         """Hand ``updates`` to the trackers; returns (apply seconds, restraint seconds, and per weight
         the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain)."""
         start = time.perf_counter()
+        self.key_cache.invalidate(updates)
         results = self.trackers.apply_(updates)
         apply_s = time.perf_counter() - start
         restrain_s = sum(r.elapsed_s for r in results.values() if r is not None)

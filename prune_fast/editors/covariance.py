@@ -51,7 +51,7 @@ from torch import nn
 from ..testbed.model import default_cache_dir  # the package's one cache root ($PRUNE_FAST_CACHE)
 from .architectures import EditSite, resolve_module
 from .errors import EditorError
-from .probes import encode, input_device, pad_rows
+from .probes import StopForward, encode, input_device, pad_rows
 
 __all__ = ["CovarianceStore", "read_corpus", "model_key", "second_moments", "MomentSums", "pack_batches",
            "default_cache_dir", "cholesky_of"]
@@ -136,10 +136,6 @@ def pack_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> li
     return batches
 
 
-class _StopForward(Exception):
-    """Raised by the hook of the highest needed module: nothing above it has to run."""
-
-
 @dataclass
 class MomentSums:
     """Float64 sums ``Σ k kᵀ`` per module name, the token count, and the next batch to process."""
@@ -207,7 +203,7 @@ def second_moments(model: nn.Module, tokenizer: Any, sites: Sequence[EditSite], 
             k = x[mask_holder["mask"].to(x.device)].float()          # (tokens, d_in), padding dropped
             state.sums[name].add_((k.T @ k).to(torch.float64))       # fp32 product, float64 sum
             if name == last:
-                raise _StopForward
+                raise StopForward  # nothing above the highest needed module has to run
         return fn
 
     handles = [m.register_forward_pre_hook(hook(name)) for name, m in modules.items()]
@@ -228,7 +224,7 @@ def second_moments(model: nn.Module, tokenizer: Any, sites: Sequence[EditSite], 
                 mask_holder["mask"] = mask.bool()
                 try:
                     model(input_ids=ids.to(dev_in), attention_mask=mask.to(dev_in))
-                except _StopForward:
+                except StopForward:
                     pass
                 n_tok = int(mask.sum())
                 state.count += n_tok

@@ -35,7 +35,7 @@ from .apply import FactoredUpdate
 from .architectures import EditSite, resolve_module, resolve_site
 from .covariance import CovarianceStore
 from .hparams import MEMITHyperParams, ValueHyperParams
-from .probes import AddAtOutput, encode, make_batch, site_index
+from .probes import AddAtOutput, encode, make_batch, site_index, stop_after
 from .requests import EditRequest
 from .rome import check_requests, covariance_factor, mean_key
 from .values import ValueResult, optimize_value
@@ -79,7 +79,7 @@ def _block_outputs(model: nn.Module, tokenizer: Any, block: nn.Module, requests:
     rows = [encode(tokenizer, r.text) for r in requests]
     sites = [site_index(tokenizer, "{}", r.prompt, r.subject, site) for r in requests]
     batch = make_batch(model, rows, sites, pad_id=getattr(tokenizer, "pad_token_id", None) or 0)
-    with AddAtOutput(block, batch.sites, None) as probe:
+    with AddAtOutput(block, batch.sites, None) as probe, stop_after(block):  # the layers above never run
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     return probe.before
 
