@@ -140,6 +140,12 @@ class StepRecord:
     restrain_s: float
     layers: dict[str, dict[str, float]]
     immediate: dict[str, float] = field(default_factory=dict)
+    # seconds of the step's other parts (0.0 in journals written before they were recorded):
+    # journal staging of the updates, scoring the edit right after it, and the whole step up to
+    # the journal commit (editor + staging + apply + records + scoring; a re-scoring point is not in it)
+    stage_s: float = 0.0
+    score_s: float = 0.0
+    step_s: float = 0.0
 
 
 @dataclass
@@ -362,14 +368,18 @@ class SequentialEditor:
             editor_s = time.perf_counter() - t0
             if self.journal is not None:
                 self.journal.stage_updates(i, updates, editor_state)
+            stage_s = time.perf_counter() - t0 - editor_s
             apply_s, restrain_s, results = self.apply_updates(updates)
             done_requests += batch
             with_spectrum = (i + 1) % cfg.spectrum_every == 0 or i + 1 == len(batches)
             rec = StepRecord(step=i, edits=len(done_requests), case_ids=[r.case_id for r in batch],
                              editor_s=editor_s, apply_s=apply_s, restrain_s=restrain_s,
-                             layers=self._layer_records(updates, results, with_spectrum))
+                             layers=self._layer_records(updates, results, with_spectrum), stage_s=stage_s)
             if cfg.score_immediate and self.evaluator is not None:
+                t_score = time.perf_counter()
                 rec.immediate = self.evaluator.edit_scores(batch)
+                rec.score_s = time.perf_counter() - t_score
+            rec.step_s = time.perf_counter() - t0
             steps.append(rec)
             point = None
             last = i + 1 == len(batches)
