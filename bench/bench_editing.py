@@ -35,6 +35,7 @@ import contextlib
 import copy
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -142,10 +143,15 @@ def bench_covariance(model, tok, texts, corpus_file: Path) -> None:
     print(f"  MEMIT layers {layers}, one truncated pass          {t_memit:7.1f} s  {n / t_memit:7.0f} tok/s  "
           f"({t_memit / t_trunc:.2f}x the one-layer pass)")
     assert st.count == n
+    bench_stats_command(corpus_file, site.layer, len(texts))
+
+
+def bench_stats_command(corpus_file: Path, layer: int, n_texts: int) -> None:
+    """``python -m prune_fast stats`` with 1 and 2 processes (torchrun, gloo), one thread each."""
     for nproc in (1, 2):
         with tempfile.TemporaryDirectory() as cache:
             cmd = ["-m", "prune_fast", "stats", "--model", "smollm2", "--corpus", str(corpus_file), "--layers",
-                   str(site.layer), "--samples", str(len(texts)), "--no-progress", "--threads", "1", "--cache-dir", cache]
+                   str(layer), "--samples", str(n_texts), "--no-progress", "--threads", "1", "--cache-dir", cache]
             if nproc == 2:
                 cmd = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
                        "--master_port=29611", *cmd]
@@ -153,8 +159,8 @@ def bench_covariance(model, tok, texts, corpus_file: Path) -> None:
             out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=ROOT,
                                  env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
             wall = time.perf_counter() - t0
-            inner = out.stdout.strip().split("(")[-1].split(" s")[0] if out.returncode == 0 else \
-                f"failed: {out.stderr.strip()[-300:]}"
+            found = re.search(r"\(([\d.]+) s, \d+ process", out.stdout)   # "<module>: <path> (12.3 s, 2 process(es))"
+            inner = found.group(1) if out.returncode == 0 and found else f"failed: {out.stderr.strip()[-300:]}"
             print(f"  stats command, {nproc} process(es), 1 thread each: statistics {inner} s "
                   f"(process wall incl. model load {wall:.1f} s)")
 
@@ -301,7 +307,7 @@ def main() -> None:
     ap.add_argument("--edits", type=int, default=4, help="requests for the value-search comparison")
     ap.add_argument("--split-edits", type=int, default=20, help="requests per journaled run in the split")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", nargs="+", choices=["covariance", "values", "split", "memory", "trend"], default=None)
+    ap.add_argument("--only", nargs="+", choices=["covariance", "stats", "values", "split", "memory", "trend"], default=None)
     ap.add_argument("--run-dir", type=Path, help="trend: the --out folder of a journaled edit run")
     ap.add_argument("--write-requests", nargs=2, metavar=("N", "FILE"))
     args = ap.parse_args()
@@ -309,6 +315,14 @@ def main() -> None:
         write_requests(int(args.write_requests[0]), Path(args.write_requests[1]))
         return
     parts = args.only or ["covariance", "values", "split", "memory"]
+    if parts == ["stats"]:
+        texts = covariance_corpus()[:args.samples]
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus_file = Path(tmp) / "corpus.txt"
+            corpus_file.write_text("\n".join(texts) + "\n")
+            print(machine())
+            bench_stats_command(corpus_file, 5, len(texts))   # ROME's layer on SmolLM2 (llama preset)
+        return
     if parts == ["trend"]:
         bench_trend(args.run_dir)
         return
