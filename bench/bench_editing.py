@@ -14,7 +14,7 @@ Parts (``--only`` picks some; all run in one process, one thread unless ``--thre
 ``split``       short journaled online runs (``python -m prune_fast edit`` in-process) of ROME and
     MEMIT with a fresh covariance cache: end-to-end wall time, and the per-step time split into
     editor / restraint / evaluation / journal / bookkeeping.
-``memory``      peak resident memory (``ru_maxrss`` of a fresh process) of loading SmolLM2 alone and of
+``memory``      resident memory of a fresh process: loading SmolLM2 (peak and after), and the peak during
     its perplexity (:func:`prune_fast.evaluation.perplexity`, as ``--heldout`` runs it) over the
     held-out paragraphs twice (60 texts) and over 600 corpus paragraphs.
 ``trend``       reads a journaled run's ``results.json`` and prints the per-edit cost by blocks of
@@ -253,30 +253,39 @@ def bench_split(n_edits: int, threads: int) -> None:
 
 _MEMORY_CASE = """
 import resource, sys, time, torch
+from pathlib import Path
 torch.set_num_threads({threads})
 from prune_fast.edit_run import load_local_model
 from prune_fast.evaluation import perplexity
 from prune_fast.real_abilities import covariance_corpus, heldout_text
+
+def status(field):  # kB -> GiB, from /proc/self/status
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) / 2**20
+
 model, tok, _ = load_local_model("smollm2")
-texts = {{"none": [], "heldout x2": heldout_text() * 2, "corpus 600": covariance_corpus()[:600]}}[sys.argv[1]]
+loaded, load_peak = status("VmRSS"), status("VmHWM")
+Path("/proc/self/clear_refs").write_text("5")   # reset the peak (VmHWM) to the current RSS
+texts = {{"heldout x2": heldout_text() * 2, "corpus 600": covariance_corpus()[:600]}}[sys.argv[1]]
 t0 = time.perf_counter()
-ppl = perplexity(model, tok, texts) if texts else float("nan")
+ppl = perplexity(model, tok, texts)
 n = sum(len(tok.encode(t)) for t in texts)
-print(f"{{len(texts)}} {{n}} {{ppl:.3f}} {{time.perf_counter() - t0:.1f}} {{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f}}")
+print(f"{{len(texts)}} {{n}} {{ppl:.3f}} {{time.perf_counter() - t0:.1f}} {{load_peak:.2f}} {{loaded:.2f}} {{status('VmHWM'):.2f}}")
 """
 
 
 def bench_memory(threads: int) -> None:
-    print("\n[memory] peak RSS of a fresh process: load SmolLM2, then perplexity (chunked) over:")
-    for case in ("none", "heldout x2", "corpus 600"):
+    print("\n[memory] resident memory of a fresh process (GiB): loading SmolLM2 (its peak, then what stays), then "
+          "the peak during perplexity (chunked; the peak counter reset after loading):")
+    for case in ("heldout x2", "corpus 600"):
         out = subprocess.run([sys.executable, "-c", _MEMORY_CASE.format(threads=threads), case], capture_output=True,
                              text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
         if out.returncode:
             print(f"  {case}: failed: {out.stderr.strip()[-300:]}")
             continue
-        n_texts, n_tok, ppl, secs, gib = out.stdout.split()[-5:]
-        print(f"  {case:11s} {n_texts:>4s} texts {n_tok:>6s} tokens: perplexity {ppl:>7s} in {secs:>5s} s, "
-              f"peak RSS {gib} GiB")
+        n_texts, n_tok, ppl, secs, load_peak, loaded, peak = out.stdout.split()[-7:]
+        print(f"  {case:11s} {n_texts:>4s} texts {n_tok:>6s} tokens: perplexity {ppl:>7s} in {secs:>5s} s; load peak "
+              f"{load_peak}, after load {loaded}, peak during perplexity {peak} (+{float(peak) - float(loaded):.2f})")
 
 
 # -- cost trend of a long run ------------------------------------------------------------------------
