@@ -88,7 +88,7 @@ def run_easyedit(base, tok, corpus_file, reqs, hp, samples) -> tuple[float, list
         t0 = time.perf_counter()
         with contextlib.redirect_stdout(quiet):
             layer_stats(model, tok, ehp.rewrite_module_tmp.format(hp.layer), stats_dir, ehp.mom2_dataset, ["mom2"],
-                        sample_size=samples, precision=ehp.mom2_dtype, hparams=ehp, progress=None)
+                        sample_size=samples, precision=ehp.mom2_dtype, hparams=ehp)
             compute_u.get_inv_cov(model, tok, ehp.rewrite_module_tmp.format(hp.layer), ehp.mom2_dataset,
                                   ehp.mom2_n_samples, ehp.mom2_dtype, hparams=ehp)          # the inverse, cached
         t_cov = time.perf_counter() - t0
@@ -108,6 +108,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=839)
     ap.add_argument("--edits", type=int, default=20)
     ap.add_argument("--rounds", type=int, default=1)
+    ap.add_argument("--tools", nargs="+", choices=["prune_fast", "EasyEdit"], default=["prune_fast", "EasyEdit"])
     args = ap.parse_args()
     sys.path.insert(0, str(args.easyedit))
     torch.set_num_threads(1)
@@ -125,6 +126,8 @@ def main() -> None:
         for rnd in range(args.rounds):
             for name, fn in (("prune_fast", lambda: run_ours(base, tok, texts, reqs, hp)),
                              ("EasyEdit", lambda: run_easyedit(base, tok, corpus_file, reqs, hp, len(texts)))):
+                if name not in args.tools:
+                    continue
                 t_cov, times = fn()
                 print(f"round {rnd + 1} {name:10s}: statistics (+ factor/inverse) {t_cov:6.1f} s; edit median "
                       f"{statistics.median(times):.2f} s (min {min(times):.2f}, max {max(times):.2f}); "
