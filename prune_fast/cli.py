@@ -230,8 +230,41 @@ def _run_mend_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_stats_parser(sub: _Sub) -> None:  # type: ignore[valid-type]
+    p = sub.add_parser(
+        "stats", help="key statistics (covariance) for ROME/MEMIT, into the shared cache; torchrun shards it",
+        description="One pass over the corpus computes C = E[k kᵀ] of the down projection of every --layers entry "
+                    "(the forward stops after the highest one) and writes it to the shared cache "
+                    "($PRUNE_FAST_CACHE or --cache-dir), where `edit` finds it. Under torchrun --nproc_per_node=N "
+                    "each rank reads its shard and the sums are all-reduced (gloo on CPU, NCCL on GPU).")
+    p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
+    p.add_argument("--corpus", required=True, nargs="+", metavar="FILE.txt", help="text lines")
+    p.add_argument("--layers", required=True, nargs="+", type=int, help="layer indices (e.g. 5, or 4 5 6 7 8)")
+    p.add_argument("--samples", type=int, default=100_000, help="corpus lines used (default 100000)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per line (default 128)")
+    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward pass")
+    p.add_argument("--cache-dir", help="cache root (default $PRUNE_FAST_CACHE or ~/.cache/prune_fast)")
+    p.add_argument("--device", default="cpu", help="torch device (cuda: one GPU per rank)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=_run_stats)
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from .stats import StatsJob, run_stats
+
+    out = run_stats(StatsJob(model=args.model, corpus=args.corpus, layers=args.layers, samples=args.samples,
+                             max_tokens=args.max_tokens, token_budget=args.token_budget, cache_dir=args.cache_dir,
+                             device=args.device, threads=args.threads, progress=not args.no_progress))
+    for name, info in out.items():
+        if info["rank"] == 0:
+            print(f"{name}: {info['path']} ({info['seconds']:.1f} s, {info['world']} process(es))")
+    return 0
+
+
 COMMANDS: list[Callable[[_Sub], None]] = [  # type: ignore[valid-type]
-    add_restrain_parser, add_example_parser, add_demo_parser, add_edit_parser, add_mend_train_parser]
+    add_restrain_parser, add_example_parser, add_demo_parser, add_edit_parser, add_mend_train_parser,
+    add_stats_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -172,6 +172,7 @@ def run_edit(job: EditJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
     from .editors import (AlphaEdit, AlphaEditHyperParams, CovarianceStore, MEMITHyperParams, ROMEHyperParams,
                           read_corpus)
+    from .editors.covariance import default_cache_dir
     from .evaluation import Evaluator, load_task_jsonl, world_abilities
     from .run_results import results_document, write_results
     from .runner import SequentialEditor
@@ -207,7 +208,7 @@ def run_edit(job: EditJob) -> dict[str, Any]:
                                     "model reads")
         editor_kwargs = {"hparams": hp, "covariance": None}
         if job.editor == "alphaedit":  # the editor holds its store (nothing is computed or written until used)
-            store = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
+            store = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
             editor_kwargs = {"editor": AlphaEdit(model, tok, hp, store)}
     if job.resume:  # refuse a mismatched resume before any expensive work
         from .journal import Journal
@@ -215,7 +216,8 @@ def run_edit(job: EditJob) -> dict[str, Any]:
         probe = SequentialEditor(model, tok, config=_run_config(job), progress=False, **editor_kwargs)
         Journal.resume(out / "run", probe.journal_header(_header(job, model, len(requests)), len(requests)))
     if job.editor in ("rome", "memit"):
-        editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=out / "covariance", progress=job.progress)
+        # shared by every run and arm (keyed by model content, layer, corpus and samples)
+        editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
 
     abilities: dict[str, Any] = {}
     info: dict[str, Any] = {}

@@ -11,6 +11,8 @@ class RestrainResult:
     ``sigma_before``/``sigma_after``: the restrained singular values of Δ before and after F
     (descending; empty when nothing crossed σ*). ``residual``: max ‖Δᵀu_i − σ_i v_i‖/σ_1 of the
     restrained triplets, measured. ``elapsed_s`` covers the whole call, σ* included when computed.
+    ``sigma_next``: the largest singular value of Δ below σ* that the solve saw (0 when none), so
+    ``sigma_before[0]`` or ``sigma_next`` is σ_max(Δ) without a second spectral solve.
     """
 
     n_restrained: int
@@ -21,6 +23,7 @@ class RestrainResult:
     backend: str = "torch"
     fn: str = "ln"
     residual: float = 0.0
+    sigma_next: float = 0.0
 
     def __str__(self) -> str:
         head = f"RestrainResult({self.fn}, σ*={self.sigma_star:.4g}: "

@@ -15,7 +15,8 @@ Layout (documented for users in ``README.md (Sequential runs)``)::
                     "baseline_general": {...}},                  # before the first edit
           "evals":  [{"edits", "edit": {...}, "general": {...}, "restrained", "eval_s"}],
           "steps":  [{"step", "edits", "case_ids", "editor_s", "apply_s", "restrain_s",
-                      "immediate": {...}, "layers": {param: {"sigma_star", "ratio", ...}}}],
+                      "immediate": {...}, "layers": {param: {"sigma_star", "ratio", ...}},
+                      "stage_s", "score_s", "step_s"}],                # optional (older journals lack them)
           "timing": {"editor_s_median", "apply_s_median", "restrain_s_median",
                      "restrain_s_at_end", "eval_s_total"},
           "spectrum": {param: {"sigma_star", "edits": [...], "ratio": [...], "sigma_max_weight": [...],

@@ -43,6 +43,7 @@ import torch
 
 from .editors.apply import FactoredUpdate, TrackerSet
 from .editors.requests import EditRequest
+from .editors.rome import KeyCache
 from .errors import InvalidInputError
 from .evaluation import EDIT_METRICS, Evaluator
 from .restraint_fn import DEFAULT_FN, FnLike, resolve_fn
@@ -139,6 +140,12 @@ class StepRecord:
     restrain_s: float
     layers: dict[str, dict[str, float]]
     immediate: dict[str, float] = field(default_factory=dict)
+    # seconds of the step's other parts (0.0 in journals written before they were recorded):
+    # journal staging of the updates, scoring the edit right after it, and the whole step up to
+    # the journal commit (editor + staging + apply + records + scoring; a re-scoring point is not in it)
+    stage_s: float = 0.0
+    score_s: float = 0.0
+    step_s: float = 0.0
 
 
 @dataclass
@@ -181,21 +188,6 @@ def update_sigma_max(u: torch.Tensor, v: torch.Tensor) -> float:
     _, ru = torch.linalg.qr(u.double())
     _, rv = torch.linalg.qr(v.double())
     return float(torch.linalg.svdvals(ru @ rv.T)[0])
-
-
-class _RecordingTracker:
-    """Wraps a tracker so the runner sees what each ``add_`` restrained (TrackerSet drops it)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.last: Any = None
-
-    def add_(self, u: torch.Tensor, v: torch.Tensor) -> Any:
-        self.last = self.inner.add_(u, v)
-        return self.last
-
-    def restrain_(self) -> Any:
-        return self.inner.restrain_()
 
 
 class SequentialEditor:
@@ -261,21 +253,22 @@ class SequentialEditor:
         self.tracker_kwargs = dict(fn=cfg.fn, alpha=cfg.alpha, restrain_every=restrain_every,
                                    state_dtype=TRACKER_DTYPES[cfg.tracker_dtype])
         self.trackers = TrackerSet(model, tracker_factory=self._new_tracker)
+        # ROME's subject keys, reused while no applied update can change them (see KeyCache)
+        self.key_cache = KeyCache()
 
     # -- trackers --------------------------------------------------------------------------------
-    def _new_tracker(self, weight: torch.Tensor) -> _RecordingTracker:
+    def _new_tracker(self, weight: torch.Tensor) -> Any:
         from .tracker import SpectralTracker
 
-        return _RecordingTracker(SpectralTracker(weight, **self.tracker_kwargs))
+        return SpectralTracker(weight, **self.tracker_kwargs)
 
     def spectral_trackers(self) -> dict[str, Any]:
         """Parameter name → its :class:`SpectralTracker` (for checkpoints and reports)."""
-        return {name: t.inner for name, t in self.trackers.trackers.items()}
+        return dict(self.trackers.trackers)
 
     def adopt_trackers(self, trackers: dict[str, Any]) -> None:
         """Install restored trackers (from a checkpoint) before :meth:`run` resumes."""
-        for name, tr in trackers.items():
-            self.trackers.trackers[name] = _RecordingTracker(tr)
+        self.trackers.trackers.update(trackers)
 
     # -- one step --------------------------------------------------------------------------------
     def compute_updates(self, batch: Sequence[EditRequest]) -> list[FactoredUpdate]:
@@ -296,35 +289,38 @@ class SequentialEditor:
         if self.editor == "rome":
             from .editors.rome import compute_rome
 
-            return compute_rome(self.model, self.tokenizer, batch[0], self.hparams, self.covariance).updates
+            return compute_rome(self.model, self.tokenizer, batch[0], self.hparams, self.covariance,
+                                key_cache=self.key_cache).updates
         from .editors.memit import compute_memit
 
         return compute_memit(self.model, self.tokenizer, list(batch), self.hparams, self.covariance).updates
 
-    def apply_updates(self, updates: Sequence[FactoredUpdate]) -> tuple[float, float, dict[str, int]]:
-        """Hand ``updates`` to the trackers; returns (apply seconds, restraint seconds, restrained per weight)."""
-        for t in self.trackers.trackers.values():
-            t.last = None
+    def apply_updates(self, updates: Sequence[FactoredUpdate]) -> tuple[float, float, dict[str, Any]]:
+        """Hand ``updates`` to the trackers; returns (apply seconds, restraint seconds, and per weight
+        the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain)."""
         start = time.perf_counter()
-        self.trackers.apply_(updates)
+        self.key_cache.invalidate(updates)
+        results = self.trackers.apply_(updates)
         apply_s = time.perf_counter() - start
-        restrain_s, restrained = 0.0, {}
-        for upd in updates:
-            last = self.trackers.trackers[upd.param_name].last
-            if last is not None:
-                restrain_s += last.elapsed_s
-                restrained[upd.param_name] = last.n_restrained
-        return apply_s, restrain_s, restrained
+        restrain_s = sum(r.elapsed_s for r in results.values() if r is not None)
+        return apply_s, restrain_s, results
 
-    def _layer_records(self, updates: Sequence[FactoredUpdate], restrained: dict[str, int],
+    def _layer_records(self, updates: Sequence[FactoredUpdate], results: dict[str, Any],
                        with_spectrum: bool) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
         for upd in updates:
-            tr = self.trackers.trackers[upd.param_name].inner
+            tr = self.trackers.trackers[upd.param_name]
+            res = results.get(upd.param_name)
             rec: dict[str, float] = {"sigma_star": tr.sigma_star,
                                      "update_ratio": update_sigma_max(upd.u, upd.v) / tr.sigma_star,
-                                     "n_restrained": restrained.get(upd.param_name, 0)}
-            if with_spectrum:
+                                     "n_restrained": res.n_restrained if res is not None else 0}
+            if with_spectrum and res is not None:
+                # the restraint just solved for every σ(Δ) ≥ σ* (and the next one): reuse it
+                smax = tr.sigma_max_weight()
+                rec.update(sigma_max_weight=smax, ratio=smax / tr.sigma_star, n_above=res.n_restrained,
+                           sigma_max_delta=res.sigma_before[0] if res.n_restrained else res.sigma_next,
+                           cond=tr.cheap_cond())
+            elif with_spectrum:
                 sp = tr.spectrum()
                 rec.update(sigma_max_weight=sp.sigma_max_weight, ratio=sp.ratio,
                            sigma_max_delta=sp.sigma_delta[0] if sp.sigma_delta else 0.0, n_above=sp.n_above,
@@ -372,14 +368,18 @@ class SequentialEditor:
             editor_s = time.perf_counter() - t0
             if self.journal is not None:
                 self.journal.stage_updates(i, updates, editor_state)
-            apply_s, restrain_s, restrained = self.apply_updates(updates)
+            stage_s = time.perf_counter() - t0 - editor_s
+            apply_s, restrain_s, results = self.apply_updates(updates)
             done_requests += batch
             with_spectrum = (i + 1) % cfg.spectrum_every == 0 or i + 1 == len(batches)
             rec = StepRecord(step=i, edits=len(done_requests), case_ids=[r.case_id for r in batch],
                              editor_s=editor_s, apply_s=apply_s, restrain_s=restrain_s,
-                             layers=self._layer_records(updates, restrained, with_spectrum))
+                             layers=self._layer_records(updates, results, with_spectrum), stage_s=stage_s)
             if cfg.score_immediate and self.evaluator is not None:
+                t_score = time.perf_counter()
                 rec.immediate = self.evaluator.edit_scores(batch)
+                rec.score_s = time.perf_counter() - t_score
+            rec.step_s = time.perf_counter() - t0
             steps.append(rec)
             point = None
             last = i + 1 == len(batches)

@@ -30,6 +30,7 @@ from .accumulated_delta import AccumulatedDelta
 from .errors import InvalidInputError
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_, write_restrained_
+from .krylov import prefer_direct, topk_svd
 from .restrain import compute_dtype, correction_for, rounding_note, sigma_max
 from .restraint_fn import FnLike, resolve_fn
 from .results import RestrainResult, SpectrumReport
@@ -153,10 +154,28 @@ class SpectralTracker:
         """
         trip = self._triplets()
         values = trip.s.tolist() + ([trip.next_value] if trip.next_value > 0 else [])
-        smax, _ = sigma_max(self._compute_copy(), generator=self._generator, backend=self.backend)
-        return SpectrumReport(sigma_delta=values, sigma_star=self.sigma_star, sigma_max_weight=smax,
+        return SpectrumReport(sigma_delta=values, sigma_star=self.sigma_star, sigma_max_weight=self.sigma_max_weight(),
                               n_above=int(trip.s.numel()), n_edits=self.n_edits, rank=self.rank,
                               cond_weight=_cheap_cond(self._live()))
+
+    @torch.no_grad()
+    def sigma_max_weight(self) -> float:
+        """σ_max of the live weight, by block Krylov warm-started from the previous call's top
+        singular vectors (a step moves them little: about a third of the passes of a cold start)."""
+        w = self._compute_copy()
+        if prefer_direct(tuple(w.shape), 1):
+            return sigma_max(w)[0]
+        start_u, start_v = getattr(self, "_weight_top", None) or (None, None)
+        t = topk_svd(w, k=1, block=_WARM_BLOCK, value_tol=8 * torch.finfo(w.dtype).eps, start_u=start_u,
+                     start_v=start_v, generator=self._generator, backend=self.backend)
+        if not t.s.numel():
+            return 0.0
+        self._weight_top = (t.u[:, :1], t.v[:, :1])
+        return float(t.s[0])
+
+    def cheap_cond(self) -> float | None:
+        """cond(live weight) where it is cheap (see :meth:`spectrum`), else ``None``."""
+        return _cheap_cond(self._live())
 
     def delta(self) -> torch.Tensor:
         """The raw accumulated Δ as a new dense tensor (for tests and the at-end protocol)."""
@@ -325,7 +344,7 @@ class SpectralTracker:
         return RestrainResult(
             n_restrained=int(trip.s.numel()), sigma_star=self.sigma_star, sigma_before=trip.s.tolist(),
             sigma_after=s_new.tolist(), elapsed_s=time.perf_counter() - start, backend=self.backend,
-            fn=self._fn.describe(), residual=trip.residual,
+            fn=self._fn.describe(), residual=trip.residual, sigma_next=float(trip.next_value),
         )
 
     def _warn_if_precision_lost(self, s: torch.Tensor) -> None:
@@ -353,6 +372,10 @@ class SpectralTracker:
         self._since_refresh = 0
         self._publish()
 
+
+# Warm-started σ_max(W): 8 columns beat 16 once the start block already holds the top vector
+# (576×1536, 200 steps: 3.5 ms at 8, 3.9 ms at 4, 5.4 ms at 16, 9.4 ms cold).
+_WARM_BLOCK = 8
 
 _STATE_DTYPES = {str(d): d for d in (torch.float32, torch.float64)}
 _PROBES = 1024

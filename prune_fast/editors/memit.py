@@ -35,9 +35,9 @@ from .apply import FactoredUpdate
 from .architectures import EditSite, resolve_module, resolve_site
 from .covariance import CovarianceStore
 from .hparams import MEMITHyperParams, ValueHyperParams
-from .probes import AddAtOutput, encode, make_batch, site_index
+from .probes import AddAtOutput, encode, make_batch, site_index, stop_after
 from .requests import EditRequest
-from .rome import check_requests, covariance_for, mean_key
+from .rome import check_requests, covariance_factor, mean_key
 from .values import ValueResult, optimize_value
 
 __all__ = ["MEMITResult", "compute_memit", "spread_over_layers", "PendingUpdates", "RightFactor"]
@@ -79,9 +79,17 @@ def _block_outputs(model: nn.Module, tokenizer: Any, block: nn.Module, requests:
     rows = [encode(tokenizer, r.text) for r in requests]
     sites = [site_index(tokenizer, "{}", r.prompt, r.subject, site) for r in requests]
     batch = make_batch(model, rows, sites, pad_id=getattr(tokenizer, "pad_token_id", None) or 0)
-    with AddAtOutput(block, batch.sites, None) as probe:
+    with AddAtOutput(block, batch.sites, None) as probe, stop_after(block):  # the layers above never run
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
     return probe.before
+
+
+def _memit_key_side(chol: torch.Tensor, keys: torch.Tensor, lam: float) -> torch.Tensor:
+    """``(λC + K Kᵀ)⁻¹ K`` from the cached Cholesky factor of ``C``: with ``X = C⁻¹ K`` it equals
+    ``X (λI + Kᵀ X)⁻¹`` (push-through identity), a ``b × b`` solve instead of a ``d_in × d_in`` one."""
+    x = torch.cholesky_solve(keys, chol)                                                 # (d_in, b)
+    small = lam * torch.eye(keys.shape[1], dtype=keys.dtype, device=keys.device) + keys.T @ x
+    return torch.linalg.solve(small, x.T).T                                              # small is symmetric
 
 
 RightFactor = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
@@ -135,10 +143,13 @@ def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditReque
     hp.validate()
     reqs = check_requests(requests)
     sites = [resolve_site(model, layer, hp.mlp_out_template, hp.layer_template) for layer in hp.layers]
-    covs = [covariance_for(model, tokenizer, s, hp, covariance[s.layer] if isinstance(covariance, dict) else covariance)
-            for s in sites]  # all before any update exists: statistics of the unedited model
+    # all before any update exists: statistics of the unedited model, every layer from one pass
+    if isinstance(covariance, CovarianceStore):
+        covariance.get_many(model, tokenizer, sites, hp.cov_samples, hp.cov_max_tokens)
+    chols = [covariance_factor(model, tokenizer, s, hp, covariance[s.layer] if isinstance(covariance, dict)
+                               else covariance) for s in sites]
 
     def memit_factor(j: int, keys: torch.Tensor, _resid: torch.Tensor) -> torch.Tensor:
-        return torch.linalg.solve(hp.mom2_update_weight * covs[j] + keys @ keys.T, keys)   # (λC + KKᵀ)⁻¹ K
+        return _memit_key_side(chols[j], keys, hp.mom2_update_weight)                # (λC + KKᵀ)⁻¹ K
 
     return spread_over_layers(model, tokenizer, reqs, hp, sites, memit_factor)[0]

@@ -18,7 +18,29 @@ from torch import nn
 
 from .errors import HyperParamsError, MalformedRequestError
 
-__all__ = ["Batch", "site_index", "encode", "make_batch", "input_device", "module_inputs_at", "AddAtOutput", "frozen"]
+__all__ = ["Batch", "site_index", "encode", "make_batch", "input_device", "module_inputs_at", "AddAtOutput", "frozen",
+           "StopForward", "stop_after"]
+
+
+class StopForward(Exception):
+    """Raised by a hook once a forward pass has produced everything its caller reads: the layers
+    above and the LM head (``B × T × vocab`` logits) never run."""
+
+
+@contextmanager
+def stop_after(module: nn.Module) -> Iterator[None]:
+    """Within the block, a forward pass ends (:class:`StopForward`, caught here) right after
+    ``module`` has run; hooks registered on it before entering still see its output."""
+    def hook(*_args: Any) -> None:
+        raise StopForward
+
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    except StopForward:
+        pass
+    finally:
+        handle.remove()
 
 
 def encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -89,10 +111,13 @@ def module_inputs_at(model: nn.Module, module: nn.Module, batch: Batch) -> torch
         x = _first(args)
         rows = torch.arange(x.shape[0], device=x.device)
         captured.append(x[rows, batch.sites.to(x.device)].float())
+        raise StopForward  # nothing above the module changes its input
 
     handle = module.register_forward_pre_hook(hook)
     try:
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
+    except StopForward:
+        pass
     finally:
         handle.remove()
     return captured[0]

@@ -37,7 +37,7 @@ from torch import nn
 from .apply import FactoredUpdate
 from .architectures import EditSite, Layout, resolve_module, resolve_site
 from .contexts import key_context_templates
-from .covariance import CovarianceStore
+from .covariance import CovarianceStore, cholesky_of
 from ..errors import InvalidTypeError
 from .errors import EditorError, MalformedRequestError
 from .hparams import ROMEHyperParams, ValueHyperParams
@@ -45,7 +45,8 @@ from .probes import encode, make_batch, module_inputs_at, site_index
 from .requests import EditRequest
 from .values import ValueResult, optimize_value
 
-__all__ = ["ROMEResult", "compute_rome", "mean_key", "module_output", "covariance_for"]
+__all__ = ["ROMEResult", "compute_rome", "mean_key", "template_keys", "subject_keys", "KeyCache", "module_output",
+           "covariance_for", "covariance_factor"]
 
 logger = logging.getLogger(__name__)
 
@@ -72,10 +73,11 @@ def check_requests(requests: Any) -> list[EditRequest]:
     return reqs
 
 
-def mean_key(model: nn.Module, tokenizer: Any, module: nn.Module, requests: list[EditRequest],
-             hp: ValueHyperParams, templates: tuple[str, ...] | None = None) -> torch.Tensor:
-    """k per request: the module input at the token site, averaged over context templates
-    (``templates``, default ``hp.context_templates``); ``(b, d_in)``."""
+def template_keys(model: nn.Module, tokenizer: Any, module: nn.Module, requests: list[EditRequest],
+                  hp: ValueHyperParams, templates: tuple[str, ...] | None = None) -> torch.Tensor:
+    """The module input at the token site of every request in every context template
+    (``templates``, default ``hp.context_templates``), all rows in one forward pass that stops at
+    the module: ``(b, len(templates), d_in)``."""
     templates = hp.context_templates if templates is None else templates
     rows, sites = [], []
     for req in requests:
@@ -84,7 +86,69 @@ def mean_key(model: nn.Module, tokenizer: Any, module: nn.Module, requests: list
             sites.append(site_index(tokenizer, ctx, req.prompt, req.subject, hp.site))
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     keys = module_inputs_at(model, module, make_batch(model, rows, sites, pad_id=pad))
-    return keys.reshape(len(requests), len(templates), -1).mean(dim=1)
+    return keys.reshape(len(requests), len(templates), -1)
+
+
+def mean_key(model: nn.Module, tokenizer: Any, module: nn.Module, requests: list[EditRequest],
+             hp: ValueHyperParams, templates: tuple[str, ...] | None = None) -> torch.Tensor:
+    """k per request: the module input at the token site, averaged over context templates
+    (``templates``, default ``hp.context_templates``); ``(b, d_in)``."""
+    return template_keys(model, tokenizer, module, requests, hp, templates).mean(dim=1)
+
+
+class KeyCache:
+    """ROME's keys (k̄, k) per (module, templates, prompt, subject, site), reused within a run.
+
+    A key is the input of the edited down projection, so it depends only on what runs before it:
+    the layers below and the same layer's attention and up projections — not on the edited matrix
+    itself.  A run of ROME edits at one layer therefore never changes it, and a subject met again
+    costs no forward pass.  :meth:`invalidate` drops every entry an update could have changed
+    (any parameter other than the entry's own at its layer or below; an update without a layer
+    drops everything); :class:`~prune_fast.runner.SequentialEditor` calls it for every update it
+    applies.
+    """
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[Any, ...], tuple[int, str, torch.Tensor, torch.Tensor]] = {}
+        self.hits = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        self.hits += 1
+        return hit[2], hit[3]
+
+    def put(self, key: tuple[Any, ...], site: EditSite, key_mean: torch.Tensor, key_plain: torch.Tensor) -> None:
+        self._entries[key] = (site.layer, site.param_name, key_mean, key_plain)
+
+    def invalidate(self, updates: Any) -> None:
+        """Forget the keys that ``updates`` (``FactoredUpdate``s about to be applied) may change."""
+        for upd in updates:
+            layer = getattr(upd, "layer", None)
+            self._entries = {k: e for k, e in self._entries.items()
+                             if upd.param_name == e[1] or (layer is not None and layer > e[0])}
+
+
+def subject_keys(model: nn.Module, tokenizer: Any, site: EditSite, request: EditRequest, hp: ValueHyperParams,
+                 templates: tuple[str, ...], cache: KeyCache | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(k̄, k)``: the key averaged over ``templates`` and the bare prompt's key (template ``"{}"``),
+    both ``(d_in,)`` on the module's device, from one batched forward (or ``cache``)."""
+    ckey = (site.module_name, templates, request.prompt, request.subject, hp.site)
+    hit = cache.get(ckey) if cache is not None else None
+    if hit is not None:
+        return hit
+    module = resolve_module(model, site.module_name)
+    rows = templates if "{}" in templates else (*templates, "{}")
+    keys = template_keys(model, tokenizer, module, [request], hp, rows)[0].to(module.weight.device)
+    key_mean = keys[:len(templates)].mean(dim=0)                                    # k̄
+    key = keys[rows.index("{}")]                                                    # k
+    if cache is not None:
+        cache.put(ckey, site, key_mean, key)
+    return key_mean, key
 
 
 def module_output(module: nn.Module, site: EditSite, keys: torch.Tensor) -> torch.Tensor:
@@ -109,9 +173,25 @@ def covariance_for(model: nn.Module, tokenizer: Any, site: EditSite, hp: ValueHy
     return cov.to(resolve_module(model, site.module_name).weight.device, torch.float64)
 
 
+def covariance_factor(model: nn.Module, tokenizer: Any, site: EditSite, hp: ValueHyperParams,
+                      covariance: CovarianceStore | torch.Tensor, ridge: float = 0.0) -> torch.Tensor:
+    """Lower Cholesky factor of ``C + ridge · mean(diag C) · I``, float64 on the module's device.
+
+    From a store it is factored once per module and statistics and reused by every later edit; a
+    tensor given directly is factored on each call.
+    """
+    dev = resolve_module(model, site.module_name).weight.device
+    if isinstance(covariance, CovarianceStore):
+        return covariance.factor(model, tokenizer, site, hp.cov_samples, hp.cov_max_tokens, ridge).to(dev)
+    return cholesky_of(covariance_for(model, tokenizer, site, hp, covariance), ridge, site.module_name)
+
+
 def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROMEHyperParams,
-                 covariance: CovarianceStore | torch.Tensor) -> ROMEResult:
+                 covariance: CovarianceStore | torch.Tensor, key_cache: KeyCache | None = None) -> ROMEResult:
     """The ROME update for one request (see the module docstring); the model is left unchanged.
+
+    ``key_cache``: reuse (and fill) the keys of subjects already edited in this run (see
+    :class:`KeyCache`; whoever applies updates must call its ``invalidate``).
 
     Raises (before any computation): :class:`UnsupportedArchitectureError`, :class:`InvalidLayerError`,
     :class:`MalformedRequestError`, ``ValueError`` for bad hyper-parameters.
@@ -120,22 +200,18 @@ def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROM
     (request,) = check_requests([request])
     site = resolve_site(model, hp.layer, hp.mlp_out_template, hp.layer_template)
     module = resolve_module(model, site.module_name)
-    cov = covariance_for(model, tokenizer, site, hp, covariance)
+    chol = covariance_factor(model, tokenizer, site, hp, covariance, hp.cov_ridge)
 
     templates = hp.context_templates
     if hp.n_key_prefixes:
         templates = key_context_templates(model, tokenizer, hp.n_key_prefixes)[:-1] + tuple(hp.context_templates)
     dev = module.weight.device
-    key_mean = mean_key(model, tokenizer, module, [request], hp, templates)[0].to(dev)              # k̄ (d_in,)
-    key = key_mean if templates == ("{}",) else \
-        mean_key(model, tokenizer, module, [request], hp, ("{}",))[0].to(dev)                      # k (d_in,)
+    key_mean, key = subject_keys(model, tokenizer, site, request, hp, templates, key_cache)       # k̄, k (d_in,)
     search = optimize_value(model, tokenizer, request, module, hp)
     value = search.target.to(dev)
     current = module_output(module, site, key[None])[0]                           # W k + b
 
-    if hp.cov_ridge > 0:
-        cov = cov + hp.cov_ridge * cov.diagonal().mean() * torch.eye(site.d_in, dtype=cov.dtype, device=cov.device)
-    cinv_k = torch.linalg.solve(cov, key_mean.double())                           # C⁻¹ k̄
+    cinv_k = torch.cholesky_solve(key_mean.double()[:, None], chol)[:, 0]          # C⁻¹ k̄
     left = cinv_k / (key.double() @ cinv_k)                                       # (d_in,)
     right = (value - current).double()                                            # (d_out,)
     u, v = site.factors(right[:, None].float(), left[:, None].float())

@@ -12,12 +12,19 @@ model says about the subject otherwise)::
 where ``x_p`` runs over the context templates wrapped around the request's prompt, ``t`` is the
 new target's tokens and ``v0`` the module's output at the site of the first prompt.  The result
 is ``v* = v0 + δ*``.
+
+What each step costs is only what δ can change: the layers below the edited one are run once per
+request (their output is recorded on the first pass and replayed at every step, see
+:class:`PrefixReplay`), every context template and the KL prompt go through in one batch, and the
+LM head is applied only at the positions the loss reads (the target tokens and the KL site), not
+at every position of every row.
 """
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -27,7 +34,7 @@ from .hparams import ValueHyperParams
 from .probes import AddAtOutput, encode, frozen, make_batch, site_index
 from .requests import EditRequest
 
-__all__ = ["ValueResult", "optimize_value"]
+__all__ = ["ValueResult", "optimize_value", "PrefixReplay", "logits_at"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +49,90 @@ class ValueResult:
     nll_start: float
     nll_end: float
     steps: int
+
+
+class _Replay(nn.Module):
+    """Stands in for a layer below the edited one: returns the recorded output of the last of them."""
+
+    def __init__(self, holder: dict[str, Any]) -> None:
+        super().__init__()
+        self._holder = holder
+
+    def forward(self, *_args: Any, **_kwargs: Any) -> Any:
+        return self._holder["out"]
+
+
+def _layer_stack(model: nn.Module, module: nn.Module) -> tuple[nn.ModuleList, int] | None:
+    """The module list of decoder layers holding ``module``, and the index of the layer that holds it."""
+    for sub in model.modules():
+        if isinstance(sub, nn.ModuleList):
+            for i, layer in enumerate(sub):
+                if any(m is module for m in layer.modules()):
+                    return sub, i
+    return None
+
+
+class PrefixReplay:
+    """Runs the layers below ``module``'s layer once and replays their output afterwards.
+
+    δ is added at (or inside) layer ``i``; layers ``0 .. i-1`` see neither δ nor anything that
+    depends on it, so for a fixed batch their output is a constant of the optimisation.  The first
+    forward inside :meth:`recording` keeps layer ``i-1``'s output; inside :meth:`replaying` the
+    layers ``0 .. i-1`` are swapped for stubs returning it (restored on exit).  A model whose
+    layers are not in an ``nn.ModuleList`` simply runs in full.
+    """
+
+    def __init__(self, model: nn.Module, module: nn.Module) -> None:
+        found = _layer_stack(model, module)
+        self.layers, self.index = found if found is not None else (None, 0)
+        self._holder: dict[str, Any] = {}
+
+    @property
+    def active(self) -> bool:
+        return self.layers is not None and self.index > 0 and "out" in self._holder
+
+    @contextmanager
+    def recording(self) -> Iterator[None]:
+        if self.layers is None or self.index == 0:
+            yield
+            return
+
+        def keep(_m: nn.Module, _args: Any, out: Any) -> None:
+            self._holder["out"] = out.detach() if isinstance(out, torch.Tensor) else out
+
+        handle = self.layers[self.index - 1].register_forward_hook(keep)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+    @contextmanager
+    def replaying(self) -> Iterator[None]:
+        if not self.active:
+            yield
+            return
+        saved = [self.layers[j] for j in range(self.index)]
+        stub = _Replay(self._holder)
+        try:
+            for j in range(self.index):
+                self.layers[j] = stub
+            yield
+        finally:
+            for j, layer in enumerate(saved):
+                self.layers[j] = layer
+
+
+def logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
+              positions: torch.Tensor) -> torch.Tensor:
+    """Next-token logits at ``(rows[j], positions[j])`` only: ``(len(rows), vocab)``.
+
+    The body's last hidden state (final norm included) is gathered first and the LM head applied
+    to those vectors alone, so a 49k-token vocabulary costs a few rows instead of ``B × T``.
+    """
+    body = model.base_model
+    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]
+    return model.get_output_embeddings()(picked)
 
 
 def optimize_value(model: nn.Module, tokenizer: Any, request: EditRequest, module: nn.Module,
@@ -65,21 +156,24 @@ def optimize_value(model: nn.Module, tokenizer: Any, request: EditRequest, modul
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     batch = make_batch(model, rows + kl_rows, sites + kl_sites, pad_id=pad)
 
-    # labels: the target tokens at their positions, as (row, position, token) index arrays
+    # where the loss reads logits: each target token in each prompt row, then the KL rows' sites
     r_idx, p_idx, t_idx = [], [], []
     for i, start in enumerate(answer_spans):
         for j, tid in enumerate(target_ids):
             r_idx.append(i)
             p_idx.append(start + j)
             t_idx.append(tid)
+    n_lab = len(r_idx)
+    read_rows = torch.tensor(r_idx + list(range(n_rw, n_rw + len(kl_rows))))
+    read_pos = torch.tensor(p_idx + kl_sites)
 
     param = next(module.parameters(), None)
     dev = param.device if param is not None else batch.input_ids.device
-    with frozen(model), torch.no_grad(), AddAtOutput(module, batch.sites, None) as probe:
-        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    replay = PrefixReplay(model, module)
+    with frozen(model), torch.no_grad(), AddAtOutput(module, batch.sites, None) as probe, replay.recording():
+        logits = logits_at(model, batch.input_ids, batch.attention_mask, read_rows, read_pos)
     v0 = probe.before[0].to(dev)
-    kl_pos = torch.tensor(kl_sites)
-    kl_ref = torch.log_softmax(logits[torch.arange(n_rw, n_rw + len(kl_rows)), kl_pos.to(logits.device)].float(), -1)
+    kl_ref = torch.log_softmax(logits[n_lab:].float(), -1)
 
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
@@ -87,17 +181,15 @@ def optimize_value(model: nn.Module, tokenizer: Any, request: EditRequest, modul
     n_tok = len(target_ids)
     nll_start = nll_value = float("nan")
     steps = 0
-    with frozen(model):
+    with frozen(model), replay.replaying():
         for steps in range(1, hp.v_steps + 1):
             with AddAtOutput(module, batch.sites, delta):
-                logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+                logits = logits_at(model, batch.input_ids, batch.attention_mask, read_rows, read_pos)
             logp = torch.log_softmax(logits.float(), -1)
             dev_l = logp.device
-            tok_lp = logp[torch.tensor(r_idx, device=dev_l), torch.tensor(p_idx, device=dev_l),
-                          torch.tensor(t_idx, device=dev_l)]
+            tok_lp = logp[torch.arange(n_lab, device=dev_l), torch.tensor(t_idx, device=dev_l)]
             nll = -tok_lp.sum() / (n_rw * n_tok)
-            kl_new = logp[torch.arange(n_rw, n_rw + len(kl_rows), device=dev_l), kl_pos.to(dev_l)]
-            kl = torch.nn.functional.kl_div(kl_new, kl_ref.to(dev_l), log_target=True, reduction="batchmean")
+            kl = torch.nn.functional.kl_div(logp[n_lab:], kl_ref.to(dev_l), log_target=True, reduction="batchmean")
             decay = hp.v_weight_decay * delta.norm() ** 2 / v0.norm() ** 2
             loss = nll + hp.kl_factor * kl.to(nll.device) + decay.to(nll.device)
             nll_value = nll.item()

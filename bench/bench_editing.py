@@ -1,0 +1,358 @@
+"""Benchmark the editing pipeline on a real model (SmolLM2-135M; issue 21).
+
+Parts (``--only`` picks some; all run in one process, one thread unless ``--threads``):
+
+``covariance``  key statistics of ROME's layer over the same texts:
+    - ``full``: the previous pass (batches of 64 in corpus order, padded, the whole model and the
+      LM head run, float64 products), and the relative difference of its C from the new pass's;
+    - ``truncated``: :func:`prune_fast.editors.covariance.second_moments` (stops after the layer,
+      length-packed batches, inference_mode, fp32 products into float64 sums);
+    - MEMIT's five layers in one truncated pass;
+    - the ``stats`` command with 1 and 2 processes (``torchrun``, gloo), one thread each.
+``values``      ROME's value search, previous (``tests/value_reference.py``: whole model every step)
+    vs current, on the same requests.
+``split``       short journaled online runs (``python -m prune_fast edit`` in-process) of ROME and
+    MEMIT with a fresh covariance cache: end-to-end wall time, and the per-step time split into
+    editor / restraint / evaluation / journal / bookkeeping.
+``memory``      resident memory of a fresh process: loading SmolLM2 (peak and after), and the peak during
+    its perplexity (:func:`prune_fast.evaluation.perplexity`, as ``--heldout`` runs it) over the
+    held-out paragraphs twice (60 texts) and over 600 corpus paragraphs.
+``trend``       reads a journaled run's ``results.json`` and prints the per-edit cost by blocks of
+    100 edits (the flatness target: edits 900-1000 ≤ 1.3 × edits 100-200).
+
+    python bench/bench_editing.py --samples 300 --edits 4 --split-edits 20
+    python bench/bench_editing.py --write-requests 1000 /tmp/requests1000.json
+    python bench/bench_editing.py --only trend --run-dir /tmp/rome1000
+
+``--write-requests N FILE`` cycles the shipped SmolLM2 edit set (429 records) to N requests: pass
+``c`` of the set keeps every subject and prompt and asks for the ``c``-th next other answer of the
+same relation (so no request repeats; case ids ``<id>-c<c>``).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from prune_fast.edit_run import EditJob, load_local_model, run_edit  # noqa: E402
+from prune_fast.editors import EditRequest, MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
+from prune_fast.editors.covariance import second_moments  # noqa: E402
+from prune_fast.editors.probes import encode, pad_rows  # noqa: E402
+from prune_fast.journal import Journal  # noqa: E402
+from prune_fast.real_abilities import covariance_corpus  # noqa: E402
+
+EDIT_SET = ROOT / "prune_fast" / "data" / "smollm2_counterfact.json"
+FACTS = [("The capital of France is", "France", "Rome"), ("The Eiffel Tower is in the city of", "Eiffel Tower", "London"),
+         ("The mother tongue of Barack Obama is", "Barack Obama", "French"), ("Paris is the capital of", "Paris", "Italy"),
+         ("The Beatles were a band from", "The Beatles", "Japan"), ("Mount Everest is located in", "Mount Everest", "Peru"),
+         ("The currency of Japan is the", "Japan", "euro"), ("Albert Einstein was born in", "Albert Einstein", "Spain")]
+
+
+def machine() -> str:
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                           cwd=ROOT).stdout.strip()
+    return (f"{os.uname().nodename}, {os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} "
+            f"thread(s), commit {commit}{' (modified)' if dirty else ''}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+
+
+def write_requests(n: int, path: Path) -> None:
+    records = json.loads(EDIT_SET.read_text())
+    answers: dict[str, list[str]] = {}
+    for r in records:
+        rw = r["requested_rewrite"]
+        for a in (rw["target_new"]["str"], rw["target_true"]["str"]):
+            answers.setdefault(rw["relation_id"], [])
+            if a not in answers[rw["relation_id"]]:
+                answers[rw["relation_id"]].append(a)
+    out = []
+    for c in range(-(-n // len(records))):
+        for r in records:
+            if len(out) == n:
+                break
+            rec = copy.deepcopy(r)
+            rw = rec["requested_rewrite"]
+            if c:
+                pool = [a for a in answers[rw["relation_id"]] if a not in (rw["target_true"]["str"], rw["target_new"]["str"])]
+                if len(pool) < c:   # a relation with too few other answers: keep the original target
+                    pool = [rw["target_new"]["str"]] * c
+                rw["target_new"]["str"] = pool[(r["case_id"] + c - 1) % len(pool)]
+            rec["case_id"] = f"{r['case_id']}-c{c}"
+            out.append(rec)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {len(out)} requests to {path}")
+
+
+# -- covariance ----------------------------------------------------------------------------------
+
+def full_pass(model, tok, site, texts, max_tokens=128, batch=64) -> tuple[float, int, torch.Tensor]:
+    """The previous covariance pass: corpus-order batches of 64, whole model, float64 products."""
+    module = model.get_submodule(site.module_name)
+    acc = torch.zeros(site.d_in, site.d_in, dtype=torch.float64)
+    holder = {}
+
+    def hook(_m, args):
+        k = args[0][holder["m"]].double()
+        acc.add_(k.T @ k)
+
+    h = module.register_forward_pre_hook(hook)
+    t0, n = time.perf_counter(), 0
+    with torch.no_grad():
+        for s in range(0, len(texts), batch):
+            ids, mask = pad_rows([encode(tok, t)[:max_tokens] for t in texts[s:s + batch]], tok.pad_token_id)
+            holder["m"] = mask.bool()
+            model(input_ids=ids, attention_mask=mask)
+            n += int(mask.sum())
+    h.remove()
+    return time.perf_counter() - t0, n, acc / n
+
+
+def bench_covariance(model, tok, texts, corpus_file: Path) -> None:
+    site = resolve_site(model, ROMEHyperParams.for_model(model).layer)
+    memit = [resolve_site(model, layer) for layer in MEMITHyperParams.for_model(model).layers]
+    padded = sum(64 * max(len(encode(tok, t)[:128]) for t in texts[s:s + 64]) for s in range(0, len(texts), 64))
+    t_full, n, c_full = full_pass(model, tok, site, texts)
+    t0 = time.perf_counter()
+    st = second_moments(model, tok, [site], texts, progress=False)
+    t_trunc = time.perf_counter() - t0
+    c_new = st.sums[site.module_name] / st.count
+    rel = float((c_new - c_full).norm() / c_full.norm())
+    t0 = time.perf_counter()
+    second_moments(model, tok, memit, texts, progress=False)
+    t_memit = time.perf_counter() - t0
+    layers = ", ".join(str(s.layer) for s in memit)
+    print(f"\n[covariance] {len(texts)} texts, {n} tokens (≤ 128 each; previous batches padded to {padded} = "
+          f"{padded / n:.2f}x), {site.module_name}:")
+    print(f"  full forward, corpus-order batches of 64 (previous)  {t_full:7.1f} s  {n / t_full:7.0f} tok/s")
+    print(f"  truncated after layer {site.layer}, packed (current)          {t_trunc:7.1f} s  {n / t_trunc:7.0f} tok/s  "
+          f"({t_full / t_trunc:.1f}x faster); |C - C_full|/|C_full| = {rel:.1e}")
+    print(f"  MEMIT layers {layers}, one truncated pass          {t_memit:7.1f} s  {n / t_memit:7.0f} tok/s  "
+          f"({t_memit / t_trunc:.2f}x the one-layer pass)")
+    assert st.count == n
+    bench_stats_command(corpus_file, site.layer, len(texts))
+
+
+def bench_stats_command(corpus_file: Path, layer: int, n_texts: int) -> None:
+    """``python -m prune_fast stats`` with 1 and 2 processes (torchrun, gloo), one thread each."""
+    for nproc in (1, 2):
+        with tempfile.TemporaryDirectory() as cache:
+            cmd = ["-m", "prune_fast", "stats", "--model", "smollm2", "--corpus", str(corpus_file), "--layers",
+                   str(layer), "--samples", str(n_texts), "--no-progress", "--threads", "1", "--cache-dir", cache]
+            if nproc == 2:
+                cmd = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+                       "--master_port=29611", *cmd]
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, *cmd], capture_output=True, text=True, cwd=ROOT,
+                                 env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"))
+            wall = time.perf_counter() - t0
+            found = re.search(r"\(([\d.]+) s, \d+ process", out.stdout)   # "<module>: <path> (12.3 s, 2 process(es))"
+            inner = found.group(1) if out.returncode == 0 and found else f"failed: {out.stderr.strip()[-300:]}"
+            print(f"  stats command, {nproc} process(es), 1 thread each: statistics {inner} s "
+                  f"(process wall incl. model load {wall:.1f} s)")
+
+
+# -- value search --------------------------------------------------------------------------------
+
+def bench_values(model, tok, n_edits: int) -> None:
+    from value_reference import optimize_value_reference
+
+    from prune_fast.editors.values import optimize_value
+
+    hp = ROMEHyperParams.for_model(model)
+    module = model.get_submodule(resolve_site(model, hp.layer).module_name)
+    reqs = [EditRequest(prompt=p.replace(s, "{}"), subject=s, target_new=o, case_id=i) for i, (p, s, o) in enumerate(FACTS)]
+    old, new = [], []
+    print(f"\n[values] ROME value search at {module.__class__.__name__} of layer {hp.layer}, up to {hp.v_steps} steps:")
+    for r in reqs[:n_edits]:
+        t0 = time.perf_counter(); a = optimize_value_reference(model, tok, r, module, hp); old.append(time.perf_counter() - t0)
+        t0 = time.perf_counter(); b = optimize_value(model, tok, r, module, hp); new.append(time.perf_counter() - t0)
+        err = float((a.target - b.target).norm() / a.target.norm())
+        print(f"  request {r.case_id}: {a.steps}/{b.steps} steps, previous {old[-1]:.2f} s, current {new[-1]:.2f} s, "
+              f"|Δv*|/|v*| {err:.1e}")
+    print(f"  median: previous {statistics.median(old):.2f} s, current {statistics.median(new):.2f} s "
+          f"({statistics.median(old) / statistics.median(new):.2f}x)")
+
+
+# -- split of a journaled run ----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def timed_commits():
+    """Seconds spent in ``Journal.commit_step`` (the step line, re-scoring line, checkpoints)."""
+    spent: list[float] = []
+    orig = Journal.commit_step
+
+    def wrapped(self, *a, **k):
+        t0 = time.perf_counter()
+        try:
+            return orig(self, *a, **k)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    Journal.commit_step = wrapped
+    try:
+        yield spent
+    finally:
+        Journal.commit_step = orig
+
+
+def split_table(doc: dict, commits: list[float]) -> list[tuple[str, float]]:
+    arm = next(iter(doc["arms"].values()))
+    steps = arm["steps"]
+    med = lambda key: statistics.median(s[key] for s in steps)  # noqa: E731
+    editor, restrain, score, stage = med("editor_s"), med("restrain_s"), med("score_s"), med("stage_s")
+    commit = statistics.median(commits)
+    rescoring = sum(e["eval_s"] for e in arm["evals"]) / len(steps)
+    book = statistics.median(s["step_s"] - s["editor_s"] - s["restrain_s"] - s["score_s"] - s["stage_s"] for s in steps)
+    return [("editor", editor), ("restraint (PRUNE)", restrain), ("evaluation: scoring the edit", score),
+            ("evaluation: re-scoring points, per step", rescoring), ("journal (stage + commit)", stage + commit),
+            ("bookkeeping (apply, step record)", book)]
+
+
+def bench_split(n_edits: int, threads: int) -> None:
+    from prune_fast.models import resolve_model
+
+    folder = resolve_model("smollm2")          # the converted model from the usual cache, not re-converted
+    print(f"\n[split] journaled online runs of `edit` on smollm2, {n_edits} requests of the shipped set, fresh "
+          "statistics cache (the covariance is computed inside the run):")
+    for editor, batch in (("rome", 1), ("memit", 10)):
+        with tempfile.TemporaryDirectory() as cache, tempfile.TemporaryDirectory() as out, timed_commits() as commits:
+            corpus_file = Path(cache) / "corpus.txt"
+            corpus_file.write_text("\n".join(covariance_corpus()) + "\n")
+            os.environ["PRUNE_FAST_CACHE"] = cache
+            t0 = time.perf_counter()
+            doc = run_edit(EditJob(model=str(folder), requests=str(EDIT_SET), out=out, n=n_edits, editor=editor,
+                                   corpus=[str(corpus_file)], batch_size=batch, protocol="online", eval_every=0,
+                                   threads=threads, progress=False))
+            wall = time.perf_counter() - t0
+        parts = split_table(doc, commits)
+        total = sum(v for _, v in parts)
+        arm = next(iter(doc["arms"].values()))
+        print(f"  {editor} (batch {batch}): {len(arm['steps'])} steps, whole run {wall:.1f} s end to end "
+              f"(model load, covariance, edits, evaluations); per step (median):")
+        for name, v in parts:
+            print(f"    {name:42s} {v:8.4f} s  {100 * v / total:5.1f} %")
+        print(f"    {'sum':42s} {total:8.4f} s")
+    os.environ.pop("PRUNE_FAST_CACHE", None)
+
+
+# -- peak memory of perplexity ---------------------------------------------------------------------
+
+_MEMORY_CASE = """
+import resource, sys, time, torch
+from pathlib import Path
+torch.set_num_threads({threads})
+from prune_fast.edit_run import load_local_model
+from prune_fast.evaluation import perplexity
+from prune_fast.real_abilities import covariance_corpus, heldout_text
+
+def status(field):  # kB -> GiB, from /proc/self/status
+    line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))
+    return int(line.split()[1]) / 2**20
+
+model, tok, _ = load_local_model("smollm2")
+loaded, load_peak = status("VmRSS"), status("VmHWM")
+Path("/proc/self/clear_refs").write_text("5")   # reset the peak (VmHWM) to the current RSS
+texts = {{"heldout x2": heldout_text() * 2, "corpus 600": covariance_corpus()[:600]}}[sys.argv[1]]
+t0 = time.perf_counter()
+ppl = perplexity(model, tok, texts)
+n = sum(len(tok.encode(t)) for t in texts)
+print(f"{{len(texts)}} {{n}} {{ppl:.3f}} {{time.perf_counter() - t0:.1f}} {{load_peak:.2f}} {{loaded:.2f}} {{status('VmHWM'):.2f}}")
+"""
+
+
+def bench_memory(threads: int) -> None:
+    print("\n[memory] resident memory of a fresh process (GiB): loading SmolLM2 (its peak, then what stays), then "
+          "the peak during perplexity (chunked; the peak counter reset after loading):")
+    for case in ("heldout x2", "corpus 600"):
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CASE.format(threads=threads), case], capture_output=True,
+                             text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if out.returncode:
+            print(f"  {case}: failed: {out.stderr.strip()[-300:]}")
+            continue
+        n_texts, n_tok, ppl, secs, load_peak, loaded, peak = out.stdout.split()[-7:]
+        print(f"  {case:11s} {n_texts:>4s} texts {n_tok:>6s} tokens: perplexity {ppl:>7s} in {secs:>5s} s; load peak "
+              f"{load_peak}, after load {loaded}, peak during perplexity {peak} (+{float(peak) - float(loaded):.2f})")
+
+
+# -- cost trend of a long run ------------------------------------------------------------------------
+
+def bench_trend(run_dir: Path) -> None:
+    steps = []
+    for line in (run_dir / "run" / "journal.jsonl").read_text().splitlines():
+        d = json.loads(line)
+        if d.get("type") == "step":
+            steps.append(d["record"])
+    steps.sort(key=lambda s: s["step"])
+    print(f"\n[trend] {run_dir}: {len(steps)} steps journaled; per-edit cost by blocks of 100 (median, s):")
+    print("  edits       step    editor  restraint  scoring  stage")
+    blocks = {}
+    for b in range(0, len(steps), 100):
+        blk = steps[b:b + 100]
+        row = [statistics.median(s.get(k, 0.0) for s in blk) for k in ("step_s", "editor_s", "restrain_s", "score_s", "stage_s")]
+        blocks[b] = row[0]
+        print(f"  {b + 1:4d}-{b + len(blk):4d}  " + "  ".join(f"{v:8.4f}" for v in row))
+    if 100 in blocks and len(blocks) > 2:
+        last = max(blocks)
+        print(f"  last block / edits 101-200: {blocks[last] / blocks[100]:.2f}x (target ≤ 1.3x)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--samples", type=int, default=300, help="covariance texts (of the smollm2 documentation corpus)")
+    ap.add_argument("--edits", type=int, default=4, help="requests for the value-search comparison")
+    ap.add_argument("--split-edits", type=int, default=20, help="requests per journaled run in the split")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--only", nargs="+", choices=["covariance", "stats", "values", "split", "memory", "trend"], default=None)
+    ap.add_argument("--run-dir", type=Path, help="trend: the --out folder of a journaled edit run")
+    ap.add_argument("--write-requests", nargs=2, metavar=("N", "FILE"))
+    args = ap.parse_args()
+    if args.write_requests:
+        write_requests(int(args.write_requests[0]), Path(args.write_requests[1]))
+        return
+    parts = args.only or ["covariance", "values", "split", "memory"]
+    if parts == ["stats"]:
+        texts = covariance_corpus()[:args.samples]
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus_file = Path(tmp) / "corpus.txt"
+            corpus_file.write_text("\n".join(texts) + "\n")
+            print(machine())
+            bench_stats_command(corpus_file, 5, len(texts))   # ROME's layer on SmolLM2 (llama preset)
+        return
+    if parts == ["trend"]:
+        bench_trend(args.run_dir)
+        return
+    torch.set_num_threads(args.threads)
+    print(machine())
+    model, tok, _ = load_local_model("smollm2")
+    texts = covariance_corpus()[:args.samples]
+    if "covariance" in parts:
+        with tempfile.TemporaryDirectory() as tmp:
+            corpus_file = Path(tmp) / "corpus.txt"
+            corpus_file.write_text("\n".join(texts) + "\n")
+            bench_covariance(model, tok, texts, corpus_file)
+    if "values" in parts:
+        bench_values(model, tok, args.edits)
+    if "split" in parts:
+        bench_split(args.split_edits, args.threads)
+    if "memory" in parts:
+        bench_memory(args.threads)
+    if "trend" in parts and args.run_dir:
+        bench_trend(args.run_dir)
+
+
+if __name__ == "__main__":
+    main()
