@@ -135,15 +135,16 @@ def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
     return q, r, coeff
 
 
-# ---- CholeskyQR2 on the kernels (the Triton version) -------------------------------------------
+# ---- CholeskyQR2 on the kernels (the Triton version, and wide fp32 blocks on the torch backend) ---
 # CholeskyQR2 (Fukaya et al. 2014; Yamamoto et al. 2015): the Gram matrix G = XᵀX comes from the
 # skinny-product kernel (one pass over X, fp32 accumulation), R = chol(G)ᵀ in float64 (b×b, cheap),
 # Q = X R⁻¹ by a triangular solve, done twice. It needs cond(X) ≲ u^(−1/2) (≈ 3e3 in fp32). When
 # Cholesky fails, the first factor's diagonal ratio exceeds u^(−1/2)/4, the second pass is not near
-# the identity, or a column was (numerically) inside span(against) (its normalised rounding noise
-# would not be ⟂ against), it falls back to the torch version on the original X, whose deflation
-# handles every rank-deficient case. These decisions read a few scalars on the host (the
-# synchronisation-free orthonormalisation is ``sigma_power.svqb``).
+# the identity, or a column was (numerically) inside span(against) (a pivot below 16 ulp of the
+# largest input column: its normalised rounding noise would not be ⟂ against), it falls back to the
+# torch version on the original X, whose deflation handles every rank-deficient case. A result more
+# than 8 ulp off ⟂ against gets a third projection pass, as in the torch version. These decisions
+# read a few scalars on the host (the synchronisation-free orthonormalisation is ``sigma_power.svqb``).
 
 
 def _cond_limit(dtype: torch.dtype) -> float:
