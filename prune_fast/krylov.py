@@ -448,25 +448,28 @@ class _Solver:
                 b_next = min(remaining, max(b_last, 2 * n_want + self.oversample))
             else:
                 b_next = min(remaining, max(b_last, min(2 * b_last, max(self.block, n_want + self.oversample))))
+            widen = None  # new columns beyond z, orthonormalised only if the chain goes on
             if remaining > 0:
                 extra = b_next - b_last
-                parts = [z] + ([self._randn(n, extra)] if extra > 0 else []) + ([pending] if pending is not None else [])
-                x = torch.cat(parts, 1) if len(parts) > 1 else z
+                parts = ([self._randn(n, extra)] if extra > 0 else []) + ([pending] if pending is not None else [])
                 pending = None
-                if remaining < x.shape[1]:
+                if remaining < b_last + sum(t.shape[1] for t in parts):
                     x = self._randn(n, remaining)  # complete the basis; coupling read off below
                     v_next, _, _ = self._orth(x, against=vb)
                     s_coupling = v_next.T @ z
                 else:
-                    v_next, r_full, _ = self._orth(x, against=vb)
-                    s_coupling = r_full[:, :b_last]
+                    # z alone first: its coupling gives the residuals, and a wide block of Gaussian
+                    # columns (hundreds when many values lie above τ) is not orthonormalised on the
+                    # step that returns.
+                    v_next, s_coupling, _ = self._orth(z, against=vb)
+                    widen = torch.cat(parts, 1) if parts else None
                 if due:
                     res = torch.linalg.vector_norm(s_coupling.to(torch.float64) @ p[-b_last:, :dim], dim=0)
             else:
                 v_next = None
                 res = torch.zeros(dim, dtype=torch.float64)
             if not due:
-                chain.extend(v_next)
+                chain.extend(v_next if widen is None else self._widen(vb, v_next, widen))
                 continue
             wanted_ok = bool((res[:n_want] <= self.tol * scale).all())
             if self.value_tol is not None and not wanted_ok:
@@ -515,15 +518,20 @@ class _Solver:
                                        self.delta if status == "randomized" else 0.0)
                         return self._finish(out)
                     pending = found  # more values at or above the band: search on with them
+            width = v_next.shape[1] + (0 if widen is None else widen.shape[1])
             if (self.dense is not None and threshold is not None and not certified and pending is None
-                    and dim + v_next.shape[1] > n // 2):
+                    and dim + width > n // 2):
                 return self._direct()  # the basis would cover half the short side: one dense solve is cheaper
-            if pending is not None:
-                basis = torch.cat([vb, v_next], 1)
-                v_more, _, _ = self._orth(pending, against=basis)
-                v_next = torch.cat([v_next, v_more], 1)
+            more = [t for t in (widen, pending) if t is not None]
+            if more:
+                v_next = self._widen(vb, v_next, torch.cat(more, 1) if len(more) > 1 else more[0])
                 pending = None
             chain.extend(v_next)
+
+    def _widen(self, vb: torch.Tensor, v_next: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """``v_next`` followed by the orthonormalised part of ``new`` outside span(vb, v_next)."""
+        v_more, _, _ = self._orth(new, against=torch.cat([vb, v_next], 1))
+        return torch.cat([v_next, v_more], 1)
 
     def _certify_search(self, chain: _Chain, theta: torch.Tensor, n_want: int, dim: int,
                         remaining: int) -> tuple[bool, float, str]:
@@ -655,6 +663,34 @@ def prefer_direct(shape: tuple[int, int], expected: int) -> bool:
 # The Gram route squares the condition number: σ_i from eigh(AᵀA) in float64 is off by about
 # ε₆₄·(σ₁/σ_i)² relative, so it is used only while every wanted σ_i ≥ 1e-4·σ₁ (error ≲ 1e-8).
 _GRAM_MIN_RATIO = 1e-4
+# Short sides from which the float64 Gram matrix is formed block by block, only the blocks on and
+# above the diagonal (10 of 16 for 4 blocks): torch has no syrk, and a·aᵀ as one product computes
+# both halves.
+_GRAM_BLOCKED_FROM = 512
+_GRAM_BLOCKS = 4
+# Up to this σ₁/threshold the vectors u = A v / σ of a fp32 matrix are formed by a fp32 product
+# (the values and v still come from the float64 eigen-decomposition): the product's rounding,
+# relative ~ε₃₂·σ₁/σ per term, stays at the level of the Krylov path's own fp32 vectors (rank-k
+# part off by ~3e-7 relative at 700×900, σ₁/τ = 3.5, against 4e-8 in float64; both are returned
+# in fp32), and the product runs at twice the float64 rate (91 against 201 ms at 1600×6400, 700
+# vectors). Beyond it, small σ against σ₁ would amplify that rounding: float64.
+_FP32_BACK_PRODUCT_MAX_RATIO = 4.0
+
+
+def _gram_float64(short: torch.Tensor) -> torch.Tensor:
+    """``shortᵀ short`` in float64 (``short``: tall, float64), symmetric by construction."""
+    n = short.shape[1]
+    if n < _GRAM_BLOCKED_FROM:
+        return short.T @ short
+    edges = [n * i // _GRAM_BLOCKS for i in range(_GRAM_BLOCKS + 1)]
+    gram = torch.empty(n, n, dtype=short.dtype, device=short.device)
+    for i in range(_GRAM_BLOCKS):
+        rows = short[:, edges[i]:edges[i + 1]]
+        # Block row i, from the diagonal on: one product [A_iᵀ A_i … A_iᵀ A_last].
+        blk = rows.T @ short[:, edges[i]:]
+        gram[edges[i]:edges[i + 1], edges[i]:] = blk
+        gram[edges[i + 1]:, edges[i]:edges[i + 1]] = blk[:, edges[i + 1] - edges[i]:].T
+    return gram
 
 
 def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
@@ -663,18 +699,25 @@ def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
     From the eigen-decomposition of the short side's float64 Gram matrix (3× faster than an SVD
     for a 512×128 test-model weight, the per-edit cost of online PRUNE there), falling back to
     one full SVD when a wanted value is too small relative to σ₁ for the Gram route's accuracy.
+    The values, the count above the threshold and the short side's vectors are float64; the long
+    side's vectors u = A v / σ of a fp32 matrix come from a fp32 product while σ₁ ≤ 4·threshold
+    (see ``_FP32_BACK_PRODUCT_MAX_RATIO``).
     """
     a64 = a.to(torch.float64)
     tall = a64.shape[0] >= a64.shape[1]
     short = a64 if tall else a64.T
     if short.shape[1]:
-        lam, vecs = torch.linalg.eigh(short.T @ short)
+        lam, vecs = torch.linalg.eigh(_gram_float64(short))
         s_all = lam.flip(0).clamp_min(0).sqrt()
         keep = int((s_all >= threshold).sum())
         if keep == 0 or threshold >= _GRAM_MIN_RATIO * float(s_all[0]):
             v = vecs.flip(1)[:, :keep]
             s = s_all[:keep]
-            u = short @ v / s
+            if a.dtype == torch.float32 and keep and float(s_all[0]) <= _FP32_BACK_PRODUCT_MAX_RATIO * threshold:
+                short32 = a if tall else a.T
+                u = short32 @ (v / s).to(torch.float32)
+            else:
+                u = short @ v / s
             next_value = float(s_all[keep]) if keep < s_all.numel() else 0.0
             u, v = (u, v) if tall else (v, u)
             return Triplets(u.to(a.dtype), s.clone(), v.to(a.dtype), 0.0, next_value, min(a.shape), 0, True)

@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prune_fast.krylov import direct_triplets, topk_svd
+from prune_fast.krylov import _FP32_BACK_PRODUCT_MAX_RATIO as _FP32_MAX_RATIO
+from prune_fast.krylov import _gram_float64, direct_triplets, topk_svd
 from prune_fast.operators import DifferenceOperator
-from spectral_cases import make_delta, spectrum
+from spectral_cases import make_delta, orthonormal, spectrum
 
 SHAPES = [(1, 1), (2, 3), (17, 33), (130, 70), (70, 130), (300, 120)]
 
@@ -177,6 +178,41 @@ def test_direct_triplets_against_float64_svd(shape, ratio, rng):
     assert torch.allclose((t.u * t.s) @ t.v.T, (u0[:, :keep] * s[:keep]) @ v0[:, :keep].T, rtol=0, atol=1e-8 * float(s[0]))
     assert torch.allclose(t.u.T @ t.u, torch.eye(keep, dtype=torch.float64), atol=1e-9)
     assert t.next_value == pytest.approx(float(s[keep]) if keep < r else 0.0, rel=1e-6, abs=1e-12)
+
+
+@pytest.mark.parametrize("orient", ["tall", "wide"])
+@pytest.mark.parametrize("ratio", [0.5 * _FP32_MAX_RATIO, 0.999 * _FP32_MAX_RATIO, 1.001 * _FP32_MAX_RATIO, 20.0],
+                         ids=["fp32-back", "fp32-back-at-switch", "fp64-back-at-switch", "fp64-back"])
+def test_direct_triplets_blocked_gram_and_fp32_back_product(orient, ratio, rng):
+    """Short side ≥ 512: the Gram matrix from its upper blocks, and u = A v / σ by a fp32 product while
+    σ₁ ≤ 4·threshold (float64 beyond): both sides of the switch against the float64 SVD, on the fp32
+    matrix actually passed in. Values to float64 rounding; the rank-k part to fp32 level."""
+    m, n = (900, 530) if orient == "tall" else (530, 900)
+    r = min(m, n)
+    keep = 120
+    top = torch.linspace(ratio, 1.05, keep, dtype=torch.float64)
+    s = torch.cat([top, torch.linspace(0.95, 0.0, r - keep, dtype=torch.float64)])
+    a = ((orthonormal(m, r, rng) * s) @ orthonormal(n, r, rng).T).float()
+    u0, s0, vh0 = torch.linalg.svd(a.double(), full_matrices=False)
+    t = direct_triplets(a, 1.0)
+    assert t.s.numel() == keep
+    assert torch.allclose(t.s, s0[:keep], rtol=1e-9, atol=0), float((t.s - s0[:keep]).abs().max())
+    assert t.u.dtype == t.v.dtype == torch.float32
+    want = (u0[:, :keep] * s0[:keep]) @ vh0[:keep]
+    got = (t.u.double() * t.s) @ t.v.double().T
+    err = float(torch.linalg.norm(got - want) / torch.linalg.norm(want))
+    assert err <= 2e-6, err
+    assert torch.allclose(t.u.double().T @ t.u.double(), torch.eye(keep, dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(t.v.double().T @ t.v.double(), torch.eye(keep, dtype=torch.float64), atol=1e-5)
+    assert t.next_value == pytest.approx(float(s0[keep]), rel=1e-9)
+
+
+def test_blocked_gram_matches_the_plain_product(rng):
+    for n in (511, 512, 777):
+        short = torch.randn(1000, n, generator=rng, dtype=torch.float64)
+        g = _gram_float64(short)
+        assert torch.equal(g, g.T)
+        assert torch.allclose(g, short.T @ short, rtol=0, atol=1e-12 * float((short ** 2).sum(0).max()))
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "transposed", "column-slice", "fp64"])

@@ -135,15 +135,16 @@ def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
     return q, r, coeff
 
 
-# ---- CholeskyQR2 on the kernels (the Triton version) -------------------------------------------
+# ---- CholeskyQR2 on the kernels (the Triton version, and wide fp32 blocks on the torch backend) ---
 # CholeskyQR2 (Fukaya et al. 2014; Yamamoto et al. 2015): the Gram matrix G = XᵀX comes from the
 # skinny-product kernel (one pass over X, fp32 accumulation), R = chol(G)ᵀ in float64 (b×b, cheap),
 # Q = X R⁻¹ by a triangular solve, done twice. It needs cond(X) ≲ u^(−1/2) (≈ 3e3 in fp32). When
 # Cholesky fails, the first factor's diagonal ratio exceeds u^(−1/2)/4, the second pass is not near
-# the identity, or a column was (numerically) inside span(against) (its normalised rounding noise
-# would not be ⟂ against), it falls back to the torch version on the original X, whose deflation
-# handles every rank-deficient case. These decisions read a few scalars on the host (the
-# synchronisation-free orthonormalisation is ``sigma_power.svqb``).
+# the identity, or a column was (numerically) inside span(against) (a pivot below 16 ulp of the
+# largest input column: its normalised rounding noise would not be ⟂ against), it falls back to the
+# torch version on the original X, whose deflation handles every rank-deficient case. A result more
+# than 8 ulp off ⟂ against gets a third projection pass, as in the torch version. These decisions
+# read a few scalars on the host (the synchronisation-free orthonormalisation is ``sigma_power.svqb``).
 
 
 def _cond_limit(dtype: torch.dtype) -> float:
@@ -181,24 +182,48 @@ def cholesky_qr2(x: torch.Tensor, against: torch.Tensor | None = None, *, backen
             apply_correction_(y, against, -c.mT, backend=backend)  # y ← y − against c
             coeff = c if coeff is None else coeff + c
     q1, r1, ok, ratio = _cholesky_qr(y, backend)
+    if ok and coeff is not None:
+        # A column (numerically) inside span(against) leaves rounding noise, well conditioned on its
+        # own: the torch version's deflation test (against the largest input column) catches it.
+        scale = float(torch.linalg.vector_norm(x, dim=0).max())
+        ok = float(torch.diagonal(r1).abs().min()) > 16 * torch.finfo(x.dtype).eps * scale
     if ok and ratio <= _cond_limit(x.dtype):
         q, r2, ok, ratio = _cholesky_qr(q1, backend)
         ok = ok and ratio <= 2.0
+        r = r2 @ r1
         if ok and coeff is not None:
-            ok = float(skinny_matmul(against.mT, q, backend=backend).abs().max()) <= 1e-3
+            # As in the torch version: orthogonal to ``against`` to working precision (the Krylov
+            # solver's Frobenius certificate assumes orthonormal bases), by a third pass if needed.
+            c3 = skinny_matmul(against.mT, q, backend=backend).to(x.dtype)
+            worst = float(c3.abs().max())
+            ok = worst <= 1e-3
+            if ok and worst > 8 * torch.finfo(x.dtype).eps:
+                apply_correction_(q, against, -c3.mT, backend=backend)
+                q, r3, ok, ratio = _cholesky_qr(q, backend)
+                ok = ok and ratio <= 2.0
+                coeff = coeff + c3 @ r.to(x.dtype)
+                r = r3 @ r
         if ok:
-            return q, (r2 @ r1).to(x.dtype), coeff
+            return q, r.to(x.dtype), coeff
     return orthonormalize_torch(x, against, generator=generator)
 
 
 # ---- front-end ----------------------------------------------------------------------------------
+# From this many columns a fp32 block takes CholeskyQR2 on the torch backend too (a Gram product,
+# a b×b Cholesky and a triangular solve, twice): Householder QR of a tall block plus the SVD of its R
+# runs at a fraction of the matrix-product rate, and blocks this wide come from Δs with hundreds of
+# values above σ*. Narrow blocks keep the torch version.
+CHOLESKY_QR_MIN_COLUMNS = 64
+
+
 def orthonormalize(x: torch.Tensor, against: torch.Tensor | None = None, backend: str = "torch",
                    generator: torch.Generator | None = None
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Dispatch to the torch (Householder + deflation) or Triton (CholeskyQR2) version; same contract.
+    """Dispatch to the torch (Householder + deflation) or CholeskyQR2 version; same contract.
 
-    ``backend``: a resolved name (``resolve_backend``); fp64 blocks always take the torch version.
+    ``backend``: a resolved name (``resolve_backend``); fp64 blocks always take the torch version,
+    fp32 blocks CholeskyQR2 on the Triton backend or from :data:`CHOLESKY_QR_MIN_COLUMNS` columns.
     """
-    if backend == "triton" and x.dtype != torch.float64:
+    if x.dtype != torch.float64 and (backend == "triton" or x.shape[1] >= CHOLESKY_QR_MIN_COLUMNS):
         return cholesky_qr2(x, against, backend=backend, generator=generator)
     return orthonormalize_torch(x, against, generator=generator)
