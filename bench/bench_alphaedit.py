@@ -5,7 +5,7 @@ below a threshold τ; equivalently ``P = I − U Uᵀ`` with ``U`` every eigenve
 the same run on the same matrices:
 
 - ``eigh``: :func:`prune_fast.editors.alphaedit.null_space_projector` (one float64 ``torch.linalg.eigh``);
-- ``krylov``: :func:`prune_fast.krylov.topk_svd` in threshold mode on the float64 ``C`` (for a symmetric
+- ``krylov``: :func:`prune_fast.spectral.krylov.topk_svd` in threshold mode on the float64 ``C`` (for a symmetric
   positive semi-definite matrix its singular values are its eigenvalues), then ``P = I − U Uᵀ``.
 
 Matrices: ``d`` = 512 (the test bed's key width) and 1536 (SmolLM2-135M's), with a fraction ``f`` of the
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_fast.editors.alphaedit import null_space_projector  # noqa: E402
-from prune_fast.krylov import topk_svd  # noqa: E402
+from prune_fast.spectral.krylov import topk_svd  # noqa: E402
 
 TAU = 2e-2
 CASES = [(512, 0.05), (512, 0.5), (512, 0.8), (1536, 0.05), (1536, 0.5), (1536, 0.8)]

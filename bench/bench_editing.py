@@ -29,10 +29,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from prune_fast.edit_run import load_local_model  # noqa: E402
-from prune_fast.editors import EditRequest, ROMEHyperParams, read_corpus, resolve_site  # noqa: E402
+from prune_fast.commands.edit import load_local_model  # noqa: E402
+from prune_fast.lm.requests import EditRequest  # noqa: E402
+from prune_fast.editors import ROMEHyperParams, read_corpus, resolve_site  # noqa: E402
 from prune_fast.editors.covariance import second_moments  # noqa: E402
-from prune_fast.editors.probes import encode, pad_rows  # noqa: E402
+from prune_fast.lm.probes import encode, pad_rows  # noqa: E402
 
 FACTS = [("The capital of France is", "France", "Rome"), ("The Eiffel Tower is in the city of", "Eiffel Tower", "London"),
          ("The mother tongue of Barack Obama is", "Barack Obama", "French"), ("Paris is the capital of", "Paris", "Italy"),

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import InvalidTypeError
-from .errors import EditorError
+from .errors import EditorError, InvalidTypeError
+from .tracker import SpectralTracker
 
 __all__ = ["FactoredUpdate", "TrackerSet"]
 
@@ -68,8 +68,6 @@ class TrackerSet:
     def __init__(self, model: nn.Module, tracker_factory: Callable[[torch.Tensor], Any] | None = None,
                  **tracker_kwargs: Any) -> None:
         if tracker_factory is None:
-            from .. import SpectralTracker
-
             def tracker_factory(weight: torch.Tensor) -> Any:
                 return SpectralTracker(weight, **tracker_kwargs)
         elif tracker_kwargs:

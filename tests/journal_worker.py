@@ -18,9 +18,10 @@ def main() -> int:
     from safetensors.torch import save_file
 
     from prune_fast.editors import CovarianceStore, ROMEHyperParams
-    from prune_fast.evaluation import Evaluator
-    from prune_fast.runner import RunConfig, SequentialEditor
-    from prune_fast.testbed import default_cache_dir, load_testbed, shipped_corpus
+    from prune_fast.lm.evaluation import Evaluator
+    from prune_fast.runs.runner import RunConfig, SequentialEditor
+    from prune_fast.cache import default_cache_dir
+    from prune_fast.testbed import load_testbed, shipped_corpus
 
     bed = load_testbed(progress=False)
     store = CovarianceStore(shipped_corpus(), cache_dir=default_cache_dir(), progress=False)

@@ -10,10 +10,11 @@ import math
 import pytest
 import torch
 
-from prune_fast.editors import (AlphaEdit, AlphaEditHyperParams, EditorError, Layout, MalformedRequestError,
-                                MEMITHyperParams, TrackerSet, compute_memit, resolve_site)
+from prune_fast.editors import AlphaEdit, AlphaEditHyperParams, Layout, MEMITHyperParams, compute_memit, resolve_site
+from prune_fast.errors import EditorError, MalformedRequestError
+from prune_fast.updates import TrackerSet
 from prune_fast.editors.alphaedit import null_space_projector, projected_key_factor
-from prune_fast.editors.errors import EditorCheckpointError, HyperParamsError
+from prune_fast.errors import EditorCheckpointError, HyperParamsError
 from prune_fast.errors import InvalidTypeError
 
 HP = AlphaEditHyperParams.preset("testbed")
@@ -276,7 +277,7 @@ class _Killed(Exception):
 
 
 def _runner(model, tokenizer, store, protocol="online"):
-    from prune_fast.runner import RunConfig, SequentialEditor
+    from prune_fast.runs.runner import RunConfig, SequentialEditor
 
     cfg = RunConfig(protocol=protocol, fn="log1.2", batch_size=2, eval_every=0, score_immediate=False)
     return SequentialEditor(model, tokenizer, editor=AlphaEdit(model, tokenizer, HP, store), config=cfg,
@@ -311,7 +312,7 @@ def test_journaled_run_killed_then_resumed_continues_exactly(tmp_path):
     resumed = _runner(copy.deepcopy(base), bed.tokenizer, store)
     res = resumed.run_journaled(reqs, tmp_path / "killed", header, resume=True, checkpoint_every=2)
     assert [s.step for s in res.steps] == list(range(5))
-    assert resumed.alphaedit.n_edits == straight.alphaedit.n_edits == 10
+    assert resumed.editor.n_edits == straight.editor.n_edits == 10
     # The editor's state comes back bit for bit (checkpoint + replay): layer 0's cache, whose keys no
     # edited weight reaches, is identical.  The trackers restore the live weights to fp32 rounding
     # (≈ 2e-6 relative, as for every editor), which the later layers' keys of steps 3-4 then see.
@@ -320,7 +321,7 @@ def test_journaled_run_killed_then_resumed_continues_exactly(tmp_path):
     for name in a:
         err = float((a[name].weight - b[name].weight).detach().abs().max() / a[name].weight.detach().abs().max())
         assert err < 2e-5, f"{name}: resumed weight differs from the uninterrupted one by {err:.3g}"
-    want, got = straight.alphaedit.state_dict(), resumed.alphaedit.state_dict()
+    want, got = straight.editor.state_dict(), resumed.editor.state_dict()
     assert torch.equal(want[f"cache.{HP.layers[0]}"], got[f"cache.{HP.layers[0]}"])
     for key in want:
         err = float((want[key] - got[key]).abs().max() / want[key].abs().max())
@@ -331,7 +332,7 @@ def test_cli_edit_alphaedit_at_end(tmp_path):
     import json
     import shutil
 
-    from prune_fast.run_results import validate_results
+    from prune_fast.runs.results import validate_results
     from test_cli_edit import _cli, _counterfact
 
     bed = fresh_testbed()

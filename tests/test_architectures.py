@@ -6,9 +6,11 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from prune_fast.editors import (CovarianceStore, EditRequest, InvalidLayerError, Layout, MalformedRequestError,  # noqa: E402
-                                MEMITHyperParams, ROMEHyperParams, TrackerSet, UnsupportedArchitectureError,
-                                compute_memit, compute_rome, resolve_site)
+from prune_fast.editors import (CovarianceStore, Layout, MEMITHyperParams, ROMEHyperParams, compute_memit,
+                                compute_rome, resolve_site)
+from prune_fast.lm.requests import EditRequest
+from prune_fast.errors import InvalidLayerError, MalformedRequestError, UnsupportedArchitectureError
+from prune_fast.updates import TrackerSet
 from prune_fast.testbed import World, WorldSpec, WordTokenizer  # noqa: E402
 from testbed_models import one_thread  # noqa: E402
 
@@ -242,7 +244,8 @@ def test_covariance_is_the_mean_outer_product_of_keys(tmp_path):
 
 
 def test_tracker_set_checks_every_update_before_writing():
-    from prune_fast.editors import EditorError, FactoredUpdate
+    from prune_fast.errors import EditorError
+    from prune_fast.updates import FactoredUpdate
 
     model = _model("gpt2")
     snap = _snapshot(model)

@@ -15,9 +15,9 @@ import torch
 
 import prune_fast
 from prune_fast.errors import InvalidInputError
-from prune_fast.krylov import frobenius_sq_bound, topk_svd
-from prune_fast.reference import restrain_reference
-from prune_fast.restraint_fn import resolve_fn
+from prune_fast.spectral.krylov import frobenius_sq_bound, topk_svd
+from prune_fast.spectral.reference import restrain_reference
+from prune_fast.spectral.restraint_fn import resolve_fn
 from spectral_cases import orthonormal, rel_err
 
 NEAR_TOPS = [1.001, 1.01, 1.05, 1.1, 1.5]

@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 
 import prune_fast
 from prune_fast import InvalidInputError, restrain_checkpoint, restrain_model_
-from prune_fast.reference import restrain_reference
+from prune_fast.spectral.reference import restrain_reference
 
 from checkpoint_models import (SEED, check_restrained_output, dense_update, load_all, low_rank_update, make_pair,
                                rel_fro, same_bits)
@@ -203,7 +203,7 @@ class _Boom(RuntimeError):
 
 @pytest.mark.parametrize("existing", [False, True], ids=["fresh", "overwrite"])
 def test_interrupted_write_leaves_no_out(existing, gpt2_pair, tmp_path, monkeypatch):
-    from prune_fast import checkpoint
+    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
 
     out = tmp_path / "out"
     if existing:
@@ -337,7 +337,7 @@ def test_restrain_model_dense_update_plain_module():
 def test_public_api_is_lazy():
     for name in ("restrain_checkpoint", "restrain_model_", "RestrainReport"):
         assert name in prune_fast.__all__ and getattr(prune_fast, name) is not None
-    code = ("import sys, prune_fast; heavy = [m for m in ('prune_fast.checkpoint', 'prune_fast.restrain_model', "
+    code = ("import sys, prune_fast; heavy = [m for m in ('prune_fast.checkpoint', 'prune_fast.checkpoint.restrain_model', "
             "'safetensors', 'transformers') if m in sys.modules]; print(heavy); assert not heavy")
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True)
 
@@ -352,7 +352,7 @@ def test_report_json_round_trip(llama_pair, tmp_path):
 
 def test_streams_only_differing_tensors(gpt2_pair, tmp_path, monkeypatch):
     """Identical tensors are compared as bytes and copied, never deserialised: only differing pairs are loaded."""
-    from prune_fast import checkpoint
+    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
 
     loaded: list[str] = []
     real = checkpoint._Source.load
@@ -367,7 +367,7 @@ def test_streams_only_differing_tensors(gpt2_pair, tmp_path, monkeypatch):
 
 
 def test_keyboard_interrupt_leaves_no_out(llama_pair, tmp_path, monkeypatch):
-    from prune_fast import checkpoint
+    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -421,8 +421,9 @@ def test_restrain_pair_in_a_buffer_equals_restrain_on_a_copy(base_dtype, edited_
     """The buffer path (Δ, then Ŵ, in one reused tensor; half Δ converted block by block) gives the
     same bits as restrain_ on a compute-dtype copy of W_N, matches the float64 reference, writes
     every element of the buffer and leaves its inputs alone."""
-    from prune_fast import checkpoint
-    from prune_fast.restrain import compute_dtype, sigma_max
+    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
+    from prune_fast._dtype import compute_dtype
+    from prune_fast.restrain import sigma_max
 
     monkeypatch.setattr(checkpoint, "_SUBTRACT_BLOCK", 7 * shape[1])  # several blocks and a remainder
     g = torch.Generator().manual_seed(SEED + 11)
@@ -477,7 +478,7 @@ def test_unaligned_tensor_offsets_are_read_correctly(tmp_path):
     """A hand-written safetensors file whose fp32 tensor starts at an odd byte offset."""
     import struct
 
-    from prune_fast.checkpoint import _Source
+    from prune_fast.checkpoint.restrain_checkpoint import _Source
 
     g = torch.Generator().manual_seed(SEED + 12)
     w = torch.randn(6, 5, generator=g)
@@ -500,7 +501,7 @@ def test_unaligned_tensor_offsets_are_read_correctly(tmp_path):
 @pytest.mark.parametrize("n", [13, 16, 4096 + 5, 4096 + 8])
 def test_byte_comparison_sees_one_changed_byte(n, offset):
     """Views at any storage offset (pickle tensors sliced from a larger storage, odd file offsets)."""
-    from prune_fast.checkpoint import _same_bytes
+    from prune_fast.checkpoint.restrain_checkpoint import _same_bytes
 
     g = torch.Generator().manual_seed(SEED + n)
     a = torch.randint(0, 256, (n + offset,), dtype=torch.uint8, generator=g)[offset:]

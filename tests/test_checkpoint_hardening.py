@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import save_file
 
 from prune_fast import InvalidInputError, restrain_checkpoint
-from prune_fast.reference import restrain_reference
+from prune_fast.spectral.reference import restrain_reference
 
 from checkpoint_models import SEED, load_all, low_rank_update, rel_fro
 

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prune_fast.run_results import validate_results
+from prune_fast.runs.results import validate_results
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from prune_fast.run_results import validate_results
+from prune_fast.runs.results import validate_results
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,7 +63,7 @@ def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
 def test_request_format_is_detected(tmp_path):
     import pytest
 
-    from prune_fast.edit_run import load_requests
+    from prune_fast.commands.edit import load_requests
     from prune_fast.errors import InvalidInputError
 
     zsre = tmp_path / "zsre.json"

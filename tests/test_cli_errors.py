@@ -182,7 +182,7 @@ def test_edit_unknown_preset_and_bad_yaml_need_the_model(testbed_folder, tmp_pat
 
 def test_task_file_errors_are_the_librarys(tmp_path):
     from prune_fast.errors import InvalidInputError
-    from prune_fast.evaluation import load_task_jsonl
+    from prune_fast.lm.evaluation import load_task_jsonl
 
     with pytest.raises(InvalidInputError, match="nope.jsonl"):
         load_task_jsonl(tmp_path / "nope.jsonl")
@@ -192,7 +192,7 @@ def test_task_file_errors_are_the_librarys(tmp_path):
 
 
 def test_plain_string_target_new_still_loads(tmp_path):
-    from prune_fast.edit_run import load_requests
+    from prune_fast.commands.edit import load_requests
 
     (req,) = load_requests(_cf(tmp_path, [_record(target_new="Oslo")]))
     assert req.target_new == "Oslo" and req.paraphrase_prompts == ("Bakiro's home is in",)
@@ -201,9 +201,9 @@ def test_plain_string_target_new_still_loads(tmp_path):
 # ------------------------------------------------------------- the library's own error types
 def _error_cases():
     from prune_fast.editors import CovarianceStore, MEMITHyperParams, ROMEHyperParams
-    from prune_fast.editors.apply import TrackerSet
+    from prune_fast.updates import TrackerSet
     from prune_fast.editors.mend_network import MENDNetwork
-    from prune_fast.editors.probes import site_index
+    from prune_fast.lm.probes import site_index
     from prune_fast.testbed import World, WordTokenizer
     from prune_fast.testbed.world import WorldSpec
 

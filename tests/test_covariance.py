@@ -11,7 +11,8 @@ transformers = pytest.importorskip("transformers")
 
 from prune_fast.editors import CovarianceStore, ROMEHyperParams, compute_rome, resolve_site  # noqa: E402
 from prune_fast.editors import covariance as cov_mod  # noqa: E402
-from prune_fast.editors.covariance import model_key, pack_batches  # noqa: E402
+from prune_fast.editors.covariance import model_key  # noqa: E402
+from prune_fast.lm.probes import pack_batches  # noqa: E402
 from prune_fast.testbed import World, WorldSpec, WordTokenizer  # noqa: E402
 from testbed_models import one_thread  # noqa: E402
 
@@ -183,7 +184,7 @@ def test_cholesky_factor_is_computed_once_and_reused(tmp_path, rng, monkeypatch)
     n_factor = []
     real = cov_mod.cholesky_of
     monkeypatch.setattr(cov_mod, "cholesky_of", lambda *a, **k: n_factor.append(1) or real(*a, **k))
-    from prune_fast.editors import EditRequest
+    from prune_fast.lm.requests import EditRequest
 
     words = WORLD.vocabulary()
     reqs = [EditRequest(prompt="{} " + words[10], subject=words[5 + i], target_new=words[20 + i]) for i in range(3)]

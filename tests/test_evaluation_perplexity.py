@@ -3,7 +3,7 @@ import math
 
 import torch
 
-from prune_fast.evaluation import perplexity
+from prune_fast.lm.evaluation import perplexity
 from prune_fast.testbed.tokenizer import WordTokenizer
 
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from prune_fast.journal import Journal, JournalError, JournalMismatchError, read_journal
+from prune_fast.runs.journal import Journal, JournalError, JournalMismatchError, read_journal
 
 WORKER = Path(__file__).with_name("journal_worker.py")
 ROOT = Path(__file__).resolve().parents[1]

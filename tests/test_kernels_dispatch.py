@@ -10,7 +10,7 @@ from prune_fast.errors import InvalidInputError
 from prune_fast.kernels import apply_correction as apply_mod
 from prune_fast.kernels import orthonormalize as ortho_mod
 from prune_fast.kernels.dispatch import resolve_backend
-from prune_fast.reference import restrain_reference
+from prune_fast.spectral.reference import restrain_reference
 
 
 def test_auto_is_torch_on_cpu():

@@ -8,7 +8,7 @@ from kernel_cases import (ACCUMULATION, DTYPE_IDS, DTYPES, LAYOUTS, SHAPE_IDS, S
                           randn, requires_triton)
 from prune_fast.kernels.settings import launch_config
 from prune_fast.kernels.skinny_matmul import difference_matmul, skinny_matmul
-from prune_fast.operators import ImplicitDifferenceOperator, LowRankOperator
+from prune_fast.spectral.operators import ImplicitDifferenceOperator, LowRankOperator
 
 BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=requires_triton)]
 

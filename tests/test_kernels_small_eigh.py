@@ -8,7 +8,7 @@ from kernel_cases import DEVICE, assert_within, poison_empty, randn, requires_tr
 from prune_fast.kernels.settings import launch_config
 from prune_fast.kernels.sigma_power import sigma_max_power, svqb
 from prune_fast.kernels.small_eigh import small_eigh, small_svd
-from prune_fast.operators import ImplicitDifferenceOperator
+from prune_fast.spectral.operators import ImplicitDifferenceOperator
 
 BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=requires_triton)]
 EPS = torch.finfo(torch.float32).eps

@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prune_fast.krylov import direct_triplets, topk_svd
-from prune_fast.operators import DifferenceOperator
+from prune_fast.spectral.krylov import direct_triplets, topk_svd
+from prune_fast.spectral.operators import DifferenceOperator
 from spectral_cases import make_delta, spectrum
 
 SHAPES = [(1, 1), (2, 3), (17, 33), (130, 70), (70, 130), (300, 120)]
@@ -98,7 +98,7 @@ def test_needs_exactly_one_of_k_and_threshold():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["rowmajor", "colmajor"])
 def test_frobenius_sq_bound_is_a_tight_upper_bound(dtype, transposed, rng):
-    from prune_fast.krylov import frobenius_sq_bound
+    from prune_fast.spectral.krylov import frobenius_sq_bound
 
     a64 = torch.randn(300, 170, generator=rng, dtype=torch.float64) * torch.rand(300, 1, generator=rng, dtype=torch.float64)
     a = a64.to(dtype)
@@ -118,7 +118,7 @@ def test_frobenius_sq_bound_is_a_tight_upper_bound(dtype, transposed, rng):
 @pytest.mark.parametrize("shape", [(90, 130), (400, 300)], ids=["small", "onednn-sized"])
 def test_dense_operator_products_match_float64(cols, shape, rng):
     """Both orientations of the skinny product, through every CPU route (plain, (Xᵀ aᵀ)ᵀ, oneDNN)."""
-    from prune_fast.operators import DenseOperator
+    from prune_fast.spectral.operators import DenseOperator
 
     a64 = torch.randn(*shape, generator=rng, dtype=torch.float64)
     op = DenseOperator(a64.float())
@@ -132,7 +132,7 @@ def test_dense_operator_products_match_float64(cols, shape, rng):
 
 
 def test_value_error_bound_uses_the_neighbouring_intervals():
-    from prune_fast.krylov import _value_error_bound
+    from prune_fast.spectral.krylov import _value_error_bound
 
     theta = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
     res = torch.tensor([1e-3, 1e-2, 0.1], dtype=torch.float64)

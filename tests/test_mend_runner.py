@@ -18,9 +18,10 @@ pytest.importorskip("transformers")
 
 from prune_fast.editors import MEND  # noqa: E402
 from prune_fast.errors import InvalidInputError  # noqa: E402
-from prune_fast.evaluation import EDIT_METRICS, Evaluator, world_abilities  # noqa: E402
-from prune_fast.run_results import results_document, validate_results  # noqa: E402
-from prune_fast.runner import RunConfig, SequentialEditor  # noqa: E402
+from prune_fast.lm.evaluation import EDIT_METRICS, Evaluator  # noqa: E402
+from prune_fast.testbed import world_abilities  # noqa: E402
+from prune_fast.runs.results import results_document, validate_results  # noqa: E402
+from prune_fast.runs.runner import RunConfig, SequentialEditor  # noqa: E402
 from test_cli_edit import _cli, _counterfact  # noqa: E402
 from testbed_models import fresh_testbed, one_thread, shared_mend  # noqa: E402
 
@@ -43,7 +44,7 @@ def _run(protocol: str):
 @pytest.mark.parametrize("protocol", ["none", "online"])
 def test_hundred_sequential_mend_edits(protocol):
     runner, res, _ = _run(protocol)
-    names = {s.param_name for s in runner.mend.sites}
+    names = {s.param_name for s in runner.editor.sites}
     assert res.name == ("none" if protocol == "none" else "online-ln")
     assert res.config["editor"] == "mend"
     assert len(res.steps) == N and [s.edits for s in res.steps] == list(range(1, N + 1))

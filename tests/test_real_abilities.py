@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from prune_fast.real_abilities import (FEW_SHOT_TASKS, chance_of, covariance_corpus, few_shot_pairs, heldout_text,
-                                       loss_reduction)
+from prune_fast.lm.real_abilities import (FEW_SHOT_TASKS, chance_of, covariance_corpus, few_shot_pairs, heldout_text,
+                                          loss_reduction)
 
 
 def test_loss_reduction_against_hand_computed_values(rng):

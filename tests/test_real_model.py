@@ -13,12 +13,12 @@ from collections import Counter
 import pytest
 import torch
 
-from prune_fast.edit_set import EDIT_SET_FILE, META_FILE, RELATIONS, shipped_recall, shipped_requests
-from prune_fast.editors import load_counterfact
-from prune_fast.evaluation import answer_logprob
-from prune_fast.models import SMOLLM2, ModelNotInstalledError, RealModel, _installed_file, load_smollm2
-from prune_fast.reference import restrain_reference
-from prune_fast.run_results import validate_results
+from prune_fast.lm.edit_set import EDIT_SET_FILE, META_FILE, RELATIONS, shipped_recall, shipped_requests
+from prune_fast.lm.requests import load_counterfact
+from prune_fast.lm.evaluation import answer_logprob
+from prune_fast.lm.models import SMOLLM2, ModelNotInstalledError, RealModel, _installed_file, load_smollm2
+from prune_fast.spectral.reference import restrain_reference
+from prune_fast.runs.results import validate_results
 
 COV_SAMPLES = 64
 
@@ -32,8 +32,8 @@ def smol():
 @pytest.fixture(scope="module")
 def store(smol):
     from prune_fast.editors import CovarianceStore
-    from prune_fast.real_abilities import covariance_corpus
-    from prune_fast.testbed import default_cache_dir
+    from prune_fast.lm.real_abilities import covariance_corpus
+    from prune_fast.cache import default_cache_dir
 
     # the demo's model_id, so that the demo test below reuses these statistics
     return CovarianceStore(covariance_corpus(), cache_dir=default_cache_dir(), model_id=f"smollm2-{smol[2].name}",
@@ -77,7 +77,7 @@ def test_missing_wheel_names_the_pip_command():
 
 
 def test_cli_model_name_resolves_to_the_cached_folder(smol):
-    from prune_fast.edit_run import load_local_model
+    from prune_fast.commands.edit import load_local_model
 
     model, tok, testbed = load_local_model("smollm2")
     assert not testbed and model.config.num_hidden_layers == 30 and tok.pad_token_id is not None
@@ -122,7 +122,8 @@ def three_edits(smol, store, hparams):
     """The first three shipped records applied by ROME, unrestrained; returns (model, W0s, requests)."""
     import copy
 
-    from prune_fast.editors import TrackerSet, compute_rome
+    from prune_fast.updates import TrackerSet
+    from prune_fast.editors import compute_rome
 
     model, tok, _ = smol
     edited = copy.deepcopy(model)
@@ -212,7 +213,7 @@ def test_restrain_checkpoint_of_a_really_edited_copy_equals_float64(smol, three_
 
 
 def test_demo_results_file_validates(tmp_path):
-    from prune_fast.demo import run_demo
+    from prune_fast.commands.demo import run_demo
 
     doc = run_demo(tmp_path / "demo", n=3, eval_every=0, cov_samples=COV_SAMPLES, progress=False, plots=False)
     validate_results(doc)

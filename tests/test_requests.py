@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from prune_fast.editors import (EditRequest, MalformedRequestError, counterfact_request, load_counterfact,
-                                load_zsre)
+from prune_fast.lm.requests import EditRequest, counterfact_request, load_counterfact, load_zsre
+from prune_fast.errors import MalformedRequestError
 
 CF = {
     "case_id": 7,

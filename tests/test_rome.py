@@ -8,7 +8,8 @@ import torch
 
 pytest.importorskip("transformers")
 
-from prune_fast.editors import ROMEHyperParams, TrackerSet, compute_rome  # noqa: E402
+from prune_fast.editors import ROMEHyperParams, compute_rome  # noqa: E402
+from prune_fast.updates import TrackerSet  # noqa: E402
 from prune_fast.testbed import top1_next  # noqa: E402
 from testbed_models import fresh_testbed, shared_store, one_thread  # noqa: E402
 

@@ -10,17 +10,19 @@ import torch
 
 from prune_fast.editors import CovarianceStore, ROMEHyperParams
 from prune_fast.errors import InvalidInputError
-from prune_fast.evaluation import EDIT_METRICS, Evaluator, world_abilities
-from prune_fast.reference import paper_procedure, restrain_reference
-from prune_fast.run_results import format_table, results_document, validate_results, write_results
-from prune_fast.runner import RunConfig, SequentialEditor, update_sigma_max
+from prune_fast.lm.evaluation import EDIT_METRICS, Evaluator
+from prune_fast.testbed import world_abilities
+from prune_fast.spectral.reference import paper_procedure, restrain_reference
+from prune_fast.runs.results import format_table, results_document, validate_results, write_results
+from prune_fast.runs.runner import RunConfig, SequentialEditor, update_sigma_max
 
 N = 12
 
 
 @functools.lru_cache(maxsize=1)
 def _bed():
-    from prune_fast.testbed import default_cache_dir, load_testbed, shipped_corpus
+    from prune_fast.cache import default_cache_dir
+    from prune_fast.testbed import load_testbed, shipped_corpus
 
     torch.set_num_threads(1)
     bed = load_testbed(progress=False)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from prune_fast import SpectralTracker
-from prune_fast.editors import FactoredUpdate, ROMEHyperParams, TrackerSet
-from prune_fast.runner import RunConfig, SequentialEditor
+from prune_fast.updates import FactoredUpdate, TrackerSet
+from prune_fast.editors import ROMEHyperParams
+from prune_fast.runs.runner import RunConfig, SequentialEditor
 from testbed_models import fresh_testbed, one_thread, shared_store
 
 _one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)

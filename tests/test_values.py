@@ -7,7 +7,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from prune_fast.editors import EditRequest, MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
+from prune_fast.lm.requests import EditRequest  # noqa: E402
+from prune_fast.editors import MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.values import optimize_value  # noqa: E402
 from testbed_models import fresh_testbed, one_thread  # noqa: E402
 from value_reference import optimize_value_reference  # noqa: E402

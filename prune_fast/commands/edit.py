@@ -14,6 +14,7 @@ Example::
 """
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -23,11 +24,23 @@ from typing import Any
 
 import torch
 
-from . import _validate
-from .errors import InvalidInputError
-from .restraint_fn import DEFAULT_FN
+from .. import _validate
+from ..editors import EDITORS, CovarianceStore, read_corpus
+from ..cache import default_cache_dir
+from ..editors.covariance import model_key
+from ..errors import InvalidInputError
+from ..lm.evaluation import Evaluator, load_task_jsonl
+from ..testbed import world_abilities
+from ..lm.models import load_model_folder, resolve_model
+from ..lm.real_abilities import covariance_corpus
+from ..lm.requests import load_counterfact, load_zsre, read_records
+from ..runs.journal import Journal
+from ..runs.results import PROTOCOLS, format_table, results_document, write_results
+from ..runs.runner import RunConfig, SequentialEditor
+from ..spectral.restraint_fn import DEFAULT_FN, FN_CHOICES
+from ..testbed import WordTokenizer, World, WorldSpec, shipped_corpus
 
-__all__ = ["EditJob", "run_edit", "load_local_model", "load_requests"]
+__all__ = ["add_parser", "run", "EditJob", "run_edit", "load_local_model", "load_requests"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,17 +87,13 @@ def _is_testbed(folder: Path) -> bool:
 
 def load_local_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any, bool]:
     """``(model, tokenizer, is_testbed)`` from a local folder or a known model name (``smollm2``,
-    see :mod:`prune_fast.models`); never downloads (``local_files_only``)."""
-    from .models import load_model_folder, resolve_model
-
+    see :mod:`prune_fast.lm.models`); never downloads (``local_files_only``)."""
     folder = resolve_model(path)
     if not folder.is_dir():
         raise InvalidInputError(f"--model {path}: not a local folder (nothing is downloaded here)")
     _check_model_folder(folder)
     if _is_testbed(folder):
         from transformers import AutoModelForCausalLM
-
-        from .testbed import WordTokenizer
 
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
         model.eval()
@@ -119,9 +128,6 @@ def _check_job(job: EditJob) -> None:
 
 def load_requests(path: str | Path, fmt: str = "auto", limit: int | None = None) -> list[Any]:
     """CounterFact or ZsRE requests; ``fmt="auto"`` looks at the first record's fields."""
-    from .editors import load_counterfact, load_zsre
-    from .editors.requests import read_records
-
     if fmt == "auto":
         first = read_records(path)[0]  # missing, empty or malformed files raise naming the file
         fmt = "" if not isinstance(first, dict) else \
@@ -138,16 +144,11 @@ def _sha256(path: str | Path) -> str:
 
 
 def _run_config(job: EditJob) -> Any:
-    from .runner import RunConfig
-
     return RunConfig(protocol=job.protocol, fn=job.fn, restrain_every=job.restrain_every, eval_every=job.eval_every,
                      batch_size=job.batch_size, tracker_dtype=job.tracker_dtype)
 
 
 def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
-    from .editors.covariance import model_key
-
-    from .models import resolve_model
 
     return {"model": str(resolve_model(job.model).resolve()), "model_key": model_key(model),
             "requests_file": str(Path(job.requests).resolve()), "requests_sha256": _sha256(job.requests), "n": n}
@@ -155,8 +156,8 @@ def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
 
 def _check_editor_options(job: EditJob) -> None:
     """Refuse editor options that do not fit together, before the model is loaded."""
-    if job.editor not in ("rome", "memit", "alphaedit", "mend"):
-        raise InvalidInputError(f"--editor must be rome, memit, alphaedit or mend, got {job.editor!r}")
+    if job.editor not in EDITORS:
+        raise InvalidInputError(f"--editor must be one of {', '.join(EDITORS)}, got {job.editor!r}")
     if job.editor == "mend":
         if not job.mend_checkpoint:
             raise InvalidInputError("--editor mend needs --mend-checkpoint PATH (a trained editor: see "
@@ -170,13 +171,6 @@ def _check_editor_options(job: EditJob) -> None:
 
 def run_edit(job: EditJob) -> dict[str, Any]:
     """Run (or resume) the job; returns the results document written to ``job.out/results.json``."""
-    from .editors import (AlphaEdit, AlphaEditHyperParams, CovarianceStore, MEMITHyperParams, ROMEHyperParams,
-                          read_corpus)
-    from .editors.covariance import default_cache_dir
-    from .evaluation import Evaluator, load_task_jsonl, world_abilities
-    from .run_results import results_document, write_results
-    from .runner import SequentialEditor
-
     if job.threads:
         torch.set_num_threads(job.threads)
     _check_editor_options(job)
@@ -186,38 +180,27 @@ def run_edit(job: EditJob) -> dict[str, Any]:
     if job.n is not None and len(requests) < job.n:
         raise InvalidInputError(f"--n {job.n} but {job.requests} holds only {len(requests)} requests")
     out = Path(job.out)
-    if job.editor == "mend":
-        from .editors import MEND
-
-        editor_kwargs: dict[str, Any] = {"editor": MEND(model, tok, job.mend_checkpoint)}  # checked before any write
+    editor_cls = EDITORS[job.editor]
+    if editor_cls.hparams_class is None:  # MEND: built from its trained checkpoint, checked before any write
+        editor = editor_cls(model, tok, job.mend_checkpoint)
     else:
-        cls = {"rome": ROMEHyperParams, "memit": MEMITHyperParams, "alphaedit": AlphaEditHyperParams}[job.editor]
-        hp = cls.resolve(model, yaml_path=job.hparams, preset=job.preset, testbed=testbed)
+        hp = editor_cls.hparams_class.resolve(model, yaml_path=job.hparams, preset=job.preset, testbed=testbed)
         if job.corpus:
             texts = read_corpus(job.corpus)
         elif testbed:
-            from .testbed import shipped_corpus
-
             texts = shipped_corpus()
         elif job.model == "smollm2":  # the named real model: CPython's own documentation prose
-            from .real_abilities import covariance_corpus
-
             texts = covariance_corpus()
         else:
             raise InvalidInputError("--corpus is required: ROME/MEMIT/AlphaEdit need key statistics from text the "
                                     "model reads")
-        editor_kwargs = {"hparams": hp, "covariance": None}
-        if job.editor == "alphaedit":  # the editor holds its store (nothing is computed or written until used)
-            store = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
-            editor_kwargs = {"editor": AlphaEdit(model, tok, hp, store)}
+        # the store is shared by every run (keyed by model content, layer, corpus and samples); nothing is
+        # computed or written until the editor first uses it
+        store = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
+        editor = editor_cls(model, tok, hp, store)
     if job.resume:  # refuse a mismatched resume before any expensive work
-        from .journal import Journal
-
-        probe = SequentialEditor(model, tok, config=_run_config(job), progress=False, **editor_kwargs)
+        probe = SequentialEditor(model, tok, config=_run_config(job), progress=False, editor=editor)
         Journal.resume(out / "run", probe.journal_header(_header(job, model, len(requests)), len(requests)))
-    if job.editor in ("rome", "memit"):
-        # shared by every run and arm (keyed by model content, layer, corpus and samples)
-        editor_kwargs["covariance"] = CovarianceStore(texts, cache_dir=default_cache_dir(), progress=job.progress)
 
     abilities: dict[str, Any] = {}
     info: dict[str, Any] = {}
@@ -225,8 +208,6 @@ def run_edit(job: EditJob) -> dict[str, Any]:
         name, _, file = spec.rpartition("=")
         abilities[name or Path(file).stem] = load_task_jsonl(file)
     if testbed and not job.tasks:
-        from .testbed import World, WorldSpec
-
         spec_file = Path(job.model) / "spec.json"
         world = World.generate(WorldSpec(**json.loads(spec_file.read_text())["world"])) if spec_file.exists() \
             else World.generate()
@@ -235,7 +216,7 @@ def run_edit(job: EditJob) -> dict[str, Any]:
     evaluator = Evaluator(model, tok, abilities=abilities, heldout=heldout)
 
     runner = SequentialEditor(model, tok, config=_run_config(job), evaluator=evaluator, progress=job.progress,
-                              **editor_kwargs)
+                              editor=editor)
     arm = runner.run_journaled(requests, out / "run", _header(job, model, len(requests)), resume=job.resume,
                                checkpoint_every=job.checkpoint_every)
     run_config = {"command": "edit", **{k: v for k, v in job.__dict__.items() if k != "progress"},
@@ -250,3 +231,62 @@ def run_edit(job: EditJob) -> dict[str, Any]:
         else:
             tok.save(out / "model" / "tokenizer.json")
     return doc
+
+
+# -- the subcommand (listed by prune_fast.cli) -------------------------------------------------------
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "edit", help="sequential ROME/MEMIT/AlphaEdit/MEND edits of a local model from a CounterFact/ZsRE file, "
+                     "with PRUNE",
+        description="Apply the first N requests of a CounterFact or ZsRE file to a local model one after another "
+                    "(MEMIT, AlphaEdit: in batches), with restraint none, online (after every K edits) or at_end "
+                    "(the paper's protocol), under a crash-safe journal in OUT. Writes OUT/results.json; --resume continues an "
+                    "interrupted run in OUT (same model, requests, editor and F, or it refuses).")
+    p.add_argument("--model", required=True,
+                   help="local model folder (from_pretrained; nothing is downloaded), or smollm2 (the installed wheel's model)")
+    p.add_argument("--requests", required=True, help="CounterFact or ZsRE records: .json list or .jsonl")
+    p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
+    p.add_argument("--editor", default="rome", choices=list(EDITORS),
+                   help="alphaedit: MEMIT projected onto the null space of the preserved keys, with its edit-key "
+                        "cache journaled (default rome)")
+    p.add_argument("--mend-checkpoint", metavar="FILE.safetensors",
+                   help="--editor mend: the trained editor (see the mend-train command)")
+    p.add_argument("--restrain", default="online", choices=list(PROTOCOLS), help="protocol (default online)")
+    p.add_argument("--fn", default=DEFAULT_FN, choices=list(FN_CHOICES),
+                   help=f"restraint function (default {DEFAULT_FN}, the paper's)")
+    p.add_argument("--restrain-every", type=int, default=1, metavar="K", help="online: restrain every K edit steps")
+    p.add_argument("--tracker-dtype", default="float32", choices=["float32", "float64"],
+                   help="state dtype of the trackers: float64 keeps runs whose raw update grows far past σ* exact")
+    p.add_argument("--n", type=int, default=None, help="number of requests (default: all)")
+    p.add_argument("--batch-size", type=int, default=1, help="MEMIT, AlphaEdit: requests per edit step")
+    p.add_argument("--out", required=True, help="run folder: journal, checkpoints, results.json")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in OUT")
+    p.add_argument("--hparams", metavar="FILE.yaml", help="editor hyper-parameters (default: preset of the architecture)")
+    p.add_argument("--preset", help="named preset (gpt2, llama, testbed; AlphaEdit also mistral, qwen2) instead of "
+                                    "the architecture's")
+    p.add_argument("--corpus", nargs="+", default=[], metavar="FILE.txt",
+                   help="text lines for the key covariance (required except for the test-bed model and smollm2)")
+    p.add_argument("--tasks", nargs="+", default=[], metavar="NAME=FILE.jsonl",
+                   help="general-ability tasks: JSONL lines {\"prompt\": ..., \"answer\": ...}")
+    p.add_argument("--heldout", metavar="FILE.txt", help="held-out text lines for perplexity")
+    p.add_argument("--eval-every", type=int, default=50, help="re-score all edits and tasks every E edits")
+    p.add_argument("--checkpoint-every", type=int, default=50, help="tracker checkpoint every C steps")
+    p.add_argument("--save-model", action="store_true", help="also save the edited model to OUT/model")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    job = EditJob(model=args.model, requests=args.requests, out=args.out, n=args.n, editor=args.editor,
+                  mend_checkpoint=args.mend_checkpoint, protocol=args.restrain, fn=args.fn, restrain_every=args.restrain_every,
+                  tracker_dtype=args.tracker_dtype, batch_size=args.batch_size,
+                  format=args.format, hparams=args.hparams, preset=args.preset, corpus=args.corpus, tasks=args.tasks,
+                  heldout=args.heldout, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                  resume=args.resume, save_model=args.save_model, device=args.device, threads=args.threads,
+                  progress=not args.no_progress)
+    print(format_table(run_edit(job)))
+    print(f"\nresults in {args.out}/results.json")
+    return 0

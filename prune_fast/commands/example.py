@@ -1,7 +1,7 @@
 """``python -m prune_fast example``: PRUNE on one GPT-2-XL-sized weight, before and after.
 
 A random W0 (1600×6400, the shape of a GPT-2 XL MLP projection) receives a stream of ROME-like
-rank-1 updates (:mod:`prune_fast.synthetic_edits`: keys that share a few directions, so Δ grows a
+rank-1 updates (:mod:`prune_fast.spectral.synthetic_edits`: keys that share a few directions, so Δ grows a
 few large singular values). Two copies are edited side by side through :class:`SpectralTracker`: one
 unrestrained (``restrain_every=None``), one restrained after every edit. At a few checkpoints the
 table shows σ_max(W)/σ* of both and the median time of one restrained step; at the end the
@@ -10,17 +10,20 @@ drop-in ``restrain_`` is applied once to the unrestrained copy and must land on 
 """
 from __future__ import annotations
 
+import argparse
 import math
 import statistics
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from . import _validate
-from .restrain import restrain_
-from .synthetic_edits import rome_like_updates
-from .tracker import SpectralTracker
+from .. import _validate
+from ..restrain import restrain_
+from ..spectral.restraint_fn import DEFAULT_FN, FN_CHOICES
+from ..spectral.synthetic_edits import rome_like_updates
+from ..tracker import SpectralTracker
 
 
 @dataclass
@@ -74,3 +77,25 @@ def format_example(rows: list[ExampleRow], summary: dict) -> str:
               f"relative difference to the online-restrained weight: {summary['online_vs_once_rel_diff']:.2e} "
               "(no compounding: same raw Δ, same weight)"]
     return "\n".join(lines)
+
+
+# -- the subcommand (listed by prune_fast.cli) -------------------------------------------------------
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "example", help="PRUNE on one GPT-2-XL-sized weight: σ_max(W)/σ* with and without restraint",
+        description="Stream rank-1 edits into a random 1600×6400 weight, with and without PRUNE after "
+                    "every edit, and print σ_max(W)/σ* and the time of one restrained step.")
+    p.add_argument("--edits", type=int, default=200, help="number of rank-1 edits (default 200)")
+    p.add_argument("--fn", default=DEFAULT_FN, choices=list(FN_CHOICES),
+                   help=f"restraint function (default {DEFAULT_FN}, the paper's)")
+    p.add_argument("--rows", type=int, default=1600)
+    p.add_argument("--cols", type=int, default=6400)
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    marks = tuple(sorted({1, 10, 50, 100, args.edits} & set(range(1, args.edits + 1))))
+    rows, summary = run_example(args.rows, args.cols, args.edits, marks, fn=args.fn)
+    print(format_example(rows, summary))
+    return 0

@@ -12,6 +12,7 @@ Example::
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -20,10 +21,15 @@ from typing import Any
 
 import torch
 
-from . import _validate
-from .errors import InvalidInputError
+from .. import _validate
+from ..editors import MENDHyperParams, read_corpus
+from ..editors.mend import train
+from ..errors import InvalidInputError
+from ..testbed import World, WorldSpec
+from ..testbed.mend_editor import mend_training_data
+from .edit import load_local_model, load_requests
 
-__all__ = ["MENDTrainJob", "run_mend_train"]
+__all__ = ["add_parser", "run", "MENDTrainJob", "run_mend_train"]
 
 
 @dataclass
@@ -48,10 +54,6 @@ class MENDTrainJob:
 
 def run_mend_train(job: MENDTrainJob) -> Any:
     """Train (or resume) and write ``job.out``; returns the :class:`~prune_fast.editors.mend.TrainReport`."""
-    from .edit_run import load_local_model, load_requests
-    from .editors import MENDHyperParams, read_corpus
-    from .editors.mend import train
-
     if job.steps is not None:
         _validate.check_count("--steps", job.steps, minimum=1)
     for option, value in (("--requests", job.requests), ("--eval-requests", job.eval_requests),
@@ -67,9 +69,6 @@ def run_mend_train(job: MENDTrainJob) -> Any:
         hp.validate()
     evaluation: list[Any] = load_requests(job.eval_requests, job.format) if job.eval_requests else []
     if testbed and not (job.requests and job.locality):
-        from .testbed import World, WorldSpec
-        from .testbed.mend_editor import mend_training_data
-
         spec_file = Path(job.model) / "spec.json"
         world = World.generate(WorldSpec(**json.loads(spec_file.read_text())["world"])) if spec_file.exists() \
             else World.generate()
@@ -87,3 +86,44 @@ def run_mend_train(job: MENDTrainJob) -> Any:
         raise InvalidInputError("--locality is required: text lines whose predictions the edits must keep")
     return train(model, tok, requests, hp, out=job.out, locality=locality, eval_requests=evaluation,
                  resume=job.resume, overwrite=job.overwrite, progress=job.progress)
+
+
+# -- the subcommand (listed by prune_fast.cli) -------------------------------------------------------
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "mend-train", help="train a MEND editor network for a local model (the test-bed folder needs no data)",
+        description="Train MEND's editor network (the base model stays frozen) on edit requests and write it to OUT "
+                    "(safetensors). On the package's test-bed model folder the requests and the locality texts "
+                    "default to the world's training half of the subjects, and the other half is scored at the end. "
+                    "The training state is saved every checkpoint_every steps beside OUT; --resume continues it.")
+    p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
+    p.add_argument("--out", required=True, help="the editor checkpoint to write (.safetensors)")
+    p.add_argument("--requests", help="CounterFact or ZsRE training records (required except for the test bed)")
+    p.add_argument("--format", default="auto", choices=["auto", "counterfact", "zsre"], help="request format")
+    p.add_argument("--locality", nargs="+", default=[], metavar="FILE.txt",
+                   help="unrelated text lines for the locality (KL) loss (required except for the test bed)")
+    p.add_argument("--eval-requests", help="held-out records scored once at the end")
+    p.add_argument("--hparams", metavar="FILE.yaml", help="MEND settings (default: preset of the architecture)")
+    p.add_argument("--preset", help="named preset (gpt2, llama, testbed) instead of the architecture's")
+    p.add_argument("--steps", type=int, help="override the number of training steps")
+    p.add_argument("--resume", action="store_true", help="continue the training state beside OUT")
+    p.add_argument("--overwrite", action="store_true", help="start afresh even if OUT or a training state exists")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    job = MENDTrainJob(model=args.model, out=args.out, requests=args.requests, format=args.format,
+                       locality=args.locality, eval_requests=args.eval_requests, hparams=args.hparams,
+                       preset=args.preset, steps=args.steps, resume=args.resume, overwrite=args.overwrite,
+                       device=args.device, threads=args.threads, progress=not args.no_progress)
+    report = run_mend_train(job)
+    print(f"trained {report.steps - report.resumed_from} steps in {report.seconds:.1f} s; last losses: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in report.final.items()))
+    if report.heldout:
+        print("held-out edits: " + ", ".join(f"{k} {v:.3f}" for k, v in report.heldout.items()))
+    print(f"editor written to {args.out}")
+    return 0

@@ -11,6 +11,7 @@ CPU, NCCL on GPU) and rank 0 writes the cache::
 """
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import time
@@ -20,9 +21,12 @@ from typing import Any
 
 import torch
 
-from .errors import InvalidInputError
+from ..editors import CovarianceStore, read_corpus, resolve_site
+from ..cache import default_cache_dir
+from ..errors import InvalidInputError
+from .edit import load_local_model
 
-__all__ = ["StatsJob", "run_stats"]
+__all__ = ["add_parser", "run", "StatsJob", "run_stats"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,10 +67,6 @@ def _init_distributed(device: str) -> tuple[Any, int, int, str]:
 
 def run_stats(job: StatsJob) -> dict[str, dict[str, Any]]:
     """Compute (or find cached) the statistics; per module: cache path, tokens/s and seconds (rank 0)."""
-    from .edit_run import load_local_model
-    from .editors import CovarianceStore, read_corpus, resolve_site
-    from .editors.covariance import default_cache_dir
-
     if not job.layers:
         raise InvalidInputError("--layers needs at least one layer index")
     if isinstance(job.samples, bool) or not isinstance(job.samples, int) or job.samples < 1:
@@ -92,3 +92,35 @@ def run_stats(job: StatsJob) -> dict[str, dict[str, Any]]:
             import torch.distributed as dist  # optional, as above
 
             dist.destroy_process_group()
+
+
+# -- the subcommand (listed by prune_fast.cli) -------------------------------------------------------
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "stats", help="key statistics (covariance) for ROME/MEMIT, into the shared cache; torchrun shards it",
+        description="One pass over the corpus computes C = E[k kᵀ] of the down projection of every --layers entry "
+                    "(the forward stops after the highest one) and writes it to the shared cache "
+                    "($PRUNE_FAST_CACHE or --cache-dir), where `edit` finds it. Under torchrun --nproc_per_node=N "
+                    "each rank reads its shard and the sums are all-reduced (gloo on CPU, NCCL on GPU).")
+    p.add_argument("--model", required=True, help="local model folder (from_pretrained; nothing is downloaded)")
+    p.add_argument("--corpus", required=True, nargs="+", metavar="FILE.txt", help="text lines")
+    p.add_argument("--layers", required=True, nargs="+", type=int, help="layer indices (e.g. 5, or 4 5 6 7 8)")
+    p.add_argument("--samples", type=int, default=100_000, help="corpus lines used (default 100000)")
+    p.add_argument("--max-tokens", type=int, default=128, help="tokens per line (default 128)")
+    p.add_argument("--token-budget", type=int, default=8192, help="padded tokens per forward pass")
+    p.add_argument("--cache-dir", help="cache root (default $PRUNE_FAST_CACHE or ~/.cache/prune_fast)")
+    p.add_argument("--device", default="cpu", help="torch device (cuda: one GPU per rank)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    out = run_stats(StatsJob(model=args.model, corpus=args.corpus, layers=args.layers, samples=args.samples,
+                             max_tokens=args.max_tokens, token_budget=args.token_budget, cache_dir=args.cache_dir,
+                             device=args.device, threads=args.threads, progress=not args.no_progress))
+    for name, info in out.items():
+        if info["rank"] == 0:
+            print(f"{name}: {info['path']} ({info['seconds']:.1f} s, {info['world']} process(es))")
+    return 0

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .architectures import architecture_of, num_layers
-from .errors import HyperParamsError
+from ..errors import HyperParamsError
 
 __all__ = ["HyperParams", "ValueHyperParams", "ROMEHyperParams", "MEMITHyperParams", "AlphaEditHyperParams",
            "MENDHyperParams", "SITES"]

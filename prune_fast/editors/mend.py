@@ -41,15 +41,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import FactoredUpdate
+from ..errors import EditorCheckpointError, MalformedRequestError
+from ..lm.evaluation import EDIT_METRICS, Evaluator, top1_all
+from ..lm.probes import encode, frozen, input_device, pad_rows
+from ..lm.requests import EditRequest
+from ..updates import FactoredUpdate
 from .architectures import EditSite, resolve_module
-from .errors import EditorCheckpointError, MalformedRequestError
+from .base import Editor, EditResult
 from .hparams import MENDHyperParams
 from .mend_checkpoint import (build_network, edited_sites, fingerprint, load_editor, load_training_state,
                               save_editor, save_training_state)
 from .mend_network import MENDNetwork
-from .probes import encode, frozen, input_device, pad_rows
-from .requests import EditRequest
 from .rome import check_requests
 
 __all__ = ["MEND", "MENDResult", "TrainReport", "train", "token_factors", "EditedForward"]
@@ -58,10 +60,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MENDResult:
+class MENDResult(EditResult):
     """One factored update per edited weight; ``n_tokens``: their rank; ``nll``: the loss before the edit."""
 
-    updates: list[FactoredUpdate]
     sites: list[EditSite]
     n_tokens: int
     nll: float
@@ -243,7 +244,7 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-class MEND:
+class MEND(Editor):
     """A trained MEND editor for ``model``: ``compute(request)`` gives factored updates.
 
     Args:
@@ -258,6 +259,8 @@ class MEND:
         res = mend.compute(request)                      # nothing written
         trackers.apply_(res.updates)                      # rank = res.n_tokens per weight
     """
+
+    name = "mend"
 
     def __init__(self, model: nn.Module, tokenizer: Any, checkpoint: str | Path) -> None:
         self.checkpoint = Path(checkpoint)
@@ -365,7 +368,7 @@ def _episode_loss(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: Seq
         first = torch.tensor([is_edit[i] and (i == 0 or groups[i - 1] != groups[i]) for i in range(len(items))],
                              device=after.device)  # each request's own edit prompt
         tgt = rows.targets.to(after.device)
-        ok = ((after.argmax(-1) == tgt) | (tgt == -100)).all(1)
+        ok = top1_all(after, tgt)
         edit_acc = float(ok[first].float().mean())
     logs = {"loss": loss.item(), "edit_nll": edit_nll.item(), "loc_kl": loc_kl.item(), "edit_acc": edit_acc}
     return loss, logs
@@ -373,10 +376,8 @@ def _episode_loss(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: Seq
 
 def evaluate_heldout(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: Sequence[EditSite],
                      requests: Sequence[EditRequest]) -> dict[str, float]:
-    """Mean edit scores (:class:`prune_fast.evaluation.Evaluator`'s definitions) of single edits,
+    """Mean edit scores (:class:`prune_fast.lm.evaluation.Evaluator`'s definitions) of single edits,
     each applied alone through hooks (no weight is written), with the network in eval mode."""
-    from ..evaluation import EDIT_METRICS, Evaluator
-
     was_training = net.training
     net.eval()
     modules = {s.param_name: resolve_module(model, s.module_name) for s in sites}

@@ -2,7 +2,7 @@
 
     V ← orth(Aᵀ A V)   (``block_power_step``),   then Rayleigh–Ritz:  σ_1 ≈ √λ_1(Vᵀ AᵀA V)
 
-This is the capturable companion of the block-Lanczos solver (``prune_fast.krylov``): a fixed
+This is the capturable companion of the block-Lanczos solver (``prune_fast.spectral.krylov``): a fixed
 number of steps, every branch replaced by arithmetic, every small decomposition done by
 ``small_eigh`` (a one-program Jacobi kernel with the Triton backend), so the whole computation can
 be enqueued, or captured in a CUDA graph, without reading a value back. Lanczos stays the default
@@ -63,7 +63,7 @@ def block_power_step(op, v: torch.Tensor, *, backend: str = "torch") -> torch.Te
 
 def sigma_max_power(op, *, block: int = 4, iters: int = 30, start: torch.Tensor | None = None,
                     generator: torch.Generator | None = None, backend: str = "torch") -> PowerResult:
-    """Largest singular value of an operator (``matmul``/``rmatmul``, see ``prune_fast.operators``).
+    """Largest singular value of an operator (``matmul``/``rmatmul``, see ``prune_fast.spectral.operators``).
 
     ``block`` columns (more columns converge faster on clustered spectra), ``iters`` fixed steps,
     ``start``: an n×b block to warm-start from (e.g. the previous result's ``block``). Costs

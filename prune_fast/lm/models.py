@@ -34,7 +34,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import PruneFastError
+from .._atomic import atomic_folder
+from ..cache import default_cache_dir
+from ..errors import PruneFastError
 
 __all__ = ["ModelNotInstalledError", "RealModel", "SMOLLM2", "KNOWN_MODELS", "smollm2_gguf", "smollm2_folder",
            "load_smollm2", "resolve_model", "load_model_folder"]
@@ -93,8 +95,6 @@ def smollm2_gguf() -> Path:
 
 
 def _cache_root(cache_dir: str | Path | None) -> Path:
-    from .testbed.model import default_cache_dir
-
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
@@ -136,14 +136,12 @@ def smollm2_folder(cache_dir: str | Path | None = None) -> Path:
 
     Raises :class:`ModelNotInstalledError` (message: the pip command) if the wheel is missing.
     """
-    from .testbed.model import cache_folder_writer
-
     gguf = smollm2_gguf()
     folder = _cache_root(cache_dir) / "models" / _folder_key(SMOLLM2, gguf)
     marker = folder / "prune_fast_model.json"
     if not marker.exists():
         logger.info("no cached %s at %s: converting %s (about 15 s)", SMOLLM2.name, folder, gguf)
-        with cache_folder_writer(folder) as tmp:
+        with atomic_folder(folder) as tmp:
             _convert(gguf, tmp)
             # written last: a folder without it is not a finished conversion
             (tmp / marker.name).write_text(json.dumps(

@@ -16,9 +16,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .errors import HyperParamsError, MalformedRequestError
+from ..errors import HyperParamsError, MalformedRequestError
 
-__all__ = ["Batch", "site_index", "encode", "make_batch", "input_device", "module_inputs_at", "AddAtOutput", "frozen"]
+__all__ = ["Batch", "site_index", "encode", "make_batch", "input_device", "module_inputs_at", "AddAtOutput", "frozen",
+           "pack_batches"]
 
 
 def encode(tokenizer: Any, text: str, add_special_tokens: bool = True) -> list[int]:
@@ -148,3 +149,23 @@ def frozen(model: nn.Module) -> Iterator[None]:
     finally:
         for p, f in flags:
             p.requires_grad_(f)
+
+
+def pack_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
+    """Indices of texts grouped into batches of near-equal length.
+
+    Texts are sorted by length (stable, so the grouping is deterministic); a batch grows while
+    ``rows × longest ≤ token_budget`` and ``rows ≤ max_rows``.  Padding is then at most the length
+    spread inside a batch, which sorting keeps small.
+    """
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: lengths[i])
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and ((len(cur) + 1) * lengths[i] > token_budget or len(cur) >= max_rows):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        batches.append(cur)
+    return batches

@@ -2,11 +2,11 @@
 
 What "the model still works" means after sequential edits of SmolLM2 (or any English causal LM):
 
-* ``recall``: the never-edited facts of the shipped edit set (:func:`prune_fast.edit_set.shipped_recall`,
+* ``recall``: the never-edited facts of the shipped edit set (:func:`prune_fast.lm.edit_set.shipped_recall`,
   facts the unedited model answers), minus any whose (subject, relation) a run edited;
 * few-shot tasks written here (:data:`FEW_SHOT_TASKS`): three solved examples, then the question;
   scored as the whole answer top-1 (teacher forced), like every other ability
-  (:func:`prune_fast.evaluation.answer_logprob`).  A task's chance level is that of guessing
+  (:func:`prune_fast.lm.evaluation.answer_logprob`).  A task's chance level is that of guessing
   uniformly among the task's distinct answers (1 / #answers), a generous bound for free generation.
   :func:`real_abilities` keeps only tasks the unedited model solves well above chance
   (accuracy ≥ max(3 × chance, chance + 0.25)) and reports every task's accuracy and chance;
@@ -35,7 +35,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .editors.requests import EditRequest
+from .edit_set import shipped_recall
+from .evaluation import answer_logprob
+from .requests import EditRequest
 
 __all__ = ["FEW_SHOT_TASKS", "heldout_text", "covariance_corpus", "recall_task", "real_abilities",
            "loss_reduction", "HELDOUT_FILE"]
@@ -127,8 +129,6 @@ def recall_task(facts: Sequence[dict[str, str]] | None = None):
     A fact is dropped when a run edited its subject under the same prompt template.
     """
     if facts is None:
-        from .edit_set import shipped_recall
-
         facts = shipped_recall()
     items = [(f["prompt"], f["answer"]) for f in facts]
 
@@ -141,13 +141,11 @@ def recall_task(facts: Sequence[dict[str, str]] | None = None):
 
 def real_abilities(model: Any, tokenizer: Any, *, tasks: Sequence[str] | None = None,
                    recall_facts: Sequence[dict[str, str]] | None = None) -> tuple[dict[str, Any], dict[str, dict]]:
-    """Abilities for :class:`prune_fast.evaluation.Evaluator`, with the unedited accuracy and chance of each.
+    """Abilities for :class:`prune_fast.lm.evaluation.Evaluator`, with the unedited accuracy and chance of each.
 
     Returns ``(abilities, info)``; ``info[name] = {"accuracy", "chance", "kept", "n"}``.  Few-shot
     tasks below the threshold (see the module docstring) are left out of ``abilities``.
     """
-    from .evaluation import answer_logprob
-
     candidates: dict[str, Any] = {"recall": recall_task(recall_facts)}
     for name in tasks if tasks is not None else FEW_SHOT_TASKS:
         candidates[name] = few_shot_pairs(name)

@@ -37,21 +37,23 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
 
-from .errors import PruneFastError
+from .._atomic import fsync_dir, save_safetensors
+from ..errors import PruneFastError
+from ..updates import FactoredUpdate
 
-__all__ = ["Journal", "JournalError", "JournalMismatchError", "ResumeState", "JOURNAL_FORMAT",
-           "save_safetensors_atomic"]
+__all__ = ["Journal", "JournalError", "JournalMismatchError", "ResumeState", "JOURNAL_FORMAT"]
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FORMAT = "prune_fast.journal/1"
+JOURNAL_FORMAT = "prune_fast.runs.journal/1"
 _JOURNAL = "journal.jsonl"
 _CHECKPOINT = "checkpoint.safetensors"
 # Prefix of a stateful editor's tensors in staged updates and checkpoints; "@" is never part of a
@@ -65,36 +67,6 @@ class JournalError(PruneFastError):
 
 class JournalMismatchError(JournalError):
     """``--resume`` asked for a different model, editor, F, ... than the journal records."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def save_safetensors_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> None:
-    """Write ``tensors`` to ``path`` all or nothing: temp file beside it, fsync, rename, fsync the folder."""
-    from safetensors.torch import save_file
-
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: t.detach().cpu().contiguous() for k, t in tensors.items()}, tmp, metadata=metadata)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass
@@ -139,7 +111,7 @@ class Journal:
         folder.mkdir(parents=True, exist_ok=True)
         j.updates_dir.mkdir(exist_ok=True)
         j._append({"type": "header", "format": JOURNAL_FORMAT, **j.header})
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return j
 
     @classmethod
@@ -183,12 +155,10 @@ class Journal:
             tensors[f"{k}.u"], tensors[f"{k}.v"] = upd.u, upd.v
             names.append({"param_name": upd.param_name, "layer": upd.layer})
         tensors |= {_EDITOR + name: t for name, t in (editor_state or {}).items()}
-        save_safetensors_atomic(tensors, self._update_path(step), {"updates": json.dumps(names)})
+        save_safetensors(self._update_path(step), tensors, {"updates": json.dumps(names)})
 
     def load_editor_update(self, step: int) -> dict[str, torch.Tensor]:
         """What step ``step`` added to the stateful editor's state (empty if nothing was staged)."""
-        from safetensors.torch import load_file
-
         path = self._update_path(step)
         if not path.exists():
             raise JournalError(f"{self.path}: step {step} is committed but its updates {path} are missing")
@@ -196,15 +166,9 @@ class Journal:
 
     def load_updates(self, step: int) -> list[Any]:
         """The staged updates of ``step`` (safetensors, no pickle)."""
-        from safetensors.torch import load_file
-
-        from .editors.apply import FactoredUpdate
-
         path = self._update_path(step)
         if not path.exists():
             raise JournalError(f"{self.path}: step {step} is committed but its updates {path} are missing")
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             names = json.loads(f.metadata()["updates"])
         tensors = load_file(str(path))
@@ -234,8 +198,7 @@ class Journal:
                 tensors[f"{name}::{key}"] = t
         if editor is not None:
             tensors |= {_EDITOR + key: t for key, t in editor.state_dict().items()}
-        save_safetensors_atomic(tensors, self.folder / _CHECKPOINT,
-                                 {"step": str(step), "trackers": json.dumps(metas)})
+        save_safetensors(self.folder / _CHECKPOINT, tensors, {"step": str(step), "trackers": json.dumps(metas)})
         self._append({"type": "checkpoint", "step": step, "params": sorted(trackers)})
         for path in self.updates_dir.glob("step-*.safetensors"):
             if int(path.stem.split("-")[1]) <= step:
@@ -243,8 +206,6 @@ class Journal:
 
     def load_checkpoint(self) -> tuple[int, dict[str, dict[str, Any]]]:
         """``(step, {param: state_dict})`` from ``checkpoint.safetensors`` (safetensors only)."""
-        from safetensors import safe_open
-
         path = self.folder / _CHECKPOINT
         if not path.exists():
             raise JournalError(f"{self.path} records a checkpoint but {path} is missing")
@@ -264,8 +225,6 @@ class Journal:
 
     def load_editor_checkpoint(self) -> dict[str, torch.Tensor]:
         """The stateful editor's state from ``checkpoint.safetensors`` (empty if none was saved)."""
-        from safetensors.torch import load_file
-
         path = self.folder / _CHECKPOINT
         if not path.exists():
             raise JournalError(f"{self.path} records a checkpoint but {path} is missing")

@@ -37,20 +37,21 @@ Example::
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import InvalidInputError
-from .evaluation import EDIT_METRICS
+from .._atomic import write_json
+from ..errors import InvalidInputError
+from ..lm.evaluation import EDIT_METRICS
+from ..spectral.restraint_fn import named_base
 
-__all__ = ["SCHEMA", "results_document", "write_results", "validate_results", "format_table"]
+__all__ = ["SCHEMA", "PROTOCOLS", "results_document", "write_results", "validate_results", "format_table"]
 
 SCHEMA = "prune_fast.sequential/1"
+# the restraint protocols of a run: no restraint, after every K edits, once at the end (the paper's)
+PROTOCOLS = ("none", "online", "at_end")
 
 _ARM_KEYS = {"name", "config", "n_requests", "final", "evals", "steps", "timing", "spectrum", "wall_s"}
 _FINAL_KEYS = {"after_sequence", "immediate", "general", "baseline_general"}
@@ -80,19 +81,7 @@ def results_document(config: Mapping[str, Any], arms: Mapping[str, Any],
 def write_results(path: str | Path, doc: Mapping[str, Any]) -> Path:
     """Validate and write ``doc`` atomically (temp file in the same folder, fsync, rename)."""
     validate_results(doc)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(doc, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_json(path, doc)
 
 
 def _need(d: Any, keys: set[str], where: str) -> None:
@@ -116,7 +105,7 @@ def validate_results(doc: Mapping[str, Any]) -> None:
         _need(arm["final"], _FINAL_KEYS, where + ".final")
         _need(arm["final"]["after_sequence"], set(EDIT_METRICS), where + ".final.after_sequence")
         _need(arm["timing"], _TIMING_KEYS, where + ".timing")
-        if arm["config"].get("protocol") not in ("none", "online", "at_end"):
+        if arm["config"].get("protocol") not in PROTOCOLS:
             raise InvalidInputError(f"results: {where}.config.protocol is {arm['config'].get('protocol')!r}")
         if not arm["evals"] or arm["evals"][-1]["edits"] != arm["n_requests"]:
             raise InvalidInputError(f"results: {where}.evals must end with the evaluation after all edits")
@@ -162,7 +151,7 @@ def format_table(doc: Mapping[str, Any]) -> str:
     for arm in arms.values():
         alpha = arm["config"].get("alpha")
         fn = str(arm["config"].get("fn"))
-        base = {"ln": math.e, "log2": 2.0, "log1.5": 1.5, "log1.2": 1.2}.get(fn, alpha if fn.startswith("log(") else None)
+        base = named_base(fn) or (alpha if fn.startswith("log(") else None)
         low = [p for p, v in stars.items() if base and v < 1 / math.log(base)]
         if arm["config"]["protocol"] != "none" and low:
             notes[fn] = (f"note: {fn} RAISES singular values just above σ* for {', '.join(low)} "

@@ -40,20 +40,23 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
-from .editors.apply import FactoredUpdate, TrackerSet
-from .editors.requests import EditRequest
-from .errors import InvalidInputError
-from .evaluation import EDIT_METRICS, Evaluator
-from .restraint_fn import DEFAULT_FN, FnLike, resolve_fn
+from ..editors.base import Editor
+from ..editors.registry import editor_for
+from ..errors import InvalidInputError, InvalidTypeError
+from ..lm.evaluation import EDIT_METRICS, Evaluator
+from ..lm.requests import EditRequest
+from ..spectral.restraint_fn import DEFAULT_FN, FnLike, resolve_fn
+from ..tracker import SpectralTracker
+from ..updates import FactoredUpdate, TrackerSet
+from .journal import Journal
+from .results import PROTOCOLS
 
 __all__ = ["RunConfig", "StepRecord", "EvalPoint", "ArmResult", "SequentialEditor", "PROTOCOLS",
            "update_sigma_max"]
 
 logger = logging.getLogger(__name__)
-
-PROTOCOLS = ("none", "online", "at_end")
-
 
 # RunConfig.tracker_dtype → SpectralTracker(state_dtype=...); None: fp32, or fp64 for fp64 weights.
 TRACKER_DTYPES = {"float32": None, "float64": torch.float64}
@@ -188,16 +191,15 @@ class SequentialEditor:
 
     Args:
         model, tokenizer: the model to edit in place, and its tokenizer.
-        hparams: :class:`~prune_fast.editors.ROMEHyperParams` (ROME) or
-            :class:`~prune_fast.editors.MEMITHyperParams` (MEMIT, ``config.batch_size`` per call).
-        covariance: what ROME/MEMIT take as key statistics (a ``CovarianceStore``).
-        editor: instead of ``hparams``/``covariance``: an editor object on ``model`` —
-            a trained :class:`~prune_fast.editors.MEND` (``config.batch_size`` requests per call, edited
-            from their summed gradient) or an :class:`~prune_fast.editors.AlphaEdit` (``config.batch_size``
-            requests per call; its state goes into the journal).
+        editor: a :class:`~prune_fast.editors.Editor` built on ``model`` (ROME, MEMIT, AlphaEdit, MEND):
+            ``config.batch_size`` requests per ``compute`` (ROME: one); a stateful editor's state
+            (AlphaEdit's key cache) goes into the journal with the trackers'.
+        hparams, covariance: instead of ``editor``: the editor is the one whose hyper-parameters
+            ``hparams`` are (:func:`~prune_fast.editors.editor_for`), on the key statistics ``covariance``
+            (a ``CovarianceStore``).
         config: :class:`RunConfig`.
-        evaluator: an :class:`~prune_fast.evaluation.Evaluator` on the same model (none: no scores).
-        journal: a :class:`prune_fast.journal.Journal` for crash-safe runs (optional).
+        evaluator: an :class:`~prune_fast.lm.evaluation.Evaluator` on the same model (none: no scores).
+        journal: a :class:`prune_fast.runs.journal.Journal` for crash-safe runs (optional).
         progress: show a tqdm bar.
 
     Example::
@@ -207,39 +209,30 @@ class SequentialEditor:
     """
 
     def __init__(self, model: torch.nn.Module, tokenizer: Any, *, hparams: Any = None, covariance: Any = None,
-                 editor: Any = None, config: RunConfig | None = None, evaluator: Evaluator | None = None,
+                 editor: Editor | None = None, config: RunConfig | None = None, evaluator: Evaluator | None = None,
                  journal: Any = None, progress: bool = True) -> None:
-        from .editors.alphaedit import AlphaEdit
-        from .editors.hparams import MEMITHyperParams, ROMEHyperParams
-        from .editors.mend import MEND
-
         self.config = config or RunConfig()
         self.config.validate()
-        self.mend: MEND | None = None
-        self.alphaedit: AlphaEdit | None = None
         if editor is not None:
             if hparams is not None:
-                raise InvalidInputError("pass hparams (ROME, MEMIT) or editor (MEND, AlphaEdit), not both")
-            if not isinstance(editor, (MEND, AlphaEdit)):
-                raise InvalidInputError("editor must be a prune_fast.editors.MEND or AlphaEdit, "
+                raise InvalidInputError("pass hparams and covariance (ROME, MEMIT, AlphaEdit) or editor, not both")
+            if not isinstance(editor, Editor):
+                raise InvalidInputError("editor must be a prune_fast.editors.Editor (ROME, MEMIT, AlphaEdit, MEND), "
                                         f"got {type(editor).__name__}")
             if editor.model is not model:
                 raise InvalidInputError(f"the {type(editor).__name__} editor was built for another model object "
                                         "than the one to edit")
-            if isinstance(editor, MEND):
-                self.editor, self.mend, hparams = "mend", editor, editor.hparams
-            else:
-                self.editor, self.alphaedit, hparams = "alphaedit", editor, editor.hparams
-        elif isinstance(hparams, MEMITHyperParams):
-            self.editor = "memit"
-        elif isinstance(hparams, ROMEHyperParams):
-            self.editor = "rome"
-            if self.config.batch_size != 1:
-                raise InvalidInputError(f"ROME edits one request at a time; batch_size={self.config.batch_size}")
         else:
-            raise InvalidInputError("hparams must be ROMEHyperParams or MEMITHyperParams (or pass editor=MEND(...)), "
-                                    f"got {type(hparams).__name__}")
-        self.model, self.tokenizer, self.hparams, self.covariance = model, tokenizer, hparams, covariance
+            try:
+                editor = editor_for(model, tokenizer, hparams, covariance)
+            except InvalidTypeError as e:
+                raise InvalidInputError(str(e)) from None
+        if editor.max_batch is not None and self.config.batch_size > editor.max_batch:
+            raise InvalidInputError(f"{type(editor).__name__} edits at most {editor.max_batch} request(s) at a time; "
+                                    f"batch_size={self.config.batch_size}")
+        self.editor: Editor = editor
+        self.hparams, self.covariance = editor.hparams, covariance
+        self.model, self.tokenizer = model, tokenizer
         self.evaluator, self.journal, self.progress = evaluator, journal, progress
         cfg = self.config
         restrain_every = cfg.restrain_every if cfg.protocol == "online" else None
@@ -249,8 +242,6 @@ class SequentialEditor:
 
     # -- trackers --------------------------------------------------------------------------------
     def _new_tracker(self, weight: torch.Tensor) -> Any:
-        from .tracker import SpectralTracker
-
         return SpectralTracker(weight, **self.tracker_kwargs)
 
     def spectral_trackers(self) -> dict[str, Any]:
@@ -269,21 +260,8 @@ class SequentialEditor:
 
     def _compute_step(self, batch: Sequence[EditRequest]) -> tuple[list[FactoredUpdate], dict[str, torch.Tensor]]:
         """The updates and what the step adds to a stateful editor's state (staged with the updates)."""
-        if self.alphaedit is not None:
-            res = self.alphaedit.compute(list(batch))
-            return res.updates, res.state_update
-        return self._compute_stateless(batch), {}
-
-    def _compute_stateless(self, batch: Sequence[EditRequest]) -> list[FactoredUpdate]:
-        if self.mend is not None:
-            return self.mend.compute(list(batch)).updates
-        if self.editor == "rome":
-            from .editors.rome import compute_rome
-
-            return compute_rome(self.model, self.tokenizer, batch[0], self.hparams, self.covariance).updates
-        from .editors.memit import compute_memit
-
-        return compute_memit(self.model, self.tokenizer, list(batch), self.hparams, self.covariance).updates
+        res = self.editor.compute(list(batch))
+        return res.updates, res.state_update
 
     def apply_updates(self, updates: Sequence[FactoredUpdate]) -> tuple[float, float, dict[str, Any]]:
         """Hand ``updates`` to the trackers; returns (apply seconds, restraint seconds, and per weight
@@ -333,8 +311,6 @@ class SequentialEditor:
 
         ``prior_steps``/``prior_evals`` are the records of the steps already done (from a journal).
         """
-        from tqdm.auto import tqdm
-
         cfg = self.config
         requests = list(requests)
         if not requests:
@@ -373,7 +349,7 @@ class SequentialEditor:
                 point = self._evaluate(done_requests, restrained=online)
                 evals.append(point)
             if self.journal is not None:
-                self.journal.commit_step(rec, point, self.spectral_trackers(), editor=self.alphaedit)
+                self.journal.commit_step(rec, point, self.spectral_trackers(), editor=self.editor)
             bar.update(1)
             if with_spectrum:
                 ratio = max(v.get("ratio", 0.0) for v in rec.layers.values())
@@ -392,7 +368,7 @@ class SequentialEditor:
 
     def run_journaled(self, requests: Sequence[EditRequest], folder: Any, header: dict[str, Any], *,
                       resume: bool = False, checkpoint_every: int = 50) -> ArmResult:
-        """:meth:`run` with a crash-safe journal in ``folder`` (see :mod:`prune_fast.journal`).
+        """:meth:`run` with a crash-safe journal in ``folder`` (see :mod:`prune_fast.runs.journal`).
 
         ``header`` says what is run (model, editor, hyper-parameters, requests...); the arm's config
         is added to it.  With ``resume=True`` the journal must exist and match, the model must be
@@ -403,8 +379,6 @@ class SequentialEditor:
             runner.run_journaled(requests, "run1", {"model": path, "requests": digest})
             runner.run_journaled(requests, "run1", {"model": path, "requests": digest}, resume=True)
         """
-        from .journal import Journal
-
         header = self.journal_header(header, len(requests))
         if not resume:
             self.journal = Journal.create(folder, header, checkpoint_every)
@@ -414,32 +388,27 @@ class SequentialEditor:
 
     def journal_header(self, header: dict[str, Any], n_requests: int) -> dict[str, Any]:
         """``header`` plus this runner's arm config and hyper-parameters: what a resume must match."""
-        arm = self.config.to_dict() | {"editor": self.editor}
+        arm = self.config.to_dict() | {"editor": self.editor.name}
         if arm["tracker_dtype"] == "float32":  # journals from before the option lack it: keep them resumable
             del arm["tracker_dtype"]
         return dict(header) | {"arm": arm, "hparams": self.editor_settings(), "n_requests": n_requests}
 
     def editor_settings(self) -> dict[str, Any]:
-        """The editor's hyper-parameters (MEND: with its checkpoint's path and digest)."""
-        return self.mend.describe() if self.mend is not None else self.hparams.to_dict()
+        """The editor's settings (its hyper-parameters; MEND: with its checkpoint's digest)."""
+        return self.editor.describe()
 
     def _resume(self, requests: Sequence[EditRequest], state: Any) -> ArmResult:
-        from .tracker import SpectralTracker
-
-        if self.alphaedit is not None:  # projectors from the unedited model's statistics, before any weight moves
-            self.alphaedit.prepare()
+        self.editor.prepare()  # AlphaEdit: projectors from the unedited model's statistics, before any weight moves
         last = -1
         if state.checkpoint_step >= 0:
             last, states = self.journal.load_checkpoint()
             params = dict(self.model.named_parameters())
             self.adopt_trackers({name: SpectralTracker.from_state_dict(params[name], st, fn=self.config.fn)
                                  for name, st in states.items()})
-            if self.alphaedit is not None:
-                self.alphaedit.load_state_dict(self.journal.load_editor_checkpoint())
+            self.editor.load_state_dict(self.journal.load_editor_checkpoint())
         for i in range(last + 1, state.next_step):
             self.apply_updates(self.journal.load_updates(i))
-            if self.alphaedit is not None:
-                self.alphaedit.replay(self.journal.load_editor_update(i))
+            self.editor.replay(self.journal.load_editor_update(i))
         logger.info("resumed %s: checkpoint after step %d, %d staged steps re-applied, continuing at step %d",
                     self.journal.path, last, state.next_step - last - 1, state.next_step)
         return self.run(requests, start_step=state.next_step,
@@ -483,7 +452,7 @@ class SequentialEditor:
         }
         final = {"after_sequence": evals[-1].edit, "immediate": immediate, "general": evals[-1].general,
                  "baseline_general": evals[0].general}
-        return ArmResult(name=cfg.name, config=cfg.to_dict() | {"editor": self.editor}, n_requests=len(requests),
+        return ArmResult(name=cfg.name, config=cfg.to_dict() | {"editor": self.editor.name}, n_requests=len(requests),
                          steps=steps, evals=evals, final=final, timing=timing, spectrum=spectrum, wall_s=wall_s)
 
 

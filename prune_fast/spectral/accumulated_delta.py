@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels.orthonormalize import orthonormalize
+from ..kernels.orthonormalize import orthonormalize
 from .krylov import Triplets, append_columns, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
 
 # Relative residual asked of the Krylov solver on the float64 core: finer than the factors Q_a, Q_b

@@ -71,7 +71,7 @@ The Frobenius tail carries an extra margin for the rounding of ‖T‖_F (first-
 proof about the computed quantities in exact arithmetic, plus these margins.
 
 Scale: when ‖A‖_F lies outside [2⁻⁹⁰, 2⁹⁰] (or a product under/overflows) the operator is wrapped
-in a power-of-two :class:`~prune_fast.operators.ScaledOperator` and the threshold scaled alike, so
+in a power-of-two :class:`~prune_fast.spectral.operators.ScaledOperator` and the threshold scaled alike, so
 a Δ of 1e-30 or 1e30 is solved like one of order 1; results are scaled back exactly.
 
 Random numbers come from ``generator`` or, when none is given, a private generator with a fixed seed
@@ -88,7 +88,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernels.orthonormalize import gaussian, orthonormalize, private_generator
+from ..kernels.orthonormalize import gaussian, orthonormalize, private_generator
 from .operators import DenseOperator, MatrixOperator, ScaledOperator, TransposedOperator, magnitude
 
 __all__ = ["Triplets", "topk_svd", "default_tol", "direct_triplets", "prefer_direct", "frobenius_sq_bound",

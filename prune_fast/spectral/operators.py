@@ -13,9 +13,10 @@ from typing import Protocol
 
 import torch
 
-from .kernels.cpu_matmul import skinny_matmul_cpu
-from .kernels.orthonormalize import times_power_of_two
-from .kernels.skinny_matmul import difference_matmul, skinny_matmul
+from .._dtype import compute_dtype
+from ..kernels.cpu_matmul import skinny_matmul_cpu
+from ..kernels.orthonormalize import times_power_of_two
+from ..kernels.skinny_matmul import difference_matmul, skinny_matmul
 
 
 def _norm(t: torch.Tensor) -> float:
@@ -120,10 +121,6 @@ def magnitude(op: MatrixOperator) -> float:
     return float(fn()) if fn is not None else math.nan
 
 
-def _product_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
-
-
 class ImplicitDifferenceOperator:
     """A = W − W0 (any float dtypes, e.g. a bf16 weight and its snapshot), never formed.
 
@@ -141,7 +138,7 @@ class ImplicitDifferenceOperator:
             raise ValueError(f"W and W0 must have one shape, got {tuple(w.shape)} and {tuple(w0.shape)}")
         self.w, self.w0, self.backend = w, w0, backend
         self.shape = (w.shape[0], w.shape[1])
-        self.dtype = _product_dtype(w, w0)
+        self.dtype = compute_dtype(w, w0)
         self.device = w.device
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,7 +163,7 @@ class LowRankOperator:
             raise ValueError(f"L Rᵀ needs L: m×r and R: n×r, got {tuple(left.shape)} and {tuple(right.shape)}")
         self.left, self.right, self.backend = left, right, backend
         self.shape = (left.shape[0], right.shape[0])
-        self.dtype = _product_dtype(left, right)
+        self.dtype = compute_dtype(left, right)
         self.device = left.device
 
     def matmul(self, x: torch.Tensor) -> torch.Tensor:

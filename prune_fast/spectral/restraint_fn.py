@@ -18,9 +18,9 @@ from typing import Callable, Union
 
 import torch
 
-from .errors import InvalidInputError
+from ..errors import InvalidInputError
 
-__all__ = ["RestraintFn", "resolve_fn", "FN_NAMES", "DEFAULT_FN"]
+__all__ = ["RestraintFn", "resolve_fn", "FN_NAMES", "FN_CHOICES", "DEFAULT_FN", "named_base"]
 
 FnLike = Union[str, Callable[[torch.Tensor, float], torch.Tensor]]
 
@@ -35,6 +35,8 @@ _NAMED_BASES: dict[str, float | None] = {
     "linear": None,
 }
 FN_NAMES = ("log", "ln", "log2", "log1.5", "log1.2", "linear")
+# every name resolve_fn accepts: the canonical ones and the reference code's spellings (CLI choices)
+FN_CHOICES = ("log", *_NAMED_BASES)
 # The one default of every entry point (restrain_, SpectralTracker, the runner, edit, restrain, demo):
 # the paper's natural log. ("log" with alpha = e, the signature default of restrain_ and
 # SpectralTracker, is the same function; they keep "log" so that alpha= alone picks another base.)
@@ -80,6 +82,11 @@ class RestraintFn:
         if self.custom is not None or self.alpha is None:
             return self.name
         return self.name if self.name != "log" else f"log(base={self.alpha:.6g})"
+
+
+def named_base(name: str) -> float | None:
+    """The log base of a named F (``"ln"`` → e, ``"log1_5"`` → 1.5); ``None`` for ``linear`` or an unknown name."""
+    return _NAMED_BASES.get(name)
 
 
 def resolve_fn(fn: FnLike, alpha: float = math.e) -> RestraintFn:

@@ -19,29 +19,27 @@ Example::
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from .._atomic import atomic_folder
+from ..cache import default_cache_dir
 from ..errors import CorruptStateError
-from .evaluate import answer_correct, encode_pairs, task_accuracies
+from ..lm.evaluation import answer_correct, encode_pairs
+from .evaluate import task_accuracies
 from .tokenizer import WordTokenizer
 from .world import World, WorldSpec
 
-__all__ = ["TrainSpec", "TrainReport", "Testbed", "build_model", "train_model", "load_testbed",
-           "default_cache_dir", "chance_levels"]
+__all__ = ["TrainSpec", "TrainReport", "Testbed", "build_model", "train_model", "load_testbed"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,18 +90,6 @@ class Testbed:
     world: World
     report: TrainReport
     path: Path | None = None
-
-
-def default_cache_dir() -> Path:
-    """``$PRUNE_FAST_CACHE`` if set, else ``~/.cache/prune_fast``."""
-    env = os.environ.get("PRUNE_FAST_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "prune_fast"
-
-
-def chance_levels(world: World) -> dict[str, float]:
-    """Accuracy of uniform guessing among the plausible answers of each task."""
-    n_obj = sum(len(r.objects) for r in world.relations) / len(world.relations)
-    return {"recall": 1.0 / n_obj, "addition": 1.0 / 19, "copy": (1.0 / 20) ** 3}
 
 
 def build_model(tokenizer: WordTokenizer, spec: TrainSpec) -> Any:
@@ -191,28 +177,8 @@ def _cache_key(world_spec: WorldSpec, train_spec: TrainSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def cache_folder_writer(folder: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``folder``; on success it is renamed to ``folder``.
-
-    A crash leaves no half-written cache entry; if another process published ``folder`` first,
-    theirs is kept (same key, same content).
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
-    try:
-        yield tmp
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _save(bed: Testbed, folder: Path, world_spec: WorldSpec, train_spec: TrainSpec) -> None:
-    with cache_folder_writer(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         bed.model.save_pretrained(tmp, safe_serialization=True)
         bed.tokenizer.save(tmp / "tokenizer.json")
         (tmp / "spec.json").write_text(json.dumps({"format": _FORMAT, "world": asdict(world_spec),

@@ -25,7 +25,7 @@ import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 
-from ..editors.requests import EditRequest
+from ..lm.requests import EditRequest
 from ..errors import InvalidInputError, UnknownNameError
 
 __all__ = ["Relation", "WorldSpec", "World", "Example", "RELATIONS", "TASKS", "shipped_corpus"]
