@@ -31,21 +31,6 @@ def shared_store() -> CovarianceStore:
     return CovarianceStore(shipped_corpus(), cache_dir=default_cache_dir(), progress=False)
 
 
-def one_thread():
-    """Generator for a module-scoped autouse fixture: run on one CPU thread, restore afterwards.
-
-    The test-bed model is tiny; with two OpenMP threads on a shared 2-core machine each forward
-    pass spins for tens of milliseconds, one thread is several times faster.
-    """
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
 
 @functools.lru_cache(maxsize=1)
 def shared_mend():

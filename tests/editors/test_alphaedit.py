@@ -103,9 +103,9 @@ pytest.importorskip("transformers")
 
 from prune_fast.editors.rome import covariance_for, mean_key  # noqa: E402
 from prune_fast.testbed import top1_next  # noqa: E402
-from testbed_models import fresh_testbed, one_thread, shared_store  # noqa: E402
+from testbed_models import fresh_testbed, shared_store  # noqa: E402
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _math_layout(site, upd) -> torch.Tensor:

@@ -12,9 +12,8 @@ from prune_fast.lm.requests import EditRequest
 from prune_fast.errors import InvalidLayerError, MalformedRequestError, UnsupportedArchitectureError
 from prune_fast.updates import TrackerSet
 from prune_fast.testbed import World, WorldSpec, WordTokenizer  # noqa: E402
-from testbed_models import one_thread  # noqa: E402
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 WORLD = World.generate(WorldSpec(n_subjects=20, n_relations=3, seed=3))
 TOK = WordTokenizer(WORLD.vocabulary())

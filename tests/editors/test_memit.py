@@ -8,9 +8,9 @@ pytest.importorskip("transformers")
 from prune_fast.editors import MEMITHyperParams, compute_memit  # noqa: E402
 from prune_fast.updates import TrackerSet  # noqa: E402
 from prune_fast.testbed import top1_next  # noqa: E402
-from testbed_models import fresh_testbed, shared_store, one_thread  # noqa: E402
+from testbed_models import fresh_testbed, shared_store  # noqa: E402
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 HP = MEMITHyperParams.preset("testbed")
 

@@ -18,9 +18,9 @@ from prune_fast.updates import TrackerSet
 from prune_fast.editors.mend import evaluate_heldout, token_factors, train  # noqa: E402
 from prune_fast.editors.mend_checkpoint import build_network, edited_sites, fingerprint, save_editor  # noqa: E402
 from prune_fast.lm.evaluation import Evaluator  # noqa: E402
-from testbed_models import fresh_testbed, one_thread, shared_mend  # noqa: E402
+from testbed_models import fresh_testbed, shared_mend  # noqa: E402
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ transformers = pytest.importorskip("transformers")
 from prune_fast.lm.requests import EditRequest  # noqa: E402
 from prune_fast.editors import MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.values import optimize_value  # noqa: E402
-from testbed_models import fresh_testbed, one_thread  # noqa: E402
+from testbed_models import fresh_testbed  # noqa: E402
 from value_reference import optimize_value_reference  # noqa: E402
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _compare(model, tok, req, module, hp):

@@ -24,7 +24,7 @@ triton = pytest.importorskip("triton")
 from prune_fast.kernels import aot  # noqa: E402 - needs triton
 from prune_fast.kernels.small_eigh import _jacobi_eigh_kernel  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 AOT_TIMEOUT_S = 900
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from kernel_cases import requires_triton
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @requires_triton

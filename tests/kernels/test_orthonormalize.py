@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_cases import assert_within, poison_empty, randn, requires_triton  # noqa: F401
+from kernel_cases import assert_within, randn, requires_triton
 from prune_fast.kernels.orthonormalize import cholesky_qr2, orthonormalize
 
 BACKENDS = [pytest.param("torch", id="torch"), pytest.param("triton", id="triton", marks=requires_triton)]

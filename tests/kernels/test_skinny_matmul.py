@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kernel_cases import (ACCUMULATION, DTYPE_IDS, DTYPES, LAYOUTS, SHAPE_IDS, SHAPES, assert_within, poison_empty,  # noqa: F401
+from kernel_cases import (ACCUMULATION, DTYPE_IDS, DTYPES, LAYOUTS, SHAPE_IDS, SHAPES, assert_within,
                           randn, requires_triton)
 from prune_fast.kernels.settings import launch_config
 from prune_fast.kernels.skinny_matmul import difference_matmul, skinny_matmul

@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from prune_fast.runs.journal import Journal, JournalError, JournalMismatchError, read_journal
 
 WORKER = Path(__file__).with_name("journal_worker.py")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 N = 14
 
 

@@ -22,10 +22,10 @@ from prune_fast.lm.evaluation import EDIT_METRICS, Evaluator  # noqa: E402
 from prune_fast.testbed import world_abilities  # noqa: E402
 from prune_fast.runs.results import results_document, validate_results  # noqa: E402
 from prune_fast.runs.runner import RunConfig, SequentialEditor  # noqa: E402
-from test_cli_edit import _cli, _counterfact  # noqa: E402
-from testbed_models import fresh_testbed, one_thread, shared_mend  # noqa: E402
+from cli_cases import counterfact_records, run_cli  # noqa: E402
+from testbed_models import fresh_testbed, shared_mend  # noqa: E402
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 N = 100
 
@@ -129,8 +129,8 @@ def model_dir(tmp_path):
 def test_cli_edit_with_mend_end_to_end(tmp_path, model_dir):
     bed = fresh_testbed()
     cf = tmp_path / "cf.json"
-    cf.write_text(json.dumps(_counterfact(bed.world.edit_requests(6, seed=2))))
-    out = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "mend", "--mend-checkpoint",
+    cf.write_text(json.dumps(counterfact_records(bed.world.edit_requests(6, seed=2))))
+    out = run_cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "mend", "--mend-checkpoint",
                str(shared_mend().path), "--restrain", "online", "--fn", "linear", "--n", "5", "--eval-every", "2",
                "--checkpoint-every", "2", "--out", str(tmp_path / "run"), "--threads", "1", "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -148,7 +148,7 @@ def test_cli_edit_with_mend_end_to_end(tmp_path, model_dir):
     mend = MEND(bed.model, bed.tokenizer, shared_mend().path)
     other = save_editor(tmp_path / "other.safetensors", mend.net, mend.hparams, fingerprint(bed.model, mend.sites),
                         {"note": "same network, other file"})
-    again = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "mend", "--mend-checkpoint",
+    again = run_cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "mend", "--mend-checkpoint",
                  str(other), "--restrain", "online", "--fn", "linear", "--n", "5", "--out", str(tmp_path / "run"),
                  "--resume", "--threads", "1", "--no-progress")
     assert again.returncode == 2 and "refusing to resume" in again.stderr and "checkpoint_sha256" in again.stderr
@@ -156,15 +156,15 @@ def test_cli_edit_with_mend_end_to_end(tmp_path, model_dir):
 
 def test_cli_edit_mend_option_errors(tmp_path, model_dir):
     cf = tmp_path / "cf.json"
-    cf.write_text(json.dumps(_counterfact(fresh_testbed().world.edit_requests(2))))
+    cf.write_text(json.dumps(counterfact_records(fresh_testbed().world.edit_requests(2))))
     base = ("edit", "--model", str(model_dir), "--requests", str(cf), "--threads", "1", "--no-progress")
-    no_ckpt = _cli(*base, "--editor", "mend", "--out", str(tmp_path / "a"))
+    no_ckpt = run_cli(*base, "--editor", "mend", "--out", str(tmp_path / "a"))
     assert no_ckpt.returncode == 2 and "--editor mend needs --mend-checkpoint" in no_ckpt.stderr
-    stray = _cli(*base, "--editor", "rome", "--mend-checkpoint", str(shared_mend().path), "--out", str(tmp_path / "b"))
+    stray = run_cli(*base, "--editor", "rome", "--mend-checkpoint", str(shared_mend().path), "--out", str(tmp_path / "b"))
     assert stray.returncode == 2 and "only used with --editor mend" in stray.stderr
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
-    refused = _cli(*base, "--editor", "mend", "--mend-checkpoint", str(bad), "--out", str(tmp_path / "c"))
+    refused = run_cli(*base, "--editor", "mend", "--mend-checkpoint", str(bad), "--out", str(tmp_path / "c"))
     assert refused.returncode == 2 and "not a readable safetensors" in refused.stderr
     for name in "abc":
         assert not (tmp_path / name).exists(), "an output folder was written for a refused run"
@@ -178,14 +178,14 @@ def test_cli_mend_train_short_run_and_resume(tmp_path, model_dir):
 
     tiny = dataclasses.replace(MENDHyperParams.preset("testbed"), batch_size=2, n_loc=1, rank=4, checkpoint_every=1)
     tiny.to_yaml(hp)
-    first = _cli("mend-train", "--model", str(model_dir), "--out", str(out), "--hparams", str(hp), "--steps", "2",
+    first = run_cli("mend-train", "--model", str(model_dir), "--out", str(out), "--hparams", str(hp), "--steps", "2",
                  "--eval-requests", str(_held_out_file(tmp_path)), "--no-progress")
     assert first.returncode == 0, first.stderr[-3000:]
     assert "held-out edits: efficacy" in first.stdout and out.exists()
-    again = _cli("mend-train", "--model", str(model_dir), "--out", str(out), "--hparams", str(hp), "--steps", "2",
+    again = run_cli("mend-train", "--model", str(model_dir), "--out", str(out), "--hparams", str(hp), "--steps", "2",
                  "--no-progress")
     assert again.returncode == 2 and "resume=True" in again.stderr
-    more = _cli("mend-train", "--model", str(model_dir), "--out", str(out), "--hparams", str(hp), "--steps", "3",
+    more = run_cli("mend-train", "--model", str(model_dir), "--out", str(out), "--hparams", str(hp), "--steps", "3",
                 "--resume", "--no-progress")
     assert more.returncode == 0, more.stderr[-3000:]
     assert "trained 1 steps" in more.stdout
@@ -196,5 +196,5 @@ def test_cli_mend_train_short_run_and_resume(tmp_path, model_dir):
 
 def _held_out_file(tmp_path):
     path = tmp_path / "held.json"
-    path.write_text(json.dumps(_counterfact(fresh_testbed().world.edit_requests(2, seed=9))))
+    path.write_text(json.dumps(counterfact_records(fresh_testbed().world.edit_requests(2, seed=9))))
     return path

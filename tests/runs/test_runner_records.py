@@ -13,9 +13,9 @@ from prune_fast import SpectralTracker
 from prune_fast.updates import FactoredUpdate, TrackerSet
 from prune_fast.editors import ROMEHyperParams
 from prune_fast.runs.runner import RunConfig, SequentialEditor
-from testbed_models import fresh_testbed, one_thread, shared_store
+from testbed_models import fresh_testbed, shared_store
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_apply_returns_each_trackers_result_and_sigma_next_is_the_top_value_below(rng):

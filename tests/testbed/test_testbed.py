@@ -9,9 +9,9 @@ pytest.importorskip("transformers")
 
 from prune_fast.testbed import (TASKS, TrainSpec, World, WordTokenizer, WorldSpec, chance_levels,  # noqa: E402
                                 load_testbed, shipped_corpus, task_accuracies, trace_fact_sites, train_model)
-from testbed_models import fresh_testbed, one_thread  # noqa: E402
+from testbed_models import fresh_testbed  # noqa: E402
 
-_one_thread = pytest.fixture(autouse=True, scope="module")(one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_world_is_deterministic():

@@ -14,7 +14,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from prune_fast.testbed import World, WorldSpec, WordTokenizer  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = World.generate(WorldSpec(n_subjects=20, n_relations=3, seed=3))
 
 

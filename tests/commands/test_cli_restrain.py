@@ -83,7 +83,7 @@ def test_parser_is_a_dispatcher():
 
 def test_python_dash_m_end_to_end(pair, tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     run = subprocess.run([sys.executable, "-m", "prune_fast", "restrain", "--base", str(pair.base), "--edited",
                           str(pair.edited), "--out", str(out)], capture_output=True, text=True, env=env, timeout=300)
     assert run.returncode == 0, run.stderr

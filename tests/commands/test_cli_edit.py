@@ -2,32 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
+from cli_cases import counterfact_records, run_cli
 from prune_fast.runs.results import validate_results
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    env = os.environ | {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "prune_fast", *args], capture_output=True, text=True, env=env,
-                          timeout=600)
-
-
-def _counterfact(requests) -> list[dict]:
-    return [{"case_id": i, "requested_rewrite": {"prompt": r.prompt, "subject": r.subject,
-                                                 "target_new": {"str": r.target_new}, "target_true": {"str": r.target_true}},
-             "paraphrase_prompts": list(r.paraphrase_prompts), "neighborhood_prompts": list(r.neighborhood_prompts)}
-            for i, r in enumerate(requests)]
 
 
 def test_edit_help_documents_everything():
-    out = _cli("edit", "--help")
+    out = run_cli("edit", "--help")
     assert out.returncode == 0
     for opt in ("--model", "--requests", "--editor", "--restrain", "--fn", "--n", "--out", "--resume", "--corpus",
                 "--tasks", "--mend-checkpoint", "mend", "--tracker-dtype"):
@@ -41,8 +23,8 @@ def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
     model_dir = tmp_path / "model"
     shutil.copytree(bed.path, model_dir)
     cf = tmp_path / "cf.json"
-    cf.write_text(json.dumps(_counterfact(bed.world.edit_requests(8))))
-    out = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "rome", "--restrain", "online",
+    cf.write_text(json.dumps(counterfact_records(bed.world.edit_requests(8))))
+    out = run_cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "rome", "--restrain", "online",
                "--fn", "log1.2", "--n", "6", "--eval-every", "3", "--checkpoint-every", "2", "--out",
                str(tmp_path / "run"), "--threads", "1", "--no-progress", "--tracker-dtype", "float64")
     assert out.returncode == 0, out.stderr[-3000:]
@@ -54,7 +36,7 @@ def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
     assert set(arm["final"]["general"]) == {"recall", "addition", "copy"}
     assert "online-log1.2" in out.stdout
 
-    again = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--restrain", "online", "--fn", "ln",
+    again = run_cli("edit", "--model", str(model_dir), "--requests", str(cf), "--restrain", "online", "--fn", "ln",
                  "--n", "6", "--out", str(tmp_path / "run"), "--resume", "--threads", "1", "--no-progress")
     assert again.returncode == 2
     assert "refusing to resume" in again.stderr and "'log1.2'" in again.stderr and "'ln'" in again.stderr
