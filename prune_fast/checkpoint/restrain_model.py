@@ -22,7 +22,8 @@ import torch
 
 from .. import _validate
 from .restrain_checkpoint import (RestrainReport, TensorReport, _check_options, _compile_modules, _dtype_name,
-                                  _selected, _Source, restrain_pair)
+                                  _selected, restrain_pair)
+from .safetensors_io import _Source
 from ..errors import InvalidInputError
 from ..spectral.restraint_fn import FnLike
 

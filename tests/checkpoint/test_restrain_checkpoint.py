@@ -478,7 +478,7 @@ def test_unaligned_tensor_offsets_are_read_correctly(tmp_path):
     """A hand-written safetensors file whose fp32 tensor starts at an odd byte offset."""
     import struct
 
-    from prune_fast.checkpoint.restrain_checkpoint import _Source
+    from prune_fast.checkpoint.safetensors_io import _Source
 
     g = torch.Generator().manual_seed(SEED + 12)
     w = torch.randn(6, 5, generator=g)
@@ -501,7 +501,7 @@ def test_unaligned_tensor_offsets_are_read_correctly(tmp_path):
 @pytest.mark.parametrize("n", [13, 16, 4096 + 5, 4096 + 8])
 def test_byte_comparison_sees_one_changed_byte(n, offset):
     """Views at any storage offset (pickle tensors sliced from a larger storage, odd file offsets)."""
-    from prune_fast.checkpoint.restrain_checkpoint import _same_bytes
+    from prune_fast.checkpoint.safetensors_io import _same_bytes
 
     g = torch.Generator().manual_seed(SEED + n)
     a = torch.randint(0, 256, (n + offset,), dtype=torch.uint8, generator=g)[offset:]
