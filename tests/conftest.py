@@ -2,8 +2,8 @@
 
 Triton kernels run under the interpreter on CPU tensors when no GPU is present; this must be set
 before triton is imported anywhere.  The helper modules at this folder's top (``kernel_cases``,
-``spectral_cases``, ``testbed_models``, ``checkpoint_models``, ``cli_cases``) are importable from every
-subfolder.
+``spectral_cases``, ``testbed_models``, ``checkpoint_models``, ``value_reference``, ``cli_cases``)
+are importable from every subfolder.
 """
 import os
 import sys
