@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from .. import _scratch, _validate
 from ..errors import InvalidInputError
@@ -368,8 +369,6 @@ def restrain_checkpoint(
 
 def _run(base: _Source, edited: _Source, out: Path | None, *, fn: FnLike, alpha: float,
          pats: list[re.Pattern[str]] | None, backend: str, progress: bool) -> list[TensorReport]:
-    from tqdm.auto import tqdm
-
     reports: list[TensorReport] = []
     staging = _Staging(out, edited) if out is not None else None
     try:

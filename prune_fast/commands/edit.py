@@ -93,7 +93,7 @@ def load_local_model(path: str | Path, device: str = "cpu") -> tuple[Any, Any, b
         raise InvalidInputError(f"--model {path}: not a local folder (nothing is downloaded here)")
     _check_model_folder(folder)
     if _is_testbed(folder):
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM  # heavy: imported only where used
 
         model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
         model.eval()

@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..errors import EditorCheckpointError, MalformedRequestError
 from ..lm.evaluation import EDIT_METRICS, Evaluator, top1_all
@@ -419,8 +420,6 @@ def train(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp:
     The model's weights are never changed (``requires_grad`` flags are restored).  Returns a
     :class:`TrainReport`; it is also stored in the checkpoint's metadata.
     """
-    from tqdm.auto import tqdm
-
     hp = hp or MENDHyperParams.for_model(model)
     hp.validate()
     requests = check_requests(requests)

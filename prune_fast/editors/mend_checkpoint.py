@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
 from .._atomic import save_safetensors, write_text
@@ -127,8 +128,6 @@ def save_editor(path: str | Path, net: MENDNetwork, hp: MENDHyperParams, model_f
 
 
 def _read(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise EditorCheckpointError(f"{what} {path} does not exist")
     try:

@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .evaluation import answer_logprob
 from .models import load_smollm2
 from .requests import load_counterfact
@@ -422,7 +424,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", default=str(DATA_DIR), help="folder for the three data files (default: the package's)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = p.parse_args(argv)
-    import torch
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.threads:

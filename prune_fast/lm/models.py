@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from .._atomic import atomic_folder
 from ..cache import default_cache_dir
 from ..errors import PruneFastError
@@ -113,8 +115,7 @@ def _convert(gguf: Path, out: Path) -> None:
     except ImportError as e:
         raise ModelNotInstalledError(f"converting {gguf.name} needs the packages gguf and accelerate "
                                      f"({e}): run `pip install gguf accelerate` (or the [real] extra)") from e
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: imported only where used
 
     start = time.perf_counter()
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
@@ -165,7 +166,7 @@ def load_model_folder(folder: str | Path, device: str = "cpu") -> tuple[Any, Any
 
     The tokenizer gets a pad token (its EOS) if it has none, as the editors' batches need one.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # heavy: imported only where used
 
     model = AutoModelForCausalLM.from_pretrained(folder, local_files_only=True).to(device)
     model.eval()

@@ -16,7 +16,7 @@ __all__ = ["plot_results", "retained_ability"]
 
 
 def _plt():
-    import matplotlib
+    import matplotlib  # heavy: imported only where used
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
 from .._atomic import atomic_folder
 from ..cache import default_cache_dir
@@ -94,7 +95,7 @@ class Testbed:
 
 def build_model(tokenizer: WordTokenizer, spec: TrainSpec) -> Any:
     """A freshly initialised ``GPT2LMHeadModel`` sized by ``spec`` (no dropout), seeded by ``spec.seed``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel  # heavy: imported only where used
 
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
@@ -127,8 +128,6 @@ def train_model(world: World, spec: TrainSpec | None = None, progress: bool = Tr
     ``log_every > 0`` logs the recall of 600 facts every that many steps (evaluation only:
     the trained weights do not depend on it).
     """
-    from tqdm.auto import tqdm
-
     spec = spec or TrainSpec()
     tok = WordTokenizer(world.vocabulary())
     old_threads = torch.get_num_threads()
@@ -195,7 +194,7 @@ def load_testbed(cache_dir: str | Path | None = None, world_spec: WorldSpec | No
         world_spec, train_spec: what to build (defaults: ``WorldSpec()``, ``TrainSpec()``).
         retrain: ignore a cached copy and train again (the cache is then replaced).
     """
-    from transformers import GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel  # heavy: imported only where used
 
     world_spec = world_spec or WorldSpec()
     train_spec = train_spec or TrainSpec()
