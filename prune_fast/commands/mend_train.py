@@ -53,7 +53,7 @@ class MENDTrainJob:
 
 
 def run_mend_train(job: MENDTrainJob) -> Any:
-    """Train (or resume) and write ``job.out``; returns the :class:`~prune_fast.editors.mend.TrainReport`."""
+    """Train (or resume) and write ``job.out``; returns the :class:`~prune_fast.editors.mend.MENDTrainReport`."""
     if job.steps is not None:
         _validate.check_count("--steps", job.steps, minimum=1)
     for option, value in (("--requests", job.requests), ("--eval-requests", job.eval_requests),

@@ -55,7 +55,7 @@ from .mend_checkpoint import (build_network, edited_sites, fingerprint, load_edi
 from .mend_network import MENDNetwork
 from .rome import check_requests
 
-__all__ = ["MEND", "MENDResult", "TrainReport", "train", "token_factors", "EditedForward"]
+__all__ = ["MEND", "MENDResult", "MENDTrainReport", "train", "token_factors", "EditedForward"]
 
 logger = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ class MEND(Editor):
 
 # -- training -------------------------------------------------------------------------------------
 @dataclass
-class TrainReport:
+class MENDTrainReport:
     """How a training run went: steps done here and in total, wall and CPU seconds, the last
     logged losses, and (if evaluation requests were given) the held-out edit scores."""
 
@@ -403,7 +403,7 @@ def evaluate_heldout(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: 
 
 def train(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp: MENDHyperParams | None = None, *,
           out: str | Path, locality: Sequence[str] = (), eval_requests: Sequence[EditRequest] = (),
-          resume: bool = False, overwrite: bool = False, progress: bool = True, log_every: int = 25) -> TrainReport:
+          resume: bool = False, overwrite: bool = False, progress: bool = True, log_every: int = 25) -> MENDTrainReport:
     """Train a MEND editor for ``model`` on ``requests`` and write it to ``out`` (safetensors).
 
     Args:
@@ -418,7 +418,7 @@ def train(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp:
         overwrite: start afresh even if ``out`` or a training state exists.
 
     The model's weights are never changed (``requires_grad`` flags are restored).  Returns a
-    :class:`TrainReport`; it is also stored in the checkpoint's metadata.
+    :class:`MENDTrainReport`; it is also stored in the checkpoint's metadata.
     """
     hp = hp or MENDHyperParams.for_model(model)
     hp.validate()
@@ -464,7 +464,7 @@ def train(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp:
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     save_training_state(state_dir, net, opt, hp.steps, hp, model_fp, history)
     heldout = evaluate_heldout(model, tokenizer, net, sites, eval_requests) if eval_requests else {}
-    report = TrainReport(steps=hp.steps, resumed_from=start_step, seconds=seconds, cpu_seconds=cpu_seconds,
+    report = MENDTrainReport(steps=hp.steps, resumed_from=start_step, seconds=seconds, cpu_seconds=cpu_seconds,
                          threads=torch.get_num_threads(), final=dict(running), heldout=heldout, history=history)
     net.eval()
     save_editor(out, net, hp, model_fp, {k: v for k, v in report.__dict__.items() if k != "history"})
