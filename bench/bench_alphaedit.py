@@ -18,6 +18,7 @@ Run as a script for the table (``python bench/bench_alphaedit.py``) or through p
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -65,7 +66,8 @@ def _time(fn, arg, repeats: int) -> list[float]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help; no options
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, τ = {TAU:g}")
     print(f"{'d':>5} {'f above':>8} {'eigh median s':>14} {'krylov median s':>16} {'‖ΔP‖max':>10}")
     for d, above in CASES:
