@@ -4,7 +4,7 @@
 through :func:`prune_fast.restrain_`; ``restrain_model_(model, original_weights)`` does the same in
 place on a loaded model.
 """
-from .restrain_checkpoint import RestrainReport, TensorReport, restrain_checkpoint
+from .restrain_saved import RestrainReport, TensorReport, restrain_checkpoint
 from .restrain_model import restrain_model_
 
 __all__ = ["restrain_checkpoint", "restrain_model_", "RestrainReport", "TensorReport"]

@@ -21,7 +21,7 @@ from typing import Mapping, Sequence
 import torch
 
 from .. import _validate
-from .restrain_checkpoint import (RestrainReport, TensorReport, _check_options, _compile_modules, _dtype_name,
+from .restrain_saved import (RestrainReport, TensorReport, _check_options, _compile_modules, _dtype_name,
                                   _selected, restrain_pair)
 from .safetensors_io import _Source
 from ..errors import InvalidInputError

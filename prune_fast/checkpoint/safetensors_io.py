@@ -1,4 +1,4 @@
-"""Reading and writing model checkpoints for :mod:`prune_fast.checkpoint.restrain_checkpoint`.
+"""Reading and writing model checkpoints for :mod:`prune_fast.checkpoint.restrain_saved`.
 
 Safetensors files are memory-mapped and read in place (pickle checkpoints only on request, with
 ``torch.load(weights_only=True)``); output shards are written tensor by tensor into a staging

@@ -203,14 +203,14 @@ class _Boom(RuntimeError):
 
 @pytest.mark.parametrize("existing", [False, True], ids=["fresh", "overwrite"])
 def test_interrupted_write_leaves_no_out(existing, gpt2_pair, tmp_path, monkeypatch):
-    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
+    from prune_fast.checkpoint import safetensors_io
 
     out = tmp_path / "out"
     if existing:
         out.mkdir()
         (out / "old.txt").write_text("old")
     calls = {"n": 0}
-    real = checkpoint._ShardWriter.write
+    real = safetensors_io._ShardWriter.write
 
     def failing(self, name, chunks):
         calls["n"] += 1
@@ -218,7 +218,7 @@ def test_interrupted_write_leaves_no_out(existing, gpt2_pair, tmp_path, monkeypa
             raise _Boom("disk full")
         return real(self, name, chunks)
 
-    monkeypatch.setattr(checkpoint._ShardWriter, "write", failing)
+    monkeypatch.setattr(safetensors_io._ShardWriter, "write", failing)
     with pytest.raises(_Boom):
         restrain_checkpoint(gpt2_pair.base, gpt2_pair.edited, out, overwrite=existing, progress=False)
     assert calls["n"] == 12
@@ -352,7 +352,7 @@ def test_report_json_round_trip(llama_pair, tmp_path):
 
 def test_streams_only_differing_tensors(gpt2_pair, tmp_path, monkeypatch):
     """Identical tensors are compared as bytes and copied, never deserialised: only differing pairs are loaded."""
-    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
+    from prune_fast.checkpoint import restrain_saved as checkpoint
 
     loaded: list[str] = []
     real = checkpoint._Source.load
@@ -367,7 +367,7 @@ def test_streams_only_differing_tensors(gpt2_pair, tmp_path, monkeypatch):
 
 
 def test_keyboard_interrupt_leaves_no_out(llama_pair, tmp_path, monkeypatch):
-    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
+    from prune_fast.checkpoint import restrain_saved as checkpoint
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -421,7 +421,7 @@ def test_restrain_pair_in_a_buffer_equals_restrain_on_a_copy(base_dtype, edited_
     """The buffer path (Δ, then Ŵ, in one reused tensor; half Δ converted block by block) gives the
     same bits as restrain_ on a compute-dtype copy of W_N, matches the float64 reference, writes
     every element of the buffer and leaves its inputs alone."""
-    from prune_fast.checkpoint import restrain_checkpoint as checkpoint
+    from prune_fast.checkpoint import restrain_saved as checkpoint
     from prune_fast._dtype import compute_dtype
     from prune_fast.restrain import sigma_max
 
