@@ -43,7 +43,7 @@ __all__ = ["FactRelation", "RELATIONS", "N_NEIGHBOURS", "build_edit_set", "shipp
 
 logger = logging.getLogger(__name__)
 
-DATA_DIR = Path(__file__).parent / "data"
+DATA_DIR = Path(__file__).resolve().parents[1] / "data"  # prune_fast/data, shipped with the package
 EDIT_SET_FILE = DATA_DIR / "smollm2_counterfact.json"
 RECALL_FILE = DATA_DIR / "smollm2_recall.jsonl"
 META_FILE = DATA_DIR / "smollm2_edit_set.meta.json"

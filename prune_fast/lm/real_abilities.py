@@ -42,7 +42,7 @@ from .requests import EditRequest
 __all__ = ["FEW_SHOT_TASKS", "heldout_text", "covariance_corpus", "recall_task", "real_abilities",
            "loss_reduction", "HELDOUT_FILE"]
 
-HELDOUT_FILE = Path(__file__).parent / "data" / "heldout_en.txt"
+HELDOUT_FILE = Path(__file__).resolve().parents[1] / "data" / "heldout_en.txt"  # prune_fast/data
 
 
 def _pairs(text: str) -> tuple[tuple[str, str], ...]:

@@ -333,14 +333,14 @@ def test_cli_edit_alphaedit_at_end(tmp_path):
     import shutil
 
     from prune_fast.runs.results import validate_results
-    from test_cli_edit import _cli, _counterfact
+    from cli_cases import counterfact_records, run_cli
 
     bed = fresh_testbed()
     model_dir = tmp_path / "model"
     shutil.copytree(bed.path, model_dir)
     cf = tmp_path / "cf.json"
-    cf.write_text(json.dumps(_counterfact(bed.world.edit_requests(6, seed=24))))
-    out = _cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "alphaedit", "--restrain",
+    cf.write_text(json.dumps(counterfact_records(bed.world.edit_requests(6, seed=24))))
+    out = run_cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "alphaedit", "--restrain",
                "at_end", "--fn", "log1.2", "--batch-size", "2", "--n", "4", "--eval-every", "0", "--out",
                str(tmp_path / "run"), "--threads", "1", "--no-progress")
     assert out.returncode == 0, out.stderr[-3000:]
