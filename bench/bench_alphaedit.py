@@ -5,7 +5,7 @@ below a threshold τ; equivalently ``P = I − U Uᵀ`` with ``U`` every eigenve
 the same run on the same matrices:
 
 - ``eigh``: :func:`prune_fast.editors.alphaedit.null_space_projector` (one float64 ``torch.linalg.eigh``);
-- ``krylov``: :func:`prune_fast.krylov.topk_svd` in threshold mode on the float64 ``C`` (for a symmetric
+- ``krylov``: :func:`prune_fast.spectral.krylov.topk_svd` in threshold mode on the float64 ``C`` (for a symmetric
   positive semi-definite matrix its singular values are its eigenvalues), then ``P = I − U Uᵀ``.
 
 Matrices: ``d`` = 512 (the test bed's key width) and 1536 (SmolLM2-135M's), with a fraction ``f`` of the
@@ -18,6 +18,7 @@ Run as a script for the table (``python bench/bench_alphaedit.py``) or through p
 """
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 import time
@@ -28,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_fast.editors.alphaedit import null_space_projector  # noqa: E402
-from prune_fast.krylov import topk_svd  # noqa: E402
+from prune_fast.spectral.krylov import topk_svd  # noqa: E402
 
 TAU = 2e-2
 CASES = [(512, 0.05), (512, 0.5), (512, 0.8), (1536, 0.05), (1536, 0.5), (1536, 0.8)]
@@ -65,7 +66,8 @@ def _time(fn, arg, repeats: int) -> list[float]:
     return out
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(description=__doc__.split("\n\n")[0]).parse_args(argv)  # --help; no options
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, τ = {TAU:g}")
     print(f"{'d':>5} {'f above':>8} {'eigh median s':>14} {'krylov median s':>16} {'‖ΔP‖max':>10}")
     for d, above in CASES:

@@ -13,7 +13,7 @@ W0, whose top singular values cluster, is the worst case for σ* and is timed se
 
 Measured, in the same run: wall time of ``restrain_checkpoint`` (whole pair: compare, restrain,
 write; OUT is deleted before each run, untimed, as a user's OUT does not exist yet); the paper's
-per-matrix procedure (``prune_fast.reference.paper_procedure``: four float64 NumPy SVDs with full U
+per-matrix procedure (``prune_fast.spectral.reference.paper_procedure``: four float64 NumPy SVDs with full U
 and V + ``matrix_rank``, as its code does) on ONE matrix, and its thin variant (thin SVD of Δ,
 values only for the rest: the stricter yardstick); one thin ``torch.linalg.svd`` of Δ plus
 ``svdvals(W0)`` in fp32 (a full-SVD torch implementation of PRUNE). For 4096×11008 the paper's
@@ -45,7 +45,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 import prune_fast  # noqa: E402
-from prune_fast.reference import paper_procedure, restrain_reference  # noqa: E402
+from prune_fast.spectral.reference import paper_procedure, restrain_reference  # noqa: E402
 from prune_fast.restrain import sigma_max  # noqa: E402
 
 RANK = 16

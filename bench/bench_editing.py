@@ -15,7 +15,7 @@ Parts (``--only`` picks some; all run in one process, one thread unless ``--thre
     MEMIT with a fresh covariance cache: end-to-end wall time, and the per-step time split into
     editor / restraint / evaluation / journal / bookkeeping.
 ``memory``      resident memory of a fresh process: loading SmolLM2 (peak and after), and the peak during
-    its perplexity (:func:`prune_fast.evaluation.perplexity`, as ``--heldout`` runs it) over the
+    its perplexity (:func:`prune_fast.lm.evaluation.perplexity`, as ``--heldout`` runs it) over the
     held-out paragraphs twice (60 texts) and over 600 corpus paragraphs.
 ``trend``       reads a journaled run's ``results.json`` and prints the per-edit cost by blocks of
     100 edits (the flatness target: edits 900-1000 ≤ 1.3 × edits 100-200).
@@ -48,12 +48,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from prune_fast.edit_run import EditJob, load_local_model, run_edit  # noqa: E402
-from prune_fast.editors import EditRequest, MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
+from prune_fast.commands.edit import EditJob, load_local_model, run_edit  # noqa: E402
+from prune_fast.editors import MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.covariance import second_moments  # noqa: E402
-from prune_fast.editors.probes import encode, pad_rows  # noqa: E402
-from prune_fast.journal import Journal  # noqa: E402
-from prune_fast.real_abilities import covariance_corpus  # noqa: E402
+from prune_fast.lm.probes import encode, pad_rows  # noqa: E402
+from prune_fast.lm.real_abilities import covariance_corpus  # noqa: E402
+from prune_fast.lm.requests import EditRequest  # noqa: E402
+from prune_fast.runs.journal import Journal  # noqa: E402
 
 EDIT_SET = ROOT / "prune_fast" / "data" / "smollm2_counterfact.json"
 FACTS = [("The capital of France is", "France", "Rome"), ("The Eiffel Tower is in the city of", "Eiffel Tower", "London"),
@@ -223,7 +224,7 @@ def split_table(doc: dict, commits: list[float]) -> list[tuple[str, float]]:
 
 
 def bench_split(n_edits: int, threads: int) -> None:
-    from prune_fast.models import resolve_model
+    from prune_fast.lm.models import resolve_model
 
     folder = resolve_model("smollm2")          # the converted model from the usual cache, not re-converted
     print(f"\n[split] journaled online runs of `edit` on smollm2, {n_edits} requests of the shipped set, fresh "
@@ -255,9 +256,9 @@ _MEMORY_CASE = """
 import resource, sys, time, torch
 from pathlib import Path
 torch.set_num_threads({threads})
-from prune_fast.edit_run import load_local_model
-from prune_fast.evaluation import perplexity
-from prune_fast.real_abilities import covariance_corpus, heldout_text
+from prune_fast.commands.edit import load_local_model
+from prune_fast.lm.evaluation import perplexity
+from prune_fast.lm.real_abilities import covariance_corpus, heldout_text
 
 def status(field):  # kB -> GiB, from /proc/self/status
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(field))

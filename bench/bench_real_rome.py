@@ -17,12 +17,12 @@ import time
 
 import torch
 
-from prune_fast.edit_set import shipped_requests
+from prune_fast.lm.edit_set import shipped_requests
 from prune_fast.editors import CovarianceStore, ROMEHyperParams, compute_rome
 from prune_fast.editors.architectures import resolve_site
-from prune_fast.models import load_smollm2
-from prune_fast.real_abilities import covariance_corpus
-from prune_fast.testbed import default_cache_dir
+from prune_fast.lm.models import load_smollm2
+from prune_fast.lm.real_abilities import covariance_corpus
+from prune_fast.cache import default_cache_dir
 
 
 def main() -> None:

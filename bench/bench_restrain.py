@@ -6,13 +6,13 @@ Compared in the same run on the same machine:
   below; σ* computed inside the call, as a drop-in user would);
 - the same restraint through ``torch.svd_lowrank`` (q = min(rank, 64) + 10, niter = 4) and σ* from
   ``torch.linalg.matrix_norm(W0, 2)``: what a user might write with stock torch;
-- the paper's per-matrix procedure (``prune_fast.reference.paper_procedure``: four float64 NumPy
+- the paper's per-matrix procedure (``prune_fast.spectral.reference.paper_procedure``: four float64 NumPy
   SVDs with full U and V + ``matrix_rank``, as its code does), once, and its thin variant (a thin
   SVD of Δ, singular values only for the other three) as the stricter yardstick;
 - many values above σ* (issue 15), W0 Gaussian: a rank-200 Δ whose 200 values all lie in
   [1.2σ*, 4σ*], and a dense full-rank Δ with 700 values in [1.05σ*, 3σ*] and 900 in [0, 0.95σ*],
   with the certificate each call used;
-- 1000 sequential rank-1 tracker steps (``prune_fast.synthetic_edits.rome_like_updates``), the
+- 1000 sequential rank-1 tracker steps (``prune_fast.spectral.synthetic_edits.rome_like_updates``), the
   median and quantiles of one step at edits 1–100, 401–500 and 901–1000.
 
 Run as a script for the table (``python bench/bench_restrain.py [--quick]``) or through
@@ -36,9 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import prune_fast  # noqa: E402
 import prune_fast.restrain  # noqa: E402
-import prune_fast.restraint_fn  # noqa: E402
-from prune_fast.reference import paper_procedure  # noqa: E402
-from prune_fast.synthetic_edits import rome_like_updates  # noqa: E402
+import prune_fast.spectral.restraint_fn  # noqa: E402
+from prune_fast.spectral.reference import paper_procedure  # noqa: E402
+from prune_fast.spectral.synthetic_edits import rome_like_updates  # noqa: E402
 from bench_checkpoint import trained_like  # noqa: E402
 
 M, N = 1600, 6400
@@ -97,7 +97,7 @@ def restrain_fast(delta, sigma_star=None):
 
 
 def restrain_svd_lowrank(delta, rank):
-    f = prune_fast.restraint_fn.resolve_fn("log")
+    f = prune_fast.spectral.restraint_fn.resolve_fn("log")
 
     def run(w):
         sigma_star = float(torch.linalg.matrix_norm(w - delta, 2))

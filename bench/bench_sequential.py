@@ -1,6 +1,6 @@
 """Benchmark sequential runs: PRUNE's share of the edit time, and whether it stays flat as edits pile up.
 
-(a) ``tracker``: ``--steps`` ROME-sized rank-1 updates (``prune_fast.synthetic_edits``) streamed into
+(a) ``tracker``: ``--steps`` ROME-sized rank-1 updates (``prune_fast.spectral.synthetic_edits``) streamed into
     one ``SpectralTracker`` on an M×N weight (default 1600×6400, GPT-2 XL's MLP), restrained after
     every edit: edits per second, and the per-step time at the start, middle and end; against
     the paper's procedure (four full float64 SVDs + matrix_rank per restraint), timed once.
@@ -32,9 +32,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_fast import SpectralTracker  # noqa: E402
-from prune_fast.reference import paper_procedure  # noqa: E402
+from prune_fast.spectral.reference import paper_procedure  # noqa: E402
 from prune_fast.restrain import sigma_max  # noqa: E402
-from prune_fast.synthetic_edits import rome_like_updates  # noqa: E402
+from prune_fast.spectral.synthetic_edits import rome_like_updates  # noqa: E402
 
 
 def machine() -> str:
@@ -78,8 +78,9 @@ def bench_tracker(rows: int, cols: int, steps: int, skip_paper: bool) -> None:
 
 def bench_testbed(edits: int, threads: int) -> None:
     from prune_fast.editors import CovarianceStore, ROMEHyperParams
-    from prune_fast.runner import RunConfig, SequentialEditor
-    from prune_fast.testbed import default_cache_dir, load_testbed, shipped_corpus
+    from prune_fast.runs.runner import RunConfig, SequentialEditor
+    from prune_fast.cache import default_cache_dir
+    from prune_fast.testbed import load_testbed, shipped_corpus
 
     torch.set_num_threads(threads)
     bed = load_testbed()

@@ -33,11 +33,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from prune_fast.editors import AlphaEdit, AlphaEditHyperParams, CovarianceStore, MEMITHyperParams  # noqa: E402
-from prune_fast.evaluation import Evaluator, world_abilities  # noqa: E402
-from prune_fast.plots import retained_ability  # noqa: E402
-from prune_fast.run_results import results_document, write_results  # noqa: E402
-from prune_fast.runner import RunConfig, SequentialEditor  # noqa: E402
-from prune_fast.testbed import default_cache_dir, load_testbed, shipped_corpus  # noqa: E402
+from prune_fast.lm.evaluation import Evaluator  # noqa: E402
+from prune_fast.testbed import world_abilities  # noqa: E402
+from prune_fast.runs.plots import retained_ability  # noqa: E402
+from prune_fast.runs.results import results_document, write_results  # noqa: E402
+from prune_fast.runs.runner import RunConfig, SequentialEditor  # noqa: E402
+from prune_fast.cache import default_cache_dir  # noqa: E402
+from prune_fast.testbed import load_testbed, shipped_corpus  # noqa: E402
 
 EDITORS = ("memit", "alphaedit")
 

@@ -81,10 +81,10 @@ from prune_fast.kernels.settings import launch_config  # noqa: E402
 from prune_fast.kernels.sigma_power import sigma_max_power  # noqa: E402
 from prune_fast.kernels.skinny_matmul import difference_matmul, skinny_matmul  # noqa: E402
 from prune_fast.kernels.small_eigh import small_eigh_triton  # noqa: E402
-from prune_fast.krylov import topk_svd  # noqa: E402
-from prune_fast.operators import ImplicitDifferenceOperator  # noqa: E402
+from prune_fast.spectral.krylov import topk_svd  # noqa: E402
+from prune_fast.spectral.operators import ImplicitDifferenceOperator  # noqa: E402
 from prune_fast.restrain import sigma_max  # noqa: E402
-from prune_fast.restraint_fn import resolve_fn  # noqa: E402
+from prune_fast.spectral.restraint_fn import resolve_fn  # noqa: E402
 
 GPU_SHAPES = {"gpt2xl": (1600, 6400), "llama2-7b": (4096, 11008), "llama3-8b": (4096, 14336)}
 DRY_SHAPES = {"tiny": (48, 96)}

@@ -30,11 +30,12 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prune_fast.edit_set import shipped_requests  # noqa: E402
-from prune_fast.editors import CovarianceStore, ROMEHyperParams, TrackerSet, compute_rome  # noqa: E402
+from prune_fast.lm.edit_set import shipped_requests  # noqa: E402
+from prune_fast.editors import CovarianceStore, ROMEHyperParams, compute_rome  # noqa: E402
+from prune_fast.updates import TrackerSet  # noqa: E402
 from prune_fast.editors.rome import KeyCache  # noqa: E402
-from prune_fast.models import load_smollm2  # noqa: E402
-from prune_fast.real_abilities import covariance_corpus  # noqa: E402
+from prune_fast.lm.models import load_smollm2  # noqa: E402
+from prune_fast.lm.real_abilities import covariance_corpus  # noqa: E402
 
 
 def easyedit_hparams(hp: ROMEHyperParams, n_layers: int, samples: int, stats_dir: str) -> dict:

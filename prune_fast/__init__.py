@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from .errors import InvalidInputError, PruneFastError
 from .restrain import restrain_
-from .results import RestrainResult, SpectrumReport
+from .spectral.results import RestrainResult, SpectrumReport
 from .tracker import SpectralTracker
 
 __version__ = "0.1.0"
@@ -36,8 +36,8 @@ __all__ = [
 _LAZY = {
     "restrain_checkpoint": ".checkpoint",
     "RestrainReport": ".checkpoint",
-    "restrain_model_": ".restrain_model",
-    "SequentialEditor": ".runner",
+    "restrain_model_": ".checkpoint",
+    "SequentialEditor": ".runs.runner",
 }
 
 

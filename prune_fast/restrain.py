@@ -19,21 +19,17 @@ import time
 import torch
 
 from . import _scratch, _validate
+from ._dtype import compute_dtype
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_
-from .krylov import Triplets, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
-from .operators import ImplicitDifferenceOperator
-from .restraint_fn import FnLike, RestraintFn, resolve_fn
-from .results import RestrainResult
+from .spectral.krylov import Triplets, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
+from .spectral.operators import ImplicitDifferenceOperator
+from .spectral.restraint_fn import FnLike, RestraintFn, resolve_fn
+from .spectral.results import RestrainResult
 
 __all__ = ["restrain_", "sigma_max"]
 
 logger = logging.getLogger(__name__)
-
-
-def compute_dtype(weight: torch.Tensor) -> torch.dtype:
-    """Products and state run in fp32, or fp64 for fp64 weights; half weights are never accumulated."""
-    return torch.float64 if weight.dtype == torch.float64 else torch.float32
 
 
 _SIGMA_MAX_BLOCK = 16

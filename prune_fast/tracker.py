@@ -26,14 +26,15 @@ from typing import Any, Iterator
 import torch
 
 from . import _validate
-from .accumulated_delta import AccumulatedDelta
+from .spectral.accumulated_delta import AccumulatedDelta
 from .errors import InvalidInputError
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_, write_restrained_
-from .krylov import prefer_direct, topk_svd
-from .restrain import compute_dtype, correction_for, rounding_note, sigma_max
-from .restraint_fn import FnLike, resolve_fn
-from .results import RestrainResult, SpectrumReport
+from .spectral.krylov import prefer_direct, topk_svd
+from ._dtype import compute_dtype
+from .restrain import correction_for, rounding_note, sigma_max
+from .spectral.restraint_fn import FnLike, resolve_fn
+from .spectral.results import RestrainResult, SpectrumReport
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +69,32 @@ class SpectralTracker:
                  sigma_star: float | None = None, restrain_every: int | None = 1, refresh_every: int = 256,
                  backend: str = "auto", seed: int = 0, state_dtype: torch.dtype | None = None):
         _validate.check_matrix("weight", weight)
-        self._fn = resolve_fn(fn, alpha)
-        self._fn_spec = (fn if isinstance(fn, str) else None, float(alpha))
         sigma_star = _validate.check_sigma_star(sigma_star, compute_dtype(weight))
+        self._build(weight, fn=fn, alpha=alpha, fn_spec_name=fn if isinstance(fn, str) else None,
+                    restrain_every=restrain_every, refresh_every=refresh_every, backend=backend, seed=seed,
+                    state_dtype=state_dtype, w0=weight.detach().clone())
+        with torch.no_grad():
+            if sigma_star is None:
+                sigma_star, self.sigma_star_residual = sigma_max(self._compute_copy(), generator=self._generator,
+                                                                 backend=self.backend)
+                if sigma_star == 0.0:
+                    raise InvalidInputError("the weight is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
+        self.sigma_star = float(sigma_star)
+
+    def _build(self, weight: torch.Tensor, *, fn: FnLike, alpha: float, fn_spec_name: str | None,
+               restrain_every: int | None, refresh_every: int, backend: str, seed: int,
+               state_dtype: torch.dtype | None, w0: torch.Tensor,
+               delta_state: dict[str, torch.Tensor] | None = None,
+               applied: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
+               n_edits: int = 0, since_restrain: int = 0) -> None:
+        """Set every field of the tracker: the one path shared by ``__init__`` and :meth:`from_state_dict`.
+
+        ``w0`` is the tracker's own snapshot (already a copy, on the weight's device and dtype);
+        ``delta_state``/``applied``/counters restore a saved run (defaults: a fresh tracker).  σ* is
+        set by the caller (computed or read from the state).
+        """
+        self._fn = resolve_fn(fn, alpha)
+        self._fn_spec = (fn_spec_name, float(alpha))
         if restrain_every is not None and (not isinstance(restrain_every, int) or restrain_every < 1):
             raise InvalidInputError(f"restrain_every must be a positive int or None, got {restrain_every!r}")
         if not isinstance(refresh_every, int) or refresh_every < 1:
@@ -82,25 +106,30 @@ class SpectralTracker:
         self._acc = _state_dtype(weight, state_dtype)
         # The tracker's own random stream, on the weight's device: the global one is never touched.
         self._generator = torch.Generator(device=weight.device).manual_seed(seed)
-        with torch.no_grad():
-            self._w0 = weight.detach().clone()
-            # A weight in the state dtype is its own full-precision state; others (half weights, or
-            # fp32 weights with a float64 state) get a shadow in the state dtype.
-            self._shadow = None if weight.dtype == self._acc else weight.detach().to(self._acc)
-            if sigma_star is None:
-                sigma_star, self.sigma_star_residual = sigma_max(self._compute_copy(), generator=self._generator,
-                                                                 backend=self.backend)
-                if sigma_star == 0.0:
-                    raise InvalidInputError("the weight is zero, so σ* = σ_max(W0) = 0; pass sigma_star")
-            else:
-                self.sigma_star_residual = float("nan")
-        self.sigma_star = float(sigma_star)
+        self._w0 = w0
+        # A weight in the state dtype is its own full-precision state; others (half weights, or
+        # fp32 weights with a float64 state) get a shadow in the state dtype (from W0: a restored
+        # tracker rewrites the live weight from the state right after).
+        self._shadow = None if weight.dtype == self._acc else w0.to(self._acc)
+        self.sigma_star, self.sigma_star_residual = float("nan"), float("nan")
         m, n = weight.shape
-        self._delta = AccumulatedDelta(m, n, self._acc, weight.device, self.backend)
-        self._applied = self._empty_correction()
+        if delta_state is None:
+            self._delta = AccumulatedDelta(m, n, self._acc, weight.device, self.backend)
+        else:
+            self._delta = AccumulatedDelta.from_state_tensors(m, n, self._acc, weight.device, delta_state, self.backend)
+        if applied is None:
+            self._applied = self._empty_correction()
+        else:
+            u_a, c_a, v_a = applied
+            dev = weight.device
+            self._applied = (u_a.to(dev, self._acc), c_a.to(dev, torch.float64), v_a.to(dev, self._acc))
         self._last_triplets: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.n_edits = 0
-        self._since_restrain = 0
+        self._weight_top: tuple[torch.Tensor, torch.Tensor] | None = None  # warm start of sigma_max_weight
+        self._stamp: tuple[int, int, torch.Tensor] | None = None  # set by _publish
+        self._precision_warned = False
+        self._write_started = False
+        self.n_edits = n_edits
+        self._since_restrain = since_restrain
         self._since_refresh = 0
         self._probe = _probe_positions(weight)
 
@@ -165,7 +194,7 @@ class SpectralTracker:
         w = self._compute_copy()
         if prefer_direct(tuple(w.shape), 1):
             return sigma_max(w)[0]
-        start_u, start_v = getattr(self, "_weight_top", None) or (None, None)
+        start_u, start_v = self._weight_top or (None, None)
         t = topk_svd(w, k=1, block=_WARM_BLOCK, value_tol=8 * torch.finfo(w.dtype).eps, start_u=start_u,
                      start_v=start_v, generator=self._generator, backend=self.backend)
         if not t.s.numel():
@@ -213,27 +242,16 @@ class SpectralTracker:
         """
         _validate.check_matrix("weight", weight, finite=False)  # its content is rewritten from the state
         meta = _check_state(weight, state, fn)
-        tr = cls.__new__(cls)
-        tr._fn = resolve_fn(meta["fn"] if fn is None else fn, meta["alpha"])
-        tr._fn_spec = (meta["fn"] if fn is None or isinstance(fn, str) else None, meta["alpha"])
-        tr.backend = resolve_backend(_validate.check_backend(backend), weight.device)
-        tr.weight = weight
-        tr.restrain_every, tr.refresh_every = meta["restrain_every"], meta["refresh_every"]
         saved = meta.get("state_dtype")  # absent in states written before the option existed
-        tr._acc = _state_dtype(weight, None if saved is None else _STATE_DTYPES[saved])
-        tr._generator = torch.Generator(device=weight.device).manual_seed(0)
-        tr._w0 = state["w0"].to(weight.device, weight.dtype, copy=True)
-        tr._shadow = None if weight.dtype == tr._acc else tr._w0.to(tr._acc)
-        tr.sigma_star, tr.sigma_star_residual = float(meta["sigma_star"]), float("nan")
-        m, n = weight.shape
-        tr._delta = AccumulatedDelta.from_state_tensors(m, n, tr._acc, weight.device, state, tr.backend)
-        dev = weight.device
-        tr._applied = (state["applied_u"].to(dev, tr._acc), state["applied_c"].to(dev, torch.float64),
-                       state["applied_v"].to(dev, tr._acc))
-        tr._last_triplets = None
-        tr.n_edits, tr._since_restrain = int(meta["n_edits"]), int(meta["since_restrain"])
-        tr._since_refresh = 0
-        tr._probe = _probe_positions(weight)
+        tr = cls.__new__(cls)
+        tr._build(weight, fn=meta["fn"] if fn is None else fn, alpha=meta["alpha"],
+                  fn_spec_name=meta["fn"] if fn is None or isinstance(fn, str) else None,
+                  restrain_every=meta["restrain_every"], refresh_every=meta["refresh_every"], backend=backend,
+                  seed=0, state_dtype=None if saved is None else _STATE_DTYPES[saved],
+                  w0=state["w0"].to(weight.device, weight.dtype, copy=True), delta_state=state,
+                  applied=(state["applied_u"], state["applied_c"], state["applied_v"]),
+                  n_edits=int(meta["n_edits"]), since_restrain=int(meta["since_restrain"]))
+        tr.sigma_star = float(meta["sigma_star"])
         tr._refresh()
         return tr
 
@@ -274,7 +292,7 @@ class SpectralTracker:
 
     def _check_weight_unchanged(self) -> None:
         """Refuse to go on if something wrote the weight behind the tracker's back."""
-        stamp = getattr(self, "_stamp", None)
+        stamp = self._stamp
         if stamp is None:
             return
         now = self._weight_stamp()
@@ -294,7 +312,7 @@ class SpectralTracker:
         references plus the small factored core, never a weight-sized copy.
         """
         snap = (self._delta.snapshot(), self._applied, self._last_triplets, self.n_edits, self._since_restrain,
-                self._since_refresh, getattr(self, "_precision_warned", False), self._generator.get_state())
+                self._since_refresh, self._precision_warned, self._generator.get_state())
         self._write_started = False
         try:
             yield
@@ -349,7 +367,7 @@ class SpectralTracker:
 
     def _warn_if_precision_lost(self, s: torch.Tensor) -> None:
         """Log once per tracker when Δ is so large that the restrained weight drowns in rounding."""
-        if getattr(self, "_precision_warned", False) or s.numel() == 0:
+        if self._precision_warned or s.numel() == 0:
             return
         note = rounding_note(float(s[0]), self.sigma_star, self._acc)
         if note:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-from prune_fast.reference import restrain_reference
+from prune_fast.spectral.reference import restrain_reference
 
 SEED = int(os.environ.get("PRUNE_FAST_SEED", secrets.randbelow(2**31)))
 print(f"checkpoint tests: PRUNE_FAST_SEED={SEED}")

@@ -55,16 +55,3 @@ def assert_within(got: torch.Tensor, want: torch.Tensor, bound: torch.Tensor | f
             f"got {float(got64[idx]):.8g}, want {float(want64[idx]):.8g}, bound {float(bound[idx]):.3g}; "
             f"worst error/bound {worst:.3g}"
         )
-
-
-@pytest.fixture
-def poison_empty(monkeypatch):
-    """Fill every floating tensor from torch.empty / torch.empty_like with NaN during the test."""
-    real_empty, real_like = torch.empty, torch.empty_like
-
-    def poisoned(t: torch.Tensor) -> torch.Tensor:
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(torch, "empty", lambda *a, **k: poisoned(real_empty(*a, **k)))
-    monkeypatch.setattr(torch, "empty_like", lambda *a, **k: poisoned(real_like(*a, **k)))
-    yield

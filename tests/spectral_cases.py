@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from prune_fast.restraint_fn import resolve_fn
+from prune_fast.spectral.restraint_fn import resolve_fn
 
 
 def orthonormal(rows: int, cols: int, g: torch.Generator) -> torch.Tensor:

@@ -317,7 +317,7 @@ def test_every_refusal_here_is_a_prune_fast_error_and_a_value_error():
 
 def test_restrain_still_exact_after_the_checks(rng):
     """The added checks change nothing on good input: restrain_ against the float64 reference."""
-    from prune_fast.reference import restrain_reference
+    from prune_fast.spectral.reference import restrain_reference
 
     m, n = 50, 30
     w0 = make_w0(m, n, rng).double()

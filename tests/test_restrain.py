@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 
 import prune_fast
 from prune_fast.errors import InvalidInputError
-from prune_fast.reference import restrain_reference
-from prune_fast.restraint_fn import resolve_fn
+from prune_fast.spectral.reference import restrain_reference
+from prune_fast.spectral.restraint_fn import resolve_fn
 from spectral_cases import exact_restrained, make_delta, make_w0, rel_err, spectrum
 
 SHAPES = [(1, 1), (2, 3), (17, 33), (130, 70), (70, 130)]
@@ -307,7 +307,7 @@ def test_runaway_delta_is_warned_about_and_normal_delta_is_not(rng, caplog):
 @pytest.mark.parametrize("shape,rank", [((40, 90), 7), ((90, 40), 40)], ids=["wide-low-rank", "tall-full-rank"])
 def test_paper_procedure_matches_the_float64_reference(full_matrices, shape, rank, rng):
     """Both forms of the benchmarked paper procedure compute PRUNE itself (what the speed-ups compare)."""
-    from prune_fast.reference import paper_procedure
+    from prune_fast.spectral.reference import paper_procedure
 
     m, n = shape
     w0, delta, _, sigma_star = _case(m, n, min(3, rank), rank, rng)

@@ -7,7 +7,7 @@ import torch
 import prune_fast
 from prune_fast import SpectralTracker
 from prune_fast.errors import InvalidInputError
-from prune_fast.reference import restrain_reference
+from prune_fast.spectral.reference import restrain_reference
 from spectral_cases import make_w0, rel_err
 
 
@@ -39,7 +39,7 @@ def _lowrank_reference(w0, edits, sigma_star, fn="log"):
     qu, ru = torch.linalg.qr(u)
     qv, rv = torch.linalg.qr(v)
     p, s, ht = torch.linalg.svd(ru @ rv.T)
-    from prune_fast.restraint_fn import resolve_fn
+    from prune_fast.spectral.restraint_fn import resolve_fn
     s_new = resolve_fn(fn)(s, sigma_star)
     return w0 + (qu @ p * s_new) @ (qv @ ht.T).T
 

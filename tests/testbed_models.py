@@ -9,7 +9,8 @@ import copy
 import functools
 
 from prune_fast.editors import CovarianceStore
-from prune_fast.testbed import Testbed, default_cache_dir, load_testbed, shipped_corpus
+from prune_fast.testbed import Testbed, load_testbed, shipped_corpus
+from prune_fast.cache import default_cache_dir
 
 
 @functools.lru_cache(maxsize=1)
@@ -29,21 +30,6 @@ def shared_store() -> CovarianceStore:
     """Key statistics from the shipped corpus, cached on disk beside the model."""
     return CovarianceStore(shipped_corpus(), cache_dir=default_cache_dir(), progress=False)
 
-
-def one_thread():
-    """Generator for a module-scoped autouse fixture: run on one CPU thread, restore afterwards.
-
-    The test-bed model is tiny; with two OpenMP threads on a shared 2-core machine each forward
-    pass spins for tens of milliseconds, one thread is several times faster.
-    """
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @functools.lru_cache(maxsize=1)

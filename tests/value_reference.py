@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from prune_fast.editors.hparams import ValueHyperParams
-from prune_fast.editors.probes import AddAtOutput, encode, frozen, make_batch, site_index
-from prune_fast.editors.requests import EditRequest
+from prune_fast.lm.probes import AddAtOutput, encode, frozen, make_batch, site_index
+from prune_fast.lm.requests import EditRequest
 from prune_fast.editors.values import ValueResult
 
 __all__ = ["optimize_value_reference"]

@@ -30,7 +30,7 @@ resumes exactly.
 
 The projector (route and why).  ``P`` needs *every* eigenvector of ``C`` whose eigenvalue is at or
 above the threshold.  On the test bed, at its preset threshold, that is 137–283 of the 512 key
-directions per layer (27–55 %); the library's block Krylov solver (:func:`prune_fast.krylov.topk_svd`
+directions per layer (27–55 %); the library's block Krylov solver (:func:`prune_fast.spectral.krylov.topk_svd`
 in threshold mode) pays per value found, and measured on PSD matrices with such spectra
 (``bench/bench_alphaedit.py``, bench/RESULTS.md) it takes 0.13 s against 0.019 s at d = 512 and
 2.0 s against 0.32 s at d = 1536 with half the values above, tying only when 5 % lie above.  So
@@ -60,13 +60,14 @@ import torch
 from torch import nn
 
 from ..errors import InvalidTypeError
-from .apply import FactoredUpdate
+from ..updates import FactoredUpdate
 from .architectures import EditSite, resolve_module, resolve_site
+from .base import Editor, EditResult
 from .covariance import CovarianceStore
-from .errors import EditorCheckpointError, EditorError
+from ..errors import EditorCheckpointError, EditorError
 from .hparams import AlphaEditHyperParams
 from .memit import spread_over_layers
-from .requests import EditRequest
+from ..lm.requests import EditRequest
 from .rome import check_requests, covariance_for, mean_key
 from .values import ValueResult
 
@@ -100,7 +101,7 @@ def projected_key_factor(p: torch.Tensor, keys: torch.Tensor, cache: torch.Tenso
 
 
 @dataclass
-class AlphaEditResult:
+class AlphaEditResult(EditResult):
     """One AlphaEdit batch: the updates (one per layer, rank ≤ b) and what produced them.
 
     ``keys``/``residuals``: per layer, the ``K: (d_in, b)`` and ``R: (d_out, b)`` the solve used
@@ -110,7 +111,6 @@ class AlphaEditResult:
     (‖ΔW‖_F) and ``cache_edits`` (edits in the cache after this batch).
     """
 
-    updates: list[FactoredUpdate]
     sites: list[EditSite]
     targets: torch.Tensor
     value_searches: list[ValueResult]
@@ -125,7 +125,7 @@ class AlphaEditResult:
         return {f"keys.{layer}": k for layer, k in self.cache_keys.items()}
 
 
-class AlphaEdit:
+class AlphaEdit(Editor):
     """The AlphaEdit editor of ``model``: ``compute(requests)`` returns factored updates, writes nothing.
 
     Args:
@@ -143,6 +143,7 @@ class AlphaEdit:
     """
 
     name = "alphaedit"
+    hparams_class = AlphaEditHyperParams
 
     def __init__(self, model: nn.Module, tokenizer: Any, hparams: AlphaEditHyperParams,
                  covariance: Covariance) -> None:
@@ -285,9 +286,6 @@ class AlphaEdit:
                                value_searches=res.value_searches, keys=keys_used, residuals=resid_used,
                                cache_keys=after, diagnostics=diagnostics)
 
-    def describe(self) -> dict[str, Any]:
-        """The settings a journal header records (what a resume must match)."""
-        return self.hparams.to_dict()
 
 
 def _factored_norm(upd: FactoredUpdate) -> float:

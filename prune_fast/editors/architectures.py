@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import EditorError, InvalidLayerError, UnsupportedArchitectureError
+from ..errors import EditorError, InvalidLayerError, UnsupportedArchitectureError
 
 __all__ = ["ArchitectureSpec", "ARCHITECTURES", "Layout", "EditSite", "architecture_of", "detect_layout",
            "num_layers", "resolve_site", "resolve_module"]

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .covariance import model_key
-from .probes import input_device
+from ..lm.probes import input_device
 
 __all__ = ["key_context_templates", "SEED_WORDS", "PREFIX_LENGTHS"]
 

@@ -13,7 +13,7 @@ Keys ``k`` are the inputs of a down projection at every non-padding token of the
 * a tqdm bar shows tokens/s; with a cache folder the partial sums are saved every
   ``checkpoint_s`` seconds, so a killed pass restarts from its last saved chunk;
 * optionally sharded over ``torch.distributed`` ranks (each takes every ``world``-th batch, the
-  sums are all-reduced; see :mod:`prune_fast.stats`).
+  sums are all-reduced; see :mod:`prune_fast.commands.stats`).
 
 Results are cached in memory (per :class:`CovarianceStore`, never module-global) and on disk as
 safetensors under ``<cache_dir>/covariance/<model key>/<module>-n<samples>-t<max tokens>-<corpus>.safetensors``,
@@ -36,9 +36,7 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import re
-import tempfile
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -48,13 +46,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..testbed.model import default_cache_dir  # the package's one cache root ($PRUNE_FAST_CACHE)
+from .._atomic import save_safetensors
+from ..cache import default_cache_dir
 from .architectures import EditSite, resolve_module
-from .errors import EditorError
-from .probes import StopForward, encode, input_device, pad_rows
+from ..errors import EditorError
+from ..lm.probes import StopForward, encode, input_device, pack_batches, pad_rows
 
-__all__ = ["CovarianceStore", "read_corpus", "model_key", "second_moments", "MomentSums", "pack_batches",
-           "default_cache_dir", "cholesky_of"]
+__all__ = ["CovarianceStore", "read_corpus", "model_key", "second_moments", "MomentSums", "cholesky_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -116,26 +114,6 @@ def model_key(model: nn.Module) -> str:
 
 # -- the pass ------------------------------------------------------------------------------------
 
-def pack_batches(lengths: Sequence[int], token_budget: int, max_rows: int) -> list[list[int]]:
-    """Indices of texts grouped into batches of near-equal length.
-
-    Texts are sorted by length (stable, so the grouping is deterministic); a batch grows while
-    ``rows × longest ≤ token_budget`` and ``rows ≤ max_rows``.  Padding is then at most the length
-    spread inside a batch, which sorting keeps small.
-    """
-    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: lengths[i])
-    batches: list[list[int]] = []
-    cur: list[int] = []
-    for i in order:
-        if cur and ((len(cur) + 1) * lengths[i] > token_budget or len(cur) >= max_rows):
-            batches.append(cur)
-            cur = []
-        cur.append(i)
-    if cur:
-        batches.append(cur)
-    return batches
-
-
 @dataclass
 class MomentSums:
     """Float64 sums ``Σ k kᵀ`` per module name, the token count, and the next batch to process."""
@@ -149,22 +127,6 @@ class MomentSums:
         if self.count == 0:
             raise EditorError("the covariance corpus produced no tokens")
         return {name: (s / self.count).float().cpu() for name, s in self.sums.items()}
-
-
-def _save_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
-    """Write safetensors to a unique temporary file in the same folder, then rename it into place."""
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def second_moments(model: nn.Module, tokenizer: Any, sites: Sequence[EditSite], texts: Sequence[str], *, max_tokens: int = 128, token_budget: int = 8192, max_rows: int = 64,
@@ -259,7 +221,7 @@ def _checkpoint_tag(names: list[str], texts: Sequence[str], *settings: Any) -> s
 
 def _save_checkpoint(path: Path, tag: str, state: MomentSums) -> None:
     meta = {"tag": tag, "count": str(state.count), "next_batch": str(state.next_batch)}
-    _save_atomic(path, {f"sum.{k}": v for k, v in state.sums.items()}, meta)
+    save_safetensors(path, {f"sum.{k}": v for k, v in state.sums.items()}, meta)
     logger.info("saved partial key statistics after batch %d to %s", state.next_batch, path)
 
 
@@ -481,7 +443,7 @@ class CovarianceStore:
         for s in sites:
             path = self.path(keys[s.module_name])
             if path is not None and rank == 0:
-                _save_atomic(path, {"mom2": covs[s.module_name]},
+                save_safetensors(path, {"mom2": covs[s.module_name]},
                              {"module": s.module_name, "n": str(n), "tokens": str(state.count)})
         if partial is not None:
             with contextlib.suppress(FileNotFoundError):

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import yaml
 
 from .architectures import architecture_of, num_layers
-from .errors import HyperParamsError
+from ..errors import HyperParamsError
 
 __all__ = ["HyperParams", "ValueHyperParams", "ROMEHyperParams", "MEMITHyperParams", "AlphaEditHyperParams",
            "MENDHyperParams", "SITES"]
@@ -338,7 +338,7 @@ def _layer_at(fraction: float, depth: int) -> int:
 
 
 # Reference settings: ROME / MEMIT papers (GPT-2 XL), EasyEdit (Llama-2-7B); the test bed's were
-# measured on the package's small model (see tests/test_rome.py, tests/test_memit.py).
+# measured on the package's small model (see tests/editors/test_rome.py, tests/editors/test_memit.py).
 _ROME_PRESETS: dict[str, dict[str, Any]] = {
     "gpt2": dict(n_layers_ref=48, layer_fraction=17 / 48, v_steps=20, v_lr=0.5, v_weight_decay=0.5,
                  clamp_norm_factor=4.0, kl_factor=0.0625, cov_samples=100_000),

@@ -31,12 +31,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .apply import FactoredUpdate
+from ..errors import InvalidTypeError
+from ..updates import FactoredUpdate
 from .architectures import EditSite, resolve_module, resolve_site
+from .base import Editor, EditResult
 from .covariance import CovarianceStore
 from .hparams import MEMITHyperParams, ValueHyperParams
-from .probes import AddAtOutput, encode, make_batch, site_index, stop_after
-from .requests import EditRequest
+from ..lm.probes import AddAtOutput, encode, make_batch, site_index, stop_after
+from ..lm.requests import EditRequest
 from .rome import check_requests, covariance_factor, mean_key
 from .values import ValueResult, optimize_value
 
@@ -46,10 +48,9 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MEMITResult:
+class MEMITResult(EditResult):
     """One update per edited layer, the targets ``z*`` ``(b, d)`` and the per-request searches."""
 
-    updates: list[FactoredUpdate]
     sites: list[EditSite]
     targets: torch.Tensor
     value_searches: list[ValueResult]
@@ -153,3 +154,26 @@ def compute_memit(model: nn.Module, tokenizer: Any, requests: Sequence[EditReque
         return _memit_key_side(chols[j], keys, hp.mom2_update_weight)                # (λC + KKᵀ)⁻¹ K
 
     return spread_over_layers(model, tokenizer, reqs, hp, sites, memit_factor)[0]
+
+
+class MEMIT(Editor):
+    """The MEMIT editor of ``model`` (:func:`compute_memit` behind the :class:`Editor` protocol): a batch per call.
+
+    Args:
+        model, tokenizer: the model to edit and its tokenizer.
+        hparams: :class:`~prune_fast.editors.MEMITHyperParams`.
+        covariance: a :class:`CovarianceStore`, one tensor ``C`` for every layer, or ``{layer: C}``.
+    """
+
+    name = "memit"
+    hparams_class = MEMITHyperParams
+
+    def __init__(self, model: nn.Module, tokenizer: Any, hparams: MEMITHyperParams,
+                 covariance: CovarianceStore | torch.Tensor | dict[int, torch.Tensor]) -> None:
+        if not isinstance(hparams, MEMITHyperParams):
+            raise InvalidTypeError(f"hparams must be MEMITHyperParams, got {type(hparams).__name__}")
+        self.model, self.tokenizer, self.hparams, self.covariance = model, tokenizer, hparams, covariance
+
+    def compute(self, requests: Sequence[EditRequest]) -> MEMITResult:
+        """The MEMIT updates of ``requests`` (one per edited layer); the model is left unchanged."""
+        return compute_memit(self.model, self.tokenizer, requests, self.hparams, self.covariance)

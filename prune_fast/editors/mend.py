@@ -40,28 +40,30 @@ from typing import Any
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from .apply import FactoredUpdate
+from ..errors import EditorCheckpointError, MalformedRequestError
+from ..lm.evaluation import EDIT_METRICS, Evaluator, top1_all
+from ..lm.probes import encode, frozen, input_device, pad_rows
+from ..lm.requests import EditRequest
+from ..updates import FactoredUpdate
 from .architectures import EditSite, resolve_module
-from .errors import EditorCheckpointError, MalformedRequestError
+from .base import Editor, EditResult
 from .hparams import MENDHyperParams
 from .mend_checkpoint import (build_network, edited_sites, fingerprint, load_editor, load_training_state,
                               save_editor, save_training_state)
 from .mend_network import MENDNetwork
-from .probes import encode, frozen, input_device, pad_rows
-from .requests import EditRequest
 from .rome import check_requests
 
-__all__ = ["MEND", "MENDResult", "TrainReport", "train", "token_factors", "EditedForward"]
+__all__ = ["MEND", "MENDResult", "MENDTrainReport", "train", "token_factors", "EditedForward"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class MENDResult:
+class MENDResult(EditResult):
     """One factored update per edited weight; ``n_tokens``: their rank; ``nll``: the loss before the edit."""
 
-    updates: list[FactoredUpdate]
     sites: list[EditSite]
     n_tokens: int
     nll: float
@@ -243,7 +245,7 @@ def _file_sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
-class MEND:
+class MEND(Editor):
     """A trained MEND editor for ``model``: ``compute(request)`` gives factored updates.
 
     Args:
@@ -258,6 +260,8 @@ class MEND:
         res = mend.compute(request)                      # nothing written
         trackers.apply_(res.updates)                      # rank = res.n_tokens per weight
     """
+
+    name = "mend"
 
     def __init__(self, model: nn.Module, tokenizer: Any, checkpoint: str | Path) -> None:
         self.checkpoint = Path(checkpoint)
@@ -301,7 +305,7 @@ class MEND:
 
 # -- training -------------------------------------------------------------------------------------
 @dataclass
-class TrainReport:
+class MENDTrainReport:
     """How a training run went: steps done here and in total, wall and CPU seconds, the last
     logged losses, and (if evaluation requests were given) the held-out edit scores."""
 
@@ -365,7 +369,7 @@ def _episode_loss(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: Seq
         first = torch.tensor([is_edit[i] and (i == 0 or groups[i - 1] != groups[i]) for i in range(len(items))],
                              device=after.device)  # each request's own edit prompt
         tgt = rows.targets.to(after.device)
-        ok = ((after.argmax(-1) == tgt) | (tgt == -100)).all(1)
+        ok = top1_all(after, tgt)
         edit_acc = float(ok[first].float().mean())
     logs = {"loss": loss.item(), "edit_nll": edit_nll.item(), "loc_kl": loc_kl.item(), "edit_acc": edit_acc}
     return loss, logs
@@ -373,10 +377,8 @@ def _episode_loss(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: Seq
 
 def evaluate_heldout(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: Sequence[EditSite],
                      requests: Sequence[EditRequest]) -> dict[str, float]:
-    """Mean edit scores (:class:`prune_fast.evaluation.Evaluator`'s definitions) of single edits,
+    """Mean edit scores (:class:`prune_fast.lm.evaluation.Evaluator`'s definitions) of single edits,
     each applied alone through hooks (no weight is written), with the network in eval mode."""
-    from ..evaluation import EDIT_METRICS, Evaluator
-
     was_training = net.training
     net.eval()
     modules = {s.param_name: resolve_module(model, s.module_name) for s in sites}
@@ -401,7 +403,7 @@ def evaluate_heldout(model: nn.Module, tokenizer: Any, net: MENDNetwork, sites: 
 
 def train(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp: MENDHyperParams | None = None, *,
           out: str | Path, locality: Sequence[str] = (), eval_requests: Sequence[EditRequest] = (),
-          resume: bool = False, overwrite: bool = False, progress: bool = True, log_every: int = 25) -> TrainReport:
+          resume: bool = False, overwrite: bool = False, progress: bool = True, log_every: int = 25) -> MENDTrainReport:
     """Train a MEND editor for ``model`` on ``requests`` and write it to ``out`` (safetensors).
 
     Args:
@@ -416,10 +418,8 @@ def train(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp:
         overwrite: start afresh even if ``out`` or a training state exists.
 
     The model's weights are never changed (``requires_grad`` flags are restored).  Returns a
-    :class:`TrainReport`; it is also stored in the checkpoint's metadata.
+    :class:`MENDTrainReport`; it is also stored in the checkpoint's metadata.
     """
-    from tqdm.auto import tqdm
-
     hp = hp or MENDHyperParams.for_model(model)
     hp.validate()
     requests = check_requests(requests)
@@ -464,7 +464,7 @@ def train(model: nn.Module, tokenizer: Any, requests: Sequence[EditRequest], hp:
     seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
     save_training_state(state_dir, net, opt, hp.steps, hp, model_fp, history)
     heldout = evaluate_heldout(model, tokenizer, net, sites, eval_requests) if eval_requests else {}
-    report = TrainReport(steps=hp.steps, resumed_from=start_step, seconds=seconds, cpu_seconds=cpu_seconds,
+    report = MENDTrainReport(steps=hp.steps, resumed_from=start_step, seconds=seconds, cpu_seconds=cpu_seconds,
                          threads=torch.get_num_threads(), final=dict(running), heldout=heldout, history=history)
     net.eval()
     save_editor(out, net, hp, model_fp, {k: v for k, v in report.__dict__.items() if k != "history"})

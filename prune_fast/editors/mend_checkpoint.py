@@ -34,11 +34,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from torch import nn
 
-from ..journal import save_safetensors_atomic
+from .._atomic import save_safetensors, write_text
 from .architectures import EditSite, architecture_of, resolve_site
-from .errors import EditorCheckpointError
+from ..errors import EditorCheckpointError
 from .hparams import MENDHyperParams
 from .mend_network import MENDNetwork
 
@@ -122,13 +123,11 @@ def save_editor(path: str | Path, net: MENDNetwork, hp: MENDHyperParams, model_f
     path.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": CHECKPOINT_FORMAT, "hparams": json.dumps(hp.to_dict()),
             "model": json.dumps(model_fingerprint), "report": json.dumps(report or {})}
-    save_safetensors_atomic(_net_tensors(net), path, meta)
+    save_safetensors(path, _net_tensors(net), meta)
     return path
 
 
 def _read(path: Path, what: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    from safetensors import safe_open
-
     if not path.is_file():
         raise EditorCheckpointError(f"{what} {path} does not exist")
     try:
@@ -223,12 +222,10 @@ def save_training_state(folder: str | Path, net: MENDNetwork, optimizer: torch.o
     for idx, st in opt_state["state"].items():
         for key, value in st.items():
             tensors[f"opt.{idx}.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    save_safetensors_atomic(tensors, folder / "state.safetensors", {"format": STATE_FORMAT, "step": str(step)})
+    save_safetensors(folder / "state.safetensors", tensors, {"format": STATE_FORMAT, "step": str(step)})
     doc = {"format": STATE_FORMAT, "step": step, "hparams": hp.to_dict(), "model": model_fingerprint,
            "param_groups": opt_state["param_groups"], "history": history}
-    tmp = folder / "state.json.tmp"
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(folder / "state.json")
+    write_text(folder / "state.json", json.dumps(doc))
 
 
 def load_training_state(folder: str | Path, net: MENDNetwork, optimizer: torch.optim.Optimizer,

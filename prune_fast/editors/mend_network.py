@@ -34,7 +34,7 @@ from collections.abc import Mapping
 import torch
 from torch import nn
 
-from .errors import EditorError
+from ..errors import EditorError
 
 __all__ = ["RunningNorm", "LowRankResidual", "GradientMapper", "MENDNetwork", "shape_key"]
 

@@ -28,21 +28,22 @@ Example::
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from .apply import FactoredUpdate
+from ..updates import FactoredUpdate
 from .architectures import EditSite, Layout, resolve_module, resolve_site
+from .base import Editor, EditResult
 from .contexts import key_context_templates
 from .covariance import CovarianceStore, cholesky_of
-from ..errors import InvalidTypeError
-from .errors import EditorError, MalformedRequestError
+from ..errors import EditorError, InvalidTypeError, MalformedRequestError
 from .hparams import ROMEHyperParams, ValueHyperParams
-from .probes import encode, make_batch, module_inputs_at, site_index
-from .requests import EditRequest
+from ..lm.probes import encode, make_batch, module_inputs_at, site_index
+from ..lm.requests import EditRequest
 from .values import ValueResult, optimize_value
 
 __all__ = ["ROMEResult", "compute_rome", "mean_key", "template_keys", "subject_keys", "KeyCache", "module_output",
@@ -52,11 +53,10 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ROMEResult:
+class ROMEResult(EditResult):
     """The update and what produced it: ``key`` k (the bare prompt's, which the update maps to the
     value exactly) ``(d_in,)``, ``value`` v* ``(d_out,)`` (float32)."""
 
-    updates: list[FactoredUpdate]
     site: EditSite
     key: torch.Tensor
     value: torch.Tensor
@@ -104,8 +104,8 @@ class KeyCache:
     itself.  A run of ROME edits at one layer therefore never changes it, and a subject met again
     costs no forward pass.  :meth:`invalidate` drops every entry an update could have changed
     (any parameter other than the entry's own at its layer or below; an update without a layer
-    drops everything); :class:`~prune_fast.runner.SequentialEditor` calls it for every update it
-    applies.
+    drops everything).  The :class:`ROME` editor owns one and calls it from
+    :meth:`~prune_fast.editors.base.Editor.updates_applied`, which the runner calls for every update it applies.
     """
 
     def __init__(self) -> None:
@@ -219,3 +219,37 @@ def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROM
                 search.nll_start, search.nll_end, (right.norm() * left.norm()).item())
     return ROMEResult(updates=[FactoredUpdate(site.param_name, u, v, site.layer)], site=site,
                       key=key, value=value, value_search=search)
+
+
+class ROME(Editor):
+    """The ROME editor of ``model`` (:func:`compute_rome` behind the :class:`Editor` protocol): one request per call.
+
+    Args:
+        model, tokenizer: the model to edit and its tokenizer.
+        hparams: :class:`~prune_fast.editors.ROMEHyperParams`.
+        covariance: a :class:`CovarianceStore`, or the key covariance ``C`` of the edited layer.
+    """
+
+    name = "rome"
+    max_batch = 1
+    hparams_class = ROMEHyperParams
+
+    def __init__(self, model: nn.Module, tokenizer: Any, hparams: ROMEHyperParams,
+                 covariance: CovarianceStore | torch.Tensor) -> None:
+        if not isinstance(hparams, ROMEHyperParams):
+            raise InvalidTypeError(f"hparams must be ROMEHyperParams, got {type(hparams).__name__}")
+        self.model, self.tokenizer, self.hparams, self.covariance = model, tokenizer, hparams, covariance
+        # subject keys reused across this editor's requests while no applied update can change them
+        self.key_cache = KeyCache()
+
+    def updates_applied(self, updates: Sequence[FactoredUpdate]) -> None:
+        """Drop the cached keys that ``updates`` (about to be written) can change."""
+        self.key_cache.invalidate(updates)
+
+    def compute(self, requests: Sequence[EditRequest]) -> ROMEResult:
+        """The ROME update of the one request in ``requests``; the model is left unchanged."""
+        reqs = check_requests(requests)
+        if len(reqs) != 1:
+            raise MalformedRequestError(f"ROME edits one request at a time, got {len(reqs)}")
+        return compute_rome(self.model, self.tokenizer, reqs[0], self.hparams, self.covariance,
+                            key_cache=self.key_cache)

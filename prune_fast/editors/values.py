@@ -29,10 +29,10 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from .errors import MalformedRequestError
+from ..errors import MalformedRequestError
 from .hparams import ValueHyperParams
-from .probes import AddAtOutput, encode, frozen, make_batch, site_index
-from .requests import EditRequest
+from ..lm.probes import AddAtOutput, encode, frozen, make_batch, site_index
+from ..lm.requests import EditRequest
 
 __all__ = ["ValueResult", "optimize_value", "PrefixReplay", "logits_at"]
 

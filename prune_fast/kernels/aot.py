@@ -58,6 +58,7 @@ from typing import Any, Callable, Iterable
 
 import torch
 
+from .._atomic import write_text
 from . import settings
 from .apply_correction import apply_correction_triton_, write_restrained_triton_
 from .dispatch import RecordedLaunch, _LazyKernel, recording_launches
@@ -360,10 +361,7 @@ def _cached(cache: Path | None, job: CompileJob) -> CompileResult | None:
 def _store(cache: Path | None, job: CompileJob, result: CompileResult) -> None:
     if cache is None:
         return
-    cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"{job.key}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(asdict(result)))
-    tmp.replace(cache / f"{job.key}.json")
+    write_text(cache / f"{job.key}.json", json.dumps(asdict(result)))
 
 
 @contextlib.contextmanager

@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch.autograd.graph import increment_version
 
+from .._dtype import compute_dtype
 from .dispatch import check_triton_device, triton_kernel
 from .settings import cdiv, launch_config
 
@@ -102,13 +103,9 @@ def write_restrained_triton_(weight: torch.Tensor, w0: torch.Tensor, left: torch
 
 
 # ---- torch versions -----------------------------------------------------------------------------
-def _acc_dtype(weight: torch.Tensor) -> torch.dtype:
-    return torch.float64 if weight.dtype == torch.float64 else torch.float32
-
-
 def apply_correction_torch_(weight: torch.Tensor, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
     """W ← W + left @ rightᵀ in place (torch version)."""
-    acc = _acc_dtype(weight)
+    acc = compute_dtype(weight)
     left = left.to(acc)
     right_t = right.to(acc).T
     if weight.dtype == acc:
@@ -124,7 +121,7 @@ def apply_correction_torch_(weight: torch.Tensor, left: torch.Tensor, right: tor
 def write_restrained_torch_(weight: torch.Tensor, w0: torch.Tensor, left: torch.Tensor, right: torch.Tensor,
                             dense: torch.Tensor | None = None) -> torch.Tensor:
     """W ← W0 + dense + left @ rightᵀ, computed in fp32 (or fp64) and rounded once (torch version)."""
-    acc = _acc_dtype(weight)
+    acc = compute_dtype(weight)
     left = left.to(acc)
     right_t = right.to(acc).T
     for start in range(0, weight.shape[0], _ROW_BLOCK):

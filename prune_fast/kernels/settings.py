@@ -121,7 +121,7 @@ def launch_config(op: str, *, m: int, n: int, k: int = 0, b: int = 0) -> LaunchC
 
 
 # Problem sizes that reach every branch of launch_config: each threshold, one past it, and the
-# extremes (the closure test in tests/test_kernels_aot.py draws random sizes and checks that their
+# extremes (the closure test in tests/kernels/test_aot.py draws random sizes and checks that their
 # configurations are all in launch_space, so a new branch without a probe here fails it).
 def _probe_sizes(op: str) -> list[dict[str, int]]:
     # Typical LLM-sized, 16-aligned sizes come first, so that each configuration's representative

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import torch
 
+from .._dtype import compute_dtype
 from .dispatch import check_triton_device, triton_kernel
 from .settings import cdiv, launch_config
 
@@ -95,7 +96,7 @@ def skinny_matmul_triton(a: torch.Tensor, x: torch.Tensor, a0: torch.Tensor | No
 # ---- torch version ------------------------------------------------------------------------------
 def skinny_matmul_torch(a: torch.Tensor, x: torch.Tensor, a0: torch.Tensor | None = None) -> torch.Tensor:
     """(a − a0) @ x in fp32 (fp64 if any operand is fp64), by row blocks of a (torch version)."""
-    acc = torch.float64 if torch.float64 in (a.dtype, x.dtype, None if a0 is None else a0.dtype) else torch.float32
+    acc = compute_dtype(a, x, a0)
     xa = x.to(acc)
     if a0 is None and a.dtype == acc:
         return a @ xa

@@ -4,16 +4,16 @@
 demo and the benchmarks all use this one model.  Importing this package does not import
 ``transformers``; loading the model does.
 """
-from .evaluate import answer_correct, task_accuracies, top1_next
+from .evaluate import chance_levels, task_accuracies, top1_next, world_abilities
 from .mend_editor import TestbedMEND, load_testbed_mend, mend_training_data
-from .model import Testbed, TrainReport, TrainSpec, chance_levels, default_cache_dir, load_testbed, train_model
+from .model import Testbed, TrainReport, TrainSpec, load_testbed, train_model
 from .tokenizer import WordTokenizer
 from .tracing import TraceResult, trace_fact_sites
 from .world import RELATIONS, TASKS, Example, Relation, World, WorldSpec, shipped_corpus
 
 __all__ = [
-    "Testbed", "TrainReport", "TrainSpec", "load_testbed", "train_model", "default_cache_dir", "chance_levels",
+    "Testbed", "TrainReport", "TrainSpec", "load_testbed", "train_model", "chance_levels", "world_abilities",
     "WordTokenizer", "World", "WorldSpec", "Relation", "Example", "RELATIONS", "TASKS",
-    "answer_correct", "task_accuracies", "top1_next", "shipped_corpus", "TraceResult",
+    "task_accuracies", "top1_next", "shipped_corpus", "TraceResult",
     "trace_fact_sites", "TestbedMEND", "load_testbed_mend", "mend_training_data",
 ]

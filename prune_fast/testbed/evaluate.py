@@ -1,73 +1,28 @@
-"""Teacher-forced accuracy of a causal LM on (prompt, answer) items, and next-word predictions.
+"""The test bed's task families scored: accuracy per family, chance levels, the abilities a run keeps.
 
-An item counts as correct when, fed ``prompt + answer``, the model's arg-max at every answer
-position is the next answer token (for a one-token answer: the top-1 next token after the prompt).
-Batches are right-padded, so absolute position embeddings see the same positions as unpadded.
+Scoring itself is :func:`prune_fast.lm.evaluation.answer_correct` (teacher forced, every answer
+token the arg-max), the package's one top-1 rule; this module knows the world's families.
 """
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from ..errors import InvalidInputError
+from ..lm.evaluation import answer_correct, answer_logprob
+from ..lm.probes import input_device
+from ..lm.requests import EditRequest
+from .world import World
 
-__all__ = ["encode_pairs", "answer_correct", "top1_next", "task_accuracies"]
-
-
-def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch.device | str = "cpu"
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids of ``prompt + answer`` (right-padded), attention mask, and labels.
-
-    Returns ``(input_ids, attention_mask, labels)``, each ``(B, T)``; ``labels`` hold the answer
-    tokens at their positions and ``-100`` elsewhere (the Hugging Face convention: the model
-    shifts them by one itself).
-    """
-    seqs, label_rows = [], []
-    for prompt, answer in pairs:
-        p = list(tokenizer.encode(prompt))
-        a = list(tokenizer.encode(" " + answer, add_special_tokens=False))
-        if not a:
-            raise InvalidInputError(f"answer {answer!r} encodes to no tokens")
-        seqs.append(p + a)
-        label_rows.append([-100] * len(p) + a)
-    width = max(len(s) for s in seqs)
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, label_rows)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        labels[i, : len(s)] = torch.tensor(lab)
-    return ids.to(device), mask.to(device), labels.to(device)
-
-
-def _input_device(model: torch.nn.Module) -> torch.device:
-    return model.get_input_embeddings().weight.device
-
-
-@torch.no_grad()
-def answer_correct(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
-                   batch_size: int = 256) -> torch.Tensor:
-    """Bool tensor ``(len(pairs),)``: is every answer token the model's arg-max (teacher forced)?"""
-    out = []
-    device = _input_device(model)
-    for start in range(0, len(pairs), batch_size):
-        ids, mask, labels = encode_pairs(tokenizer, pairs[start:start + batch_size], device)
-        logits = model(input_ids=ids, attention_mask=mask).logits
-        pred = logits[:, :-1].argmax(-1).to(labels.device)
-        target = labels[:, 1:]
-        ok = (pred == target) | (target == -100)
-        out.append(ok.all(dim=1).cpu())
-    return torch.cat(out) if out else torch.zeros(0, dtype=torch.bool)
+__all__ = ["top1_next", "task_accuracies", "chance_levels", "world_abilities"]
 
 
 @torch.no_grad()
 def top1_next(model: torch.nn.Module, tokenizer: Any, prompts: Sequence[str], batch_size: int = 256) -> list[str]:
     """The decoded arg-max next token after each prompt."""
-    device = _input_device(model)
+    device = input_device(model)
     words: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
@@ -93,3 +48,46 @@ def task_accuracies(model: torch.nn.Module, tokenizer: Any, world: Any, subjects
     copy = answer_correct(model, tokenizer, [(e.prompt, e.answer) for e in world.copy_examples(n_copy, seed=12345)])
     return {"recall": recall.float().mean().item(), "addition": add.float().mean().item(),
             "copy": copy.float().mean().item()}
+
+
+def chance_levels(world: World) -> dict[str, float]:
+    """Accuracy of uniform guessing among the plausible answers of each task."""
+    n_obj = sum(len(r.objects) for r in world.relations) / len(world.relations)
+    return {"recall": 1.0 / n_obj, "addition": 1.0 / 19, "copy": (1.0 / 20) ** 3}
+
+
+def world_abilities(world: Any, model: torch.nn.Module, tokenizer: Any, *, n_recall: int = 1500,
+                      margin: float = 2.0) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+    """The test bed's task families that trained above chance, for :class:`Evaluator`.
+
+    ``recall`` is scored on a fixed sample of ``n_recall`` fact prompts whose (subject, relation)
+    was not edited.  A family is kept when the unedited model's accuracy is at least ``margin`` ×
+    its chance level.  Returns ``(abilities, info)`` with info per family: accuracy, chance, kept.
+    """
+    rng = random.Random(7)
+    facts = []  # (subject, relation, prompt, answer)
+    for s in world.subjects:
+        for r in world.relations:
+            for t in r.templates:
+                facts.append((s, r.name, t.format(s), world.facts[(s, r.name)]))
+    rng.shuffle(facts)
+    template_rel = {t: r.name for r in world.relations for t in r.templates}
+
+    def recall(edited: Sequence[EditRequest]) -> list[tuple[str, str]]:
+        touched = {(q.subject, template_rel.get(q.prompt)) for q in edited}
+        return [(p, a) for s, rel, p, a in facts if (s, rel) not in touched][:n_recall]
+
+    add = [(e.prompt, e.answer) for e in world.addition_examples()]
+    copy = [(e.prompt, e.answer) for e in world.copy_examples(200, seed=4242)]
+    candidates: dict[str, Any] = {"recall": recall, "addition": add, "copy": copy}
+    chance = chance_levels(world)
+    kept, info = {}, {}
+    for name, task in candidates.items():
+        pairs = task(()) if callable(task) else task
+        _, ok = answer_logprob(model, tokenizer, pairs)
+        acc = float(ok.float().mean())
+        keep = acc >= margin * chance[name]
+        info[name] = {"accuracy": acc, "chance": chance[name], "kept": keep}
+        if keep:
+            kept[name] = task
+    return kept, info

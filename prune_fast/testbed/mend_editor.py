@@ -32,8 +32,12 @@ from typing import Any
 
 import torch
 
-from ..editors.requests import EditRequest
-from .model import Testbed, cache_folder_writer, default_cache_dir, load_testbed
+from .._atomic import atomic_folder
+from ..cache import default_cache_dir
+from ..editors.hparams import MENDHyperParams
+from ..editors.mend import train
+from ..lm.requests import EditRequest
+from .model import Testbed, load_testbed
 from .world import World
 
 __all__ = ["TestbedMEND", "mend_training_data", "load_testbed_mend", "HELDOUT_FRACTION"]
@@ -91,9 +95,6 @@ def load_testbed_mend(bed: Testbed | None = None, cache_dir: str | Path | None =
         hp: :class:`~prune_fast.editors.MENDHyperParams` (default: the ``testbed`` preset).
         retrain: ignore a cached editor and train again.
     """
-    from ..editors.hparams import MENDHyperParams
-    from ..editors.mend import train
-
     root = Path(cache_dir or default_cache_dir()).expanduser()
     bed = bed or load_testbed(root, progress=progress)
     hp = hp or MENDHyperParams.preset("testbed", bed.model.config.num_hidden_layers)
@@ -106,7 +107,7 @@ def load_testbed_mend(bed: Testbed | None = None, cache_dir: str | Path | None =
         old_threads = torch.get_num_threads()
         torch.set_num_threads(1)
         try:
-            with cache_folder_writer(folder) as tmp:
+            with atomic_folder(folder) as tmp:
                 report = train(bed.model, bed.tokenizer, requests, hp, out=tmp / "editor.safetensors",
                                locality=locality, eval_requests=evaluation, progress=progress)
                 shutil.rmtree(tmp / "editor.training", ignore_errors=True)

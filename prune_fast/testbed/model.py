@@ -19,29 +19,28 @@ Example::
 """
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm.auto import tqdm
 
+from .._atomic import atomic_folder
+from ..cache import default_cache_dir
 from ..errors import CorruptStateError
-from .evaluate import answer_correct, encode_pairs, task_accuracies
+from ..lm.evaluation import answer_correct, encode_pairs
+from .evaluate import task_accuracies
 from .tokenizer import WordTokenizer
 from .world import World, WorldSpec
 
-__all__ = ["TrainSpec", "TrainReport", "Testbed", "build_model", "train_model", "load_testbed",
-           "default_cache_dir", "chance_levels"]
+__all__ = ["TrainSpec", "TrainReport", "Testbed", "build_model", "train_model", "load_testbed"]
 
 logger = logging.getLogger(__name__)
 
@@ -94,21 +93,9 @@ class Testbed:
     path: Path | None = None
 
 
-def default_cache_dir() -> Path:
-    """``$PRUNE_FAST_CACHE`` if set, else ``~/.cache/prune_fast``."""
-    env = os.environ.get("PRUNE_FAST_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "prune_fast"
-
-
-def chance_levels(world: World) -> dict[str, float]:
-    """Accuracy of uniform guessing among the plausible answers of each task."""
-    n_obj = sum(len(r.objects) for r in world.relations) / len(world.relations)
-    return {"recall": 1.0 / n_obj, "addition": 1.0 / 19, "copy": (1.0 / 20) ** 3}
-
-
 def build_model(tokenizer: WordTokenizer, spec: TrainSpec) -> Any:
     """A freshly initialised ``GPT2LMHeadModel`` sized by ``spec`` (no dropout), seeded by ``spec.seed``."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import GPT2Config, GPT2LMHeadModel  # heavy: imported only where used
 
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=spec.n_positions, n_embd=spec.n_embd, n_layer=spec.n_layer,
@@ -141,8 +128,6 @@ def train_model(world: World, spec: TrainSpec | None = None, progress: bool = Tr
     ``log_every > 0`` logs the recall of 600 facts every that many steps (evaluation only:
     the trained weights do not depend on it).
     """
-    from tqdm.auto import tqdm
-
     spec = spec or TrainSpec()
     tok = WordTokenizer(world.vocabulary())
     old_threads = torch.get_num_threads()
@@ -191,28 +176,8 @@ def _cache_key(world_spec: WorldSpec, train_spec: TrainSpec) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def cache_folder_writer(folder: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside ``folder``; on success it is renamed to ``folder``.
-
-    A crash leaves no half-written cache entry; if another process published ``folder`` first,
-    theirs is kept (same key, same content).
-    """
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=folder.name + ".tmp", dir=folder.parent))
-    try:
-        yield tmp
-        try:
-            tmp.rename(folder)
-        except OSError:  # another process finished first: keep theirs
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def _save(bed: Testbed, folder: Path, world_spec: WorldSpec, train_spec: TrainSpec) -> None:
-    with cache_folder_writer(folder) as tmp:
+    with atomic_folder(folder) as tmp:
         bed.model.save_pretrained(tmp, safe_serialization=True)
         bed.tokenizer.save(tmp / "tokenizer.json")
         (tmp / "spec.json").write_text(json.dumps({"format": _FORMAT, "world": asdict(world_spec),
@@ -229,7 +194,7 @@ def load_testbed(cache_dir: str | Path | None = None, world_spec: WorldSpec | No
         world_spec, train_spec: what to build (defaults: ``WorldSpec()``, ``TrainSpec()``).
         retrain: ignore a cached copy and train again (the cache is then replaced).
     """
-    from transformers import GPT2LMHeadModel
+    from transformers import GPT2LMHeadModel  # heavy: imported only where used
 
     world_spec = world_spec or WorldSpec()
     train_spec = train_spec or TrainSpec()

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from ..editors.architectures import resolve_module, resolve_site
-from ..editors.probes import encode, make_batch, site_index
+from ..lm.probes import encode, make_batch, site_index
 
 __all__ = ["TraceResult", "trace_fact_sites"]
 

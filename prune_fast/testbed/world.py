@@ -24,8 +24,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from importlib import resources
 
-from ..editors.requests import EditRequest
+from ..lm.requests import EditRequest
 from ..errors import InvalidInputError, UnknownNameError
 
 __all__ = ["Relation", "WorldSpec", "World", "Example", "RELATIONS", "TASKS", "shipped_corpus"]
@@ -286,7 +287,5 @@ def shipped_corpus() -> list[str]:
     Stored as ``prune_fast/data/testbed_corpus.txt`` so that statistics never depend on code that
     generates text at run time; a test checks that it still matches the generator.
     """
-    from importlib import resources
-
     text = resources.files("prune_fast").joinpath(SHIPPED_CORPUS).read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.strip()]

@@ -1,0 +1,480 @@
+"""``SequentialEditor``: N edits one after another on one model, with PRUNE online, at the end, or not.
+
+The editor is ROME or MEMIT (given by their hyper-parameters), or an editor object: a trained MEND, or
+AlphaEdit (whose edit-key cache is run state: journaled with the trackers, so a resume continues exactly).
+
+Protocols (one per run, ``RunConfig.protocol``):
+
+    none     the baseline: W_n = W0 + Δ_n, never restrained
+    online   restrain after every K-th edit (``restrain_every``); the next edit is computed on the
+             restrained weight Ŵ_n = W0 + F(Δ_n)
+    at_end   the paper's protocol: every edit computed on the unrestrained model, each edited
+             weight restrained once after the last edit (Ŵ_N = W0 + F(W_N − W0))
+
+Every update goes through :class:`prune_fast.editors.TrackerSet` (one
+:class:`prune_fast.SpectralTracker` per edited weight), so F is always applied to the raw
+accumulated Δ (no compounding).  Per step the runner records editor and restraint time, and per
+edited weight σ*, σ_max of the live weight, σ_max of the raw Δ, how many singular values of Δ are
+≥ σ* and how many were restrained, and the top singular value of this step's own update over σ*.
+It scores each edit right after it is applied (``immediate``), and every ``eval_every`` edits and
+at the end re-scores all edits so far and the general abilities (``evals``).
+
+Example::
+
+    bed = load_testbed()
+    ev = Evaluator(bed.model, bed.tokenizer, abilities=...)
+    runner = SequentialEditor(bed.model, bed.tokenizer, hparams=ROMEHyperParams.preset("testbed"),
+                              covariance=store, config=RunConfig(protocol="online", fn="ln"),
+                              evaluator=ev)
+    result = runner.run(bed.world.edit_requests(200))
+    result.final["after_sequence"]["efficacy"]
+"""
+from __future__ import annotations
+
+import logging
+import math
+import statistics
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from ..editors.base import Editor
+from ..editors.registry import editor_for
+from ..errors import InvalidInputError, InvalidTypeError
+from ..lm.evaluation import EDIT_METRICS, Evaluator
+from ..lm.requests import EditRequest
+from ..spectral.restraint_fn import DEFAULT_FN, FnLike, resolve_fn
+from ..tracker import SpectralTracker
+from ..updates import FactoredUpdate, TrackerSet
+from .journal import Journal
+from .results import PROTOCOLS
+
+__all__ = ["RunConfig", "StepRecord", "EvalPoint", "ArmResult", "SequentialEditor", "PROTOCOLS",
+           "update_sigma_max"]
+
+logger = logging.getLogger(__name__)
+
+# RunConfig.tracker_dtype → SpectralTracker(state_dtype=...); None: fp32, or fp64 for fp64 weights.
+TRACKER_DTYPES = {"float32": None, "float64": torch.float64}
+
+
+@dataclass
+class RunConfig:
+    """How one arm runs.
+
+    Attributes:
+        protocol: ``none``, ``online`` or ``at_end``.
+        fn, alpha: the restraint function (ignored by ``none``); a name or a callable.
+        restrain_every: ``online`` only: restrain after every K-th edit step.
+        eval_every: re-score all edits and the general abilities every this many edits (0: only
+            at the start and the end).
+        batch_size: requests per editor call (1 for ROME; MEMIT edits a batch at once).
+        spectrum_every: record the per-weight spectrum every this many steps (it costs one σ_max
+            of each edited weight and a top-k SVD of the factored Δ).
+        score_immediate: score each edit right after it is applied.
+        tracker_dtype: ``"float32"`` (default; float64 for float64 weights) or ``"float64"``: the
+            trackers' state dtype (``SpectralTracker(state_dtype=...)``). float64 keeps runaway
+            runs, whose raw Δ grows ≳ 10⁴σ*, exact at the cost of a float64 copy of each edited weight.
+    """
+
+    protocol: str = "online"
+    fn: FnLike = DEFAULT_FN
+    alpha: float = math.e
+    restrain_every: int = 1
+    eval_every: int = 50
+    batch_size: int = 1
+    spectrum_every: int = 1
+    score_immediate: bool = True
+    tracker_dtype: str = "float32"
+
+    def validate(self) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise InvalidInputError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        resolve_fn(self.fn, self.alpha)
+        for name in ("restrain_every", "batch_size", "spectrum_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive int, got {value!r}")
+        if not isinstance(self.eval_every, int) or self.eval_every < 0:
+            raise InvalidInputError(f"eval_every must be an int >= 0, got {self.eval_every!r}")
+        if self.tracker_dtype not in TRACKER_DTYPES:
+            raise InvalidInputError(f"tracker_dtype must be one of {tuple(TRACKER_DTYPES)}, got {self.tracker_dtype!r}")
+
+    @property
+    def fn_name(self) -> str:
+        return resolve_fn(self.fn, self.alpha).describe()
+
+    @property
+    def name(self) -> str:
+        """The arm's label in tables and JSON: ``none``, ``online-log1.2``, ``at_end-ln``, ..."""
+        if self.protocol == "none":
+            return "none"
+        every = f"/{self.restrain_every}" if self.protocol == "online" and self.restrain_every != 1 else ""
+        return f"{self.protocol}{every}-{self.fn_name}"
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["fn"] = self.fn_name
+        return d
+
+
+@dataclass
+class StepRecord:
+    """One editor call (one request for ROME, a batch for MEMIT).
+
+    ``layers`` maps each edited parameter to: ``sigma_star``, ``sigma_max_weight`` (live weight),
+    ``ratio`` (= sigma_max_weight / sigma_star), ``cond`` (cond(W) of the live weight where cheap,
+    else null: see :meth:`SpectralTracker.spectrum`), ``sigma_max_delta`` (raw Δ), ``n_above`` (singular
+    values of Δ ≥ σ*), ``n_restrained`` (restrained by this step; 0 unless ``online``) and
+    ``update_ratio`` (σ_max of this step's update / σ*).  Spectrum fields are absent on steps
+    skipped by ``spectrum_every``.
+    """
+
+    step: int
+    edits: int
+    case_ids: list[Any]
+    editor_s: float
+    apply_s: float
+    restrain_s: float
+    layers: dict[str, dict[str, float]]
+    immediate: dict[str, float] = field(default_factory=dict)
+    # seconds of the step's other parts (0.0 in journals written before they were recorded):
+    # journal staging of the updates, scoring the edit right after it, and the whole step up to
+    # the journal commit (editor + staging + apply + records + scoring; a re-scoring point is not in it)
+    stage_s: float = 0.0
+    score_s: float = 0.0
+    step_s: float = 0.0
+
+
+@dataclass
+class EvalPoint:
+    """All edits so far re-scored, and the general abilities, after ``edits`` edits.
+
+    ``restrained`` is False for the intermediate points of ``at_end`` (the model is unrestrained
+    until the last edit) and for ``none``.
+    """
+
+    edits: int
+    edit: dict[str, float]
+    general: dict[str, float]
+    restrained: bool
+    eval_s: float = 0.0
+
+
+@dataclass
+class ArmResult:
+    """The outcome of one run (one arm); ``to_dict()`` is its JSON form (see README.md (Sequential runs))."""
+
+    name: str
+    config: dict[str, Any]
+    n_requests: int
+    steps: list[StepRecord]
+    evals: list[EvalPoint]
+    final: dict[str, Any]
+    timing: dict[str, float]
+    spectrum: dict[str, dict[str, Any]]
+    wall_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def update_sigma_max(u: torch.Tensor, v: torch.Tensor) -> float:
+    """σ_max(u vᵀ) from the factors (QR of each, SVD of the small core): no dense product."""
+    if u.shape[1] == 1:
+        return float(u.double().norm() * v.double().norm())
+    _, ru = torch.linalg.qr(u.double())
+    _, rv = torch.linalg.qr(v.double())
+    return float(torch.linalg.svdvals(ru @ rv.T)[0])
+
+
+class SequentialEditor:
+    """Run requests one after another on ``model`` under one restraint protocol.
+
+    Args:
+        model, tokenizer: the model to edit in place, and its tokenizer.
+        editor: a :class:`~prune_fast.editors.Editor` built on ``model`` (ROME, MEMIT, AlphaEdit, MEND):
+            ``config.batch_size`` requests per ``compute`` (ROME: one); a stateful editor's state
+            (AlphaEdit's key cache) goes into the journal with the trackers'.
+        hparams, covariance: instead of ``editor``: the editor is the one whose hyper-parameters
+            ``hparams`` are (:func:`~prune_fast.editors.editor_for`), on the key statistics ``covariance``
+            (a ``CovarianceStore``).
+        config: :class:`RunConfig`.
+        evaluator: an :class:`~prune_fast.lm.evaluation.Evaluator` on the same model (none: no scores).
+        journal: a :class:`prune_fast.runs.journal.Journal` for crash-safe runs (optional).
+        progress: show a tqdm bar.
+
+    Example::
+
+        res = SequentialEditor(model, tok, hparams=hp, covariance=store,
+                               config=RunConfig(protocol="at_end", fn="linear")).run(requests)
+    """
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, hparams: Any = None, covariance: Any = None,
+                 editor: Editor | None = None, config: RunConfig | None = None, evaluator: Evaluator | None = None,
+                 journal: Any = None, progress: bool = True) -> None:
+        self.config = config or RunConfig()
+        self.config.validate()
+        if editor is not None:
+            if hparams is not None:
+                raise InvalidInputError("pass hparams and covariance (ROME, MEMIT, AlphaEdit) or editor, not both")
+            if not isinstance(editor, Editor):
+                raise InvalidInputError("editor must be a prune_fast.editors.Editor (ROME, MEMIT, AlphaEdit, MEND), "
+                                        f"got {type(editor).__name__}")
+            if editor.model is not model:
+                raise InvalidInputError(f"the {type(editor).__name__} editor was built for another model object "
+                                        "than the one to edit")
+        else:
+            try:
+                editor = editor_for(model, tokenizer, hparams, covariance)
+            except InvalidTypeError as e:
+                raise InvalidInputError(str(e)) from None
+        if editor.max_batch is not None and self.config.batch_size > editor.max_batch:
+            raise InvalidInputError(f"{type(editor).__name__} edits at most {editor.max_batch} request(s) at a time; "
+                                    f"batch_size={self.config.batch_size}")
+        self.editor: Editor = editor
+        self.hparams, self.covariance = editor.hparams, covariance
+        self.model, self.tokenizer = model, tokenizer
+        self.evaluator, self.journal, self.progress = evaluator, journal, progress
+        cfg = self.config
+        restrain_every = cfg.restrain_every if cfg.protocol == "online" else None
+        self.tracker_kwargs = dict(fn=cfg.fn, alpha=cfg.alpha, restrain_every=restrain_every,
+                                   state_dtype=TRACKER_DTYPES[cfg.tracker_dtype])
+        self.trackers = TrackerSet(model, tracker_factory=self._new_tracker)
+
+    # -- trackers --------------------------------------------------------------------------------
+    def _new_tracker(self, weight: torch.Tensor) -> Any:
+        return SpectralTracker(weight, **self.tracker_kwargs)
+
+    def spectral_trackers(self) -> dict[str, Any]:
+        """Parameter name → its :class:`SpectralTracker` (for checkpoints and reports)."""
+        return dict(self.trackers.trackers)
+
+    def adopt_trackers(self, trackers: dict[str, Any]) -> None:
+        """Install restored trackers (from a checkpoint) before :meth:`run` resumes."""
+        self.trackers.trackers.update(trackers)
+
+    # -- one step --------------------------------------------------------------------------------
+    def compute_updates(self, batch: Sequence[EditRequest]) -> list[FactoredUpdate]:
+        """The editor's factored updates for ``batch`` on the current (live) model (AlphaEdit: its
+        edit-key cache advances)."""
+        return self._compute_step(batch)[0]
+
+    def _compute_step(self, batch: Sequence[EditRequest]) -> tuple[list[FactoredUpdate], dict[str, torch.Tensor]]:
+        """The updates and what the step adds to a stateful editor's state (staged with the updates)."""
+        res = self.editor.compute(list(batch))
+        return res.updates, res.state_update
+
+    def apply_updates(self, updates: Sequence[FactoredUpdate]) -> tuple[float, float, dict[str, Any]]:
+        """Hand ``updates`` to the trackers; returns (apply seconds, restraint seconds, and per weight
+        the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain)."""
+        start = time.perf_counter()
+        self.editor.updates_applied(updates)
+        results = self.trackers.apply_(updates)
+        apply_s = time.perf_counter() - start
+        restrain_s = sum(r.elapsed_s for r in results.values() if r is not None)
+        return apply_s, restrain_s, results
+
+    def _layer_records(self, updates: Sequence[FactoredUpdate], results: dict[str, Any],
+                       with_spectrum: bool) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for upd in updates:
+            tr = self.trackers.trackers[upd.param_name]
+            res = results.get(upd.param_name)
+            rec: dict[str, float] = {"sigma_star": tr.sigma_star,
+                                     "update_ratio": update_sigma_max(upd.u, upd.v) / tr.sigma_star,
+                                     "n_restrained": res.n_restrained if res is not None else 0}
+            if with_spectrum and res is not None:
+                # the restraint just solved for every σ(Δ) ≥ σ* (and the next one): reuse it
+                smax = tr.sigma_max_weight()
+                rec.update(sigma_max_weight=smax, ratio=smax / tr.sigma_star, n_above=res.n_restrained,
+                           sigma_max_delta=res.sigma_before[0] if res.n_restrained else res.sigma_next,
+                           cond=tr.cheap_cond())
+            elif with_spectrum:
+                sp = tr.spectrum()
+                rec.update(sigma_max_weight=sp.sigma_max_weight, ratio=sp.ratio,
+                           sigma_max_delta=sp.sigma_delta[0] if sp.sigma_delta else 0.0, n_above=sp.n_above,
+                           cond=sp.cond_weight)
+            out[upd.param_name] = rec
+        return out
+
+    def _evaluate(self, done: Sequence[EditRequest], restrained: bool) -> EvalPoint:
+        start = time.perf_counter()
+        if self.evaluator is None:
+            return EvalPoint(edits=len(done), edit={}, general={}, restrained=restrained)
+        edit = self.evaluator.edit_scores(done) if done else {}
+        general = self.evaluator.general(done)
+        return EvalPoint(edits=len(done), edit=edit, general=general, restrained=restrained,
+                         eval_s=time.perf_counter() - start)
+
+    # -- the run ---------------------------------------------------------------------------------
+    def run(self, requests: Sequence[EditRequest], *, start_step: int = 0, prior_steps: Sequence[StepRecord] = (),
+            prior_evals: Sequence[EvalPoint] = ()) -> ArmResult:
+        """Apply ``requests`` in order (from step ``start_step`` when resuming) and return the arm's result.
+
+        ``prior_steps``/``prior_evals`` are the records of the steps already done (from a journal).
+        """
+        cfg = self.config
+        requests = list(requests)
+        if not requests:
+            raise InvalidInputError("no requests to run")
+        batches = [requests[i:i + cfg.batch_size] for i in range(0, len(requests), cfg.batch_size)]
+        steps, evals = list(prior_steps), list(prior_evals)
+        online = cfg.protocol == "online"
+        wall = time.perf_counter()
+        if start_step == 0 and not evals:
+            evals.append(self._evaluate([], restrained=False))
+            if self.journal is not None:
+                self.journal.record_eval(evals[-1])
+        bar = tqdm(total=len(batches), initial=start_step, desc=f"edits [{cfg.name}]", disable=not self.progress,
+                   unit="step")
+        done_requests = [r for b in batches[:start_step] for r in b]
+        for i in range(start_step, len(batches)):
+            batch = batches[i]
+            t0 = time.perf_counter()
+            updates, editor_state = self._compute_step(batch)
+            editor_s = time.perf_counter() - t0
+            if self.journal is not None:
+                self.journal.stage_updates(i, updates, editor_state)
+            stage_s = time.perf_counter() - t0 - editor_s
+            apply_s, restrain_s, results = self.apply_updates(updates)
+            done_requests += batch
+            with_spectrum = (i + 1) % cfg.spectrum_every == 0 or i + 1 == len(batches)
+            rec = StepRecord(step=i, edits=len(done_requests), case_ids=[r.case_id for r in batch],
+                             editor_s=editor_s, apply_s=apply_s, restrain_s=restrain_s,
+                             layers=self._layer_records(updates, results, with_spectrum), stage_s=stage_s)
+            if cfg.score_immediate and self.evaluator is not None:
+                t_score = time.perf_counter()
+                rec.immediate = self.evaluator.edit_scores(batch)
+                rec.score_s = time.perf_counter() - t_score
+            rec.step_s = time.perf_counter() - t0
+            steps.append(rec)
+            point = None
+            last = i + 1 == len(batches)
+            if cfg.eval_every and not last and len(done_requests) // cfg.eval_every > \
+                    (len(done_requests) - len(batch)) // cfg.eval_every:
+                point = self._evaluate(done_requests, restrained=online)
+                evals.append(point)
+            if self.journal is not None:
+                self.journal.commit_step(rec, point, self.spectral_trackers(), editor=self.editor)
+            bar.update(1)
+            if with_spectrum:
+                ratio = max(v.get("ratio", 0.0) for v in rec.layers.values())
+                bar.set_postfix(ratio=f"{ratio:.2f}")
+        bar.close()
+
+        end_restraint: dict[str, Any] = {}
+        if cfg.protocol == "at_end":
+            for name, res in self.trackers.restrain_().items():
+                end_restraint[name] = res.to_dict()
+        final_point = self._evaluate(done_requests, restrained=cfg.protocol != "none")
+        evals.append(final_point)
+        if self.journal is not None:
+            self.journal.record_eval(final_point, final=True)
+        return self._result(requests, steps, evals, end_restraint, time.perf_counter() - wall)
+
+    def run_journaled(self, requests: Sequence[EditRequest], folder: Any, header: dict[str, Any], *,
+                      resume: bool = False, checkpoint_every: int = 50) -> ArmResult:
+        """:meth:`run` with a crash-safe journal in ``folder`` (see :mod:`prune_fast.runs.journal`).
+
+        ``header`` says what is run (model, editor, hyper-parameters, requests...); the arm's config
+        is added to it.  With ``resume=True`` the journal must exist and match, the model must be
+        the unedited one; the run continues after its last committed step.
+
+        Example::
+
+            runner.run_journaled(requests, "run1", {"model": path, "requests": digest})
+            runner.run_journaled(requests, "run1", {"model": path, "requests": digest}, resume=True)
+        """
+        header = self.journal_header(header, len(requests))
+        if not resume:
+            self.journal = Journal.create(folder, header, checkpoint_every)
+            return self.run(requests)
+        self.journal, state = Journal.resume(folder, header, checkpoint_every)
+        return self._resume(requests, state)
+
+    def journal_header(self, header: dict[str, Any], n_requests: int) -> dict[str, Any]:
+        """``header`` plus this runner's arm config and hyper-parameters: what a resume must match."""
+        arm = self.config.to_dict() | {"editor": self.editor.name}
+        if arm["tracker_dtype"] == "float32":  # journals from before the option lack it: keep them resumable
+            del arm["tracker_dtype"]
+        return dict(header) | {"arm": arm, "hparams": self.editor_settings(), "n_requests": n_requests}
+
+    def editor_settings(self) -> dict[str, Any]:
+        """The editor's settings (its hyper-parameters; MEND: with its checkpoint's digest)."""
+        return self.editor.describe()
+
+    def _resume(self, requests: Sequence[EditRequest], state: Any) -> ArmResult:
+        self.editor.prepare()  # AlphaEdit: projectors from the unedited model's statistics, before any weight moves
+        last = -1
+        if state.checkpoint_step >= 0:
+            last, states = self.journal.load_checkpoint()
+            params = dict(self.model.named_parameters())
+            self.adopt_trackers({name: SpectralTracker.from_state_dict(params[name], st, fn=self.config.fn)
+                                 for name, st in states.items()})
+            self.editor.load_state_dict(self.journal.load_editor_checkpoint())
+        for i in range(last + 1, state.next_step):
+            self.apply_updates(self.journal.load_updates(i))
+            self.editor.replay(self.journal.load_editor_update(i))
+        logger.info("resumed %s: checkpoint after step %d, %d staged steps re-applied, continuing at step %d",
+                    self.journal.path, last, state.next_step - last - 1, state.next_step)
+        return self.run(requests, start_step=state.next_step,
+                        prior_steps=[StepRecord(**d) for d in state.steps],
+                        prior_evals=[EvalPoint(**d) for d in state.evals])
+
+    def _result(self, requests: list[EditRequest], steps: list[StepRecord], evals: list[EvalPoint],
+                end_restraint: dict[str, Any], wall_s: float) -> ArmResult:
+        cfg = self.config
+        immediate = {m: _nanmean([s.immediate.get(m, float("nan")) for s in steps]) for m in EDIT_METRICS} \
+            if cfg.score_immediate and self.evaluator is not None else {}
+        spectrum: dict[str, dict[str, Any]] = {}
+        for s in steps:
+            for name, rec in s.layers.items():
+                sp = spectrum.setdefault(name, {"sigma_star": rec["sigma_star"], "edits": [], "ratio": [],
+                                                "sigma_max_weight": [], "sigma_max_delta": [], "n_above": [],
+                                                "cond": [],
+                                                "update_ratio": []})
+                sp["update_ratio"].append(rec["update_ratio"])
+                if "ratio" in rec:
+                    sp["edits"].append(s.edits)
+                    for k in ("ratio", "sigma_max_weight", "sigma_max_delta", "n_above"):
+                        sp[k].append(rec[k])
+                    sp["cond"].append(rec.get("cond"))  # absent in records journaled before it existed
+        for name, tr in self.spectral_trackers().items():
+            rep = tr.spectrum()
+            sp = spectrum.setdefault(name, {"sigma_star": tr.sigma_star})
+            sp["final"] = rep.to_dict()
+            sp["cond_final"] = _cond(tr.weight)
+            if name in end_restraint:
+                sp["at_end_restraint"] = end_restraint[name]
+        for sp in spectrum.values():
+            ur = sp.get("update_ratio", [])
+            sp["update_ratio_median"] = statistics.median(ur) if ur else float("nan")
+        timing = {
+            "editor_s_median": statistics.median([s.editor_s for s in steps]),
+            "apply_s_median": statistics.median([s.apply_s for s in steps]),
+            "restrain_s_median": statistics.median([s.restrain_s for s in steps]),
+            "restrain_s_at_end": sum(r["elapsed_s"] for r in end_restraint.values()),
+            "eval_s_total": sum(e.eval_s for e in evals),
+        }
+        final = {"after_sequence": evals[-1].edit, "immediate": immediate, "general": evals[-1].general,
+                 "baseline_general": evals[0].general}
+        return ArmResult(name=cfg.name, config=cfg.to_dict() | {"editor": self.editor.name}, n_requests=len(requests),
+                         steps=steps, evals=evals, final=final, timing=timing, spectrum=spectrum, wall_s=wall_s)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    vals = [v for v in values if not math.isnan(v)]
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def _cond(weight: torch.Tensor, max_elements: int = 4_000_000) -> float | None:
+    """cond(W) = σ_max/σ_min from a full SVD, once per run and only for small weights (else None)."""
+    if weight.numel() > max_elements:
+        return None
+    s = torch.linalg.svdvals(weight.detach().double())
+    return float(s[0] / s[-1]) if float(s[-1]) > 0 else float("inf")

@@ -1,0 +1,26 @@
+"""``python -m prune_fast demo`` end to end (short), and ``--help``."""
+from __future__ import annotations
+
+import json
+
+from cli_cases import run_cli
+from prune_fast.runs.results import validate_results
+
+def test_demo_help_documents_options():
+    out = run_cli("demo", "--help")
+    assert out.returncode == 0
+    for opt in ("--model", "--out", "--n", "--fn", "--sweep", "--eval-every", "smollm2", "testbed"):
+        assert opt in out.stdout
+
+
+def test_demo_short_run_writes_results_and_plots(tmp_path):
+    out = run_cli("demo", "--model", "testbed", "--n", "10", "--eval-every", "5", "--out", str(tmp_path / "demo"), "--no-progress")
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads((tmp_path / "demo" / "results.json").read_text())
+    validate_results(doc)
+    assert list(doc["arms"]) == ["none", "online-ln", "at_end-ln"]
+    for name in doc["arms"]:
+        assert name in out.stdout
+    assert "σmax(W)/σ*" in out.stdout
+    for png in ("sigma_ratio.png", "metrics.png"):
+        assert (tmp_path / "demo" / png).stat().st_size > 1000

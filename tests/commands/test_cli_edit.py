@@ -1,0 +1,60 @@
+"""``python -m prune_fast edit`` on a saved test-bed model with a CounterFact-format file."""
+from __future__ import annotations
+
+import json
+import shutil
+
+from cli_cases import counterfact_records, run_cli
+from prune_fast.runs.results import validate_results
+
+
+def test_edit_help_documents_everything():
+    out = run_cli("edit", "--help")
+    assert out.returncode == 0
+    for opt in ("--model", "--requests", "--editor", "--restrain", "--fn", "--n", "--out", "--resume", "--corpus",
+                "--tasks", "--mend-checkpoint", "mend", "--tracker-dtype"):
+        assert opt in out.stdout
+
+
+def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
+    from prune_fast.testbed import load_testbed
+
+    bed = load_testbed(progress=False)
+    model_dir = tmp_path / "model"
+    shutil.copytree(bed.path, model_dir)
+    cf = tmp_path / "cf.json"
+    cf.write_text(json.dumps(counterfact_records(bed.world.edit_requests(8))))
+    out = run_cli("edit", "--model", str(model_dir), "--requests", str(cf), "--editor", "rome", "--restrain", "online",
+               "--fn", "log1.2", "--n", "6", "--eval-every", "3", "--checkpoint-every", "2", "--out",
+               str(tmp_path / "run"), "--threads", "1", "--no-progress", "--tracker-dtype", "float64")
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    validate_results(doc)
+    (arm,) = doc["arms"].values()
+    assert arm["name"] == "online-log1.2" and arm["n_requests"] == 6
+    assert arm["config"]["tracker_dtype"] == "float64"
+    assert set(arm["final"]["general"]) == {"recall", "addition", "copy"}
+    assert "online-log1.2" in out.stdout
+
+    again = run_cli("edit", "--model", str(model_dir), "--requests", str(cf), "--restrain", "online", "--fn", "ln",
+                 "--n", "6", "--out", str(tmp_path / "run"), "--resume", "--threads", "1", "--no-progress")
+    assert again.returncode == 2
+    assert "refusing to resume" in again.stderr and "'log1.2'" in again.stderr and "'ln'" in again.stderr
+
+
+def test_request_format_is_detected(tmp_path):
+    import pytest
+
+    from prune_fast.commands.edit import load_requests
+    from prune_fast.errors import InvalidInputError
+
+    zsre = tmp_path / "zsre.json"
+    zsre.write_text(json.dumps([{"subject": "Bakiro", "src": "Where does Bakiro live?", "alt": "Oslo",
+                                 "answers": ["Paris"], "rephrase": "Bakiro lives where?", "loc": "nq question",
+                                 "loc_ans": "yes"}]))
+    (req,) = load_requests(zsre)
+    assert req.prompt == "Where does {} live?" and req.target_new == "Oslo" and req.target_true == "Paris"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps([{"question": "?"}]))
+    with pytest.raises(InvalidInputError, match="cannot tell CounterFact from ZsRE"):
+        load_requests(other)
