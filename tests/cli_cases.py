@@ -9,11 +9,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]  # the repository: its prune_fast is the one under test
 
 
-def run_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m prune_fast ARGS`` in a subprocess, with this checkout first on ``PYTHONPATH``."""
+def run_cli(*args: str, timeout: float = 600, cwd: str | Path | None = None) -> subprocess.CompletedProcess:
+    """``python -m prune_fast ARGS`` in a subprocess (in ``cwd``), with this checkout first on ``PYTHONPATH``."""
     env = os.environ | {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "prune_fast", *args], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+                          timeout=timeout, cwd=cwd)
 
 
 def counterfact_records(requests) -> list[dict]:

@@ -42,6 +42,26 @@ def test_edit_short_run_on_saved_model_then_mismatched_resume(tmp_path):
     assert "refusing to resume" in again.stderr and "'log1.2'" in again.stderr and "'ln'" in again.stderr
 
 
+def test_resume_accepts_the_same_model_by_relative_or_absolute_path(tmp_path):
+    """The journal identifies the model by its content (and its resolved folder), not by how the
+    path was spelled: a run started with ``--model model`` is recognised under its absolute path."""
+    from prune_fast.testbed import load_testbed
+
+    bed = load_testbed(progress=False)
+    shutil.copytree(bed.path, tmp_path / "model")
+    cf = tmp_path / "cf.json"
+    cf.write_text(json.dumps(counterfact_records(bed.world.edit_requests(4))))
+    common = ("--requests", str(cf), "--editor", "rome", "--restrain", "online", "--eval-every", "0",
+              "--checkpoint-every", "1", "--out", str(tmp_path / "run"), "--threads", "1", "--no-progress")
+    first = run_cli("edit", "--model", "model", "--n", "2", *common, cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    # the journal compares headers before it looks at the run's end: "already finished" means the
+    # header, model included, matched (a different model would be "refusing to resume ... model_key")
+    again = run_cli("edit", "--model", str(tmp_path / "model"), "--n", "2", "--resume", *common, cwd=tmp_path / "run")
+    assert again.returncode == 2
+    assert "already finished" in again.stderr and "refusing" not in again.stderr, again.stderr[-3000:]
+
+
 def test_request_format_is_detected(tmp_path):
     import pytest
 
