@@ -23,6 +23,7 @@ Example::
 
     editor = ROME(model, tok, ROMEHyperParams.for_model(model), store)
     res = editor.compute([request])          # nothing written
+    editor.updates_applied(res.updates)      # before writing: ROME drops cached keys they could change
     trackers.apply_(res.updates)
 """
 from __future__ import annotations

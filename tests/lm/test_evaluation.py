@@ -7,6 +7,20 @@ from prune_fast.lm.evaluation import perplexity
 from prune_fast.testbed.tokenizer import WordTokenizer
 
 
+
+def _reference_perplexity(model, tok, texts) -> float:
+    """Perplexity from whole-sequence float64 log-softmax, one text at a time (1-token texts skipped)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for t in texts:
+            ids = torch.tensor([tok.encode(t)])
+            if ids.shape[1] < 2:
+                continue
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
+            total -= float(logp.gather(1, ids[0, 1:, None]).sum())
+            count += ids.shape[1] - 1
+    return math.exp(total / count)
+
 def test_perplexity_matches_float64_reference(rng):
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -17,16 +31,7 @@ def test_perplexity_matches_float64_reference(rng):
     texts = [" ".join(words[int(j)] for j in torch.randint(0, 40, (int(n),), generator=rng))
              for n in torch.randint(1, 12, (9,), generator=rng)]  # lengths 1..11: the 1-token ones are skipped
     got = perplexity(model, tok, texts, batch_size=4)  # several batches with padding
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for t in texts:
-            ids = torch.tensor([tok.encode(t)])
-            if ids.shape[1] < 2:
-                continue
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
-            total -= float(logp.gather(1, ids[0, 1:, None]).sum())
-            count += ids.shape[1] - 1
-    want = math.exp(total / count)
+    want = _reference_perplexity(model, tok, texts)
     assert abs(got - want) <= 1e-4 * want, (got, want)
 
 
@@ -44,14 +49,5 @@ def test_chunked_perplexity_matches_float64_reference_at_tiny_chunks(rng):
     texts = [" ".join(words[int(j)] for j in torch.randint(0, 50, (int(n),), generator=rng))
              for n in torch.randint(1, 30, (13,), generator=rng)]
     got = perplexity(model, tok, texts, batch_size=3, token_budget=40, position_chunk=3, vocab_chunk=7)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for t in texts:
-            ids = torch.tensor([tok.encode(t)])
-            if ids.shape[1] < 2:
-                continue
-            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].double(), -1)
-            total -= float(logp.gather(1, ids[0, 1:, None]).sum())
-            count += ids.shape[1] - 1
-    want = math.exp(total / count)
+    want = _reference_perplexity(model, tok, texts)
     assert abs(got - want) <= 1e-5 * want, (got, want)
