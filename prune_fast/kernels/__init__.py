@@ -8,11 +8,10 @@ front-end taking a resolved ``backend``:
 - ``apply_correction``: W ← W + L Rᵀ in place, and W ← W0 + D + L Rᵀ (the no-drift write);
 - ``skinny_matmul``: (W − W0) Ω and (W − W0)ᵀ Q without forming W − W0; A X with fp32 accumulation;
 - ``orthonormalize``: CGS2 + CholeskyQR2 (Triton products) with the Householder version as fallback;
-- ``small_eigh``: one-program Jacobi eigensolver for small symmetric matrices (no host sync);
-- ``sigma_power``: σ_max by block power iteration with SVQB, entirely on the device;
-- ``cuda_library``: the optional CUDA C++ Jacobi (``csrc/``, built by CMakeLists.txt), if present.
-- ``aot``: compiles every kernel for sm_80/sm_90 without a GPU and checks the per-block limits
-  (``python -m prune_fast.kernels.aot``).
+- ``cpu_matmul``: the exact CPU route for skinny products;
+- ``aot/``: compiles every kernel the launchers reach for sm_80/sm_90 without a GPU, writes the
+  cubins and checks the per-block limits (``python -m prune_fast.kernels.aot``; the top-level
+  ``CMakeLists.txt`` runs it as its build).
 
 :func:`resolve_backend` decides which version runs:
 

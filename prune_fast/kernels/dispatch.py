@@ -1,8 +1,8 @@
 """Choosing between the torch and Triton versions of an operation, and launching Triton kernels.
 
 ``resolve_backend`` turns the user's ``backend=`` into ``"torch"`` or ``"triton"`` once per call;
-the operation front-ends (``apply_correction_``, ``skinny_matmul``, ``orthonormalize``,
-``small_eigh``) take that resolved name and run the matching version.
+the operation front-ends (``apply_correction_``, ``skinny_matmul``, ``orthonormalize``) take that
+resolved name and run the matching version.
 
 Triton kernels are plain functions wrapped by :func:`triton_kernel`, which applies ``triton.jit``
 on first launch. So ``TRITON_INTERPRET`` is read when a kernel first runs, not when prune_fast is

@@ -144,7 +144,7 @@ def orthonormalize_torch(x: torch.Tensor, against: torch.Tensor | None = None,
 # largest input column: its normalised rounding noise would not be ⟂ against), it falls back to the
 # torch version on the original X, whose deflation handles every rank-deficient case. A result more
 # than 8 ulp off ⟂ against gets a third projection pass, as in the torch version. These decisions
-# read a few scalars on the host (the synchronisation-free orthonormalisation is ``sigma_power.svqb``).
+# read a few scalars on the host; the Krylov loop that calls this reads its residuals there anyway.
 
 
 def _cond_limit(dtype: torch.dtype) -> float:

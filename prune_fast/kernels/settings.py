@@ -12,7 +12,6 @@ Operations and what their sizes mean:
   ``block_m × block_b``, reduction chunks of ``block_n``, and ``split`` programs sharing the
   reduction (partial sums in an fp32 buffer, summed by torch) so that a short, wide output still
   fills the GPU.
-- ``"jacobi_eigh"``: one program per k×k matrix padded to ``block_m`` (a power of two ≥ 16).
 
 Every configuration :func:`launch_config` can return is listed by :func:`launch_space` (with one
 problem size that yields it); ``prune_fast.kernels.aot`` compiles each of them for sm_80 and sm_90
@@ -28,8 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["LaunchConfig", "launch_config", "launch_space", "cdiv", "INPUT_PRECISION", "JACOBI_MAX_K",
-           "JACOBI_MAX_SWEEPS", "SHARED_MEMORY_LIMIT", "REGISTERS_PER_BLOCK", "jacobi_shared_bytes", "OPERATIONS"]
+__all__ = ["LaunchConfig", "launch_config", "launch_space", "cdiv", "INPUT_PRECISION", "SHARED_MEMORY_LIMIT",
+           "REGISTERS_PER_BLOCK", "OPERATIONS"]
 
 # fp32 tl.dot operands would default to TF32 on NVIDIA GPUs (10-bit mantissa): a rank-k correction
 # of size σ − F(σ) would then carry ~1e-3 relative error. "ieee" keeps true fp32 products.
@@ -40,15 +39,6 @@ INPUT_PRECISION = "ieee"
 # block may fill (64 K 32-bit registers on both).
 SHARED_MEMORY_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 REGISTERS_PER_BLOCK = 64 * 1024
-
-# Largest matrix the one-program Jacobi eigensolver takes; larger ones go to torch.linalg.eigh. The
-# padded matrix and its rotations live in registers and shared memory: at a 64 block the kernel
-# still spills ~1.8 KB per thread with 16 warps (aot table), and a 128 block needs 128 KB of shared
-# memory with "ieee" products (256 KB with "tf32" on sm_90, over any GPU's limit) and ~100 KB of
-# spills.
-JACOBI_MAX_K = 64
-# Cyclic sweeps allowed; Jacobi converges quadratically, 6-10 sweeps are typical in fp32.
-JACOBI_MAX_SWEEPS = 15
 
 # Products with reductions longer than this are split across programs.
 _SPLIT_CHUNK = 1024
@@ -81,16 +71,6 @@ def _pow2_at_least(x: int, floor: int) -> int:
     return p
 
 
-def jacobi_shared_bytes(block: int, input_precision: str) -> int:
-    """Shared memory of the Jacobi kernel for a ``block``-padded matrix, an upper bound over sm_80/sm_90.
-
-    Triton stages the two ``block × block`` fp32 operands of each rotation product through shared
-    memory: 8 bytes per entry with "ieee" products, 16 with "tf32" on sm_90 (wgmma operands). The
-    AOT check compiles every Jacobi configuration and fails if a compiled kernel uses more.
-    """
-    return (8 if input_precision == "ieee" else 16) * block * block
-
-
 def launch_config(op: str, *, m: int, n: int, k: int = 0, b: int = 0) -> LaunchConfig:
     """The launch settings for operation ``op`` on a problem of the given sizes (see module doc)."""
     if op == "low_rank_update":
@@ -106,17 +86,6 @@ def launch_config(op: str, *, m: int, n: int, k: int = 0, b: int = 0) -> LaunchC
         # sm_80 (aot table, ieee products); a 32-wide chunk spills ≤ 76 B and uses less shared memory.
         block_n = 64 if block_b == 16 else 32
         return LaunchConfig(block_m=64, block_n=block_n, block_b=block_b, split=split, num_warps=4)
-    if op == "jacobi_eigh":
-        if m > JACOBI_MAX_K:
-            raise ValueError(f"jacobi_eigh takes matrices up to {JACOBI_MAX_K}×{JACOBI_MAX_K}, got {m}×{m}")
-        block = _pow2_at_least(m, 16)
-        need, limit = jacobi_shared_bytes(block, INPUT_PRECISION), min(SHARED_MEMORY_LIMIT.values())
-        if need > limit:  # unreachable with the constants above; guards a change of them
-            raise ValueError(f"jacobi_eigh with a {block} block and {INPUT_PRECISION!r} products needs {need} bytes "
-                             f"of shared memory, over the {limit} a block gets on every supported GPU")
-        # A 64 block with 8 warps spilled up to 5.1 KB (sm_80) / 7.9 KB (sm_90) per thread; 16: 1.8 KB.
-        return LaunchConfig(block_m=block, block_n=block, num_warps=4 if block <= 32 else 16, num_stages=1,
-                            input_precision=INPUT_PRECISION)
     raise ValueError(f"no launch settings for operation {op!r}")
 
 
@@ -132,12 +101,10 @@ def _probe_sizes(op: str) -> list[dict[str, int]]:
         ns = [c * _SPLIT_CHUNK + d for d in (0, 1) for c in range(1, _MAX_SPLIT + 2)] + [64, 1]
         bs = [16, 32, 64, *range(1, 2 * 64 + 2)]
         return [dict(m=m, n=n, b=b) for m in (4096, 16384, 640, 65, 1) for b in bs for n in ns]
-    if op == "jacobi_eigh":
-        return [dict(m=k, n=k) for k in (16, 32, JACOBI_MAX_K, *range(1, JACOBI_MAX_K + 1)) if k <= JACOBI_MAX_K]
     raise ValueError(f"no launch settings for operation {op!r}")
 
 
-OPERATIONS = ("low_rank_update", "skinny_matmul", "jacobi_eigh")
+OPERATIONS = ("low_rank_update", "skinny_matmul")
 
 
 def launch_space(op: str) -> list[tuple[dict[str, int], LaunchConfig]]:
@@ -145,8 +112,8 @@ def launch_space(op: str) -> list[tuple[dict[str, int], LaunchConfig]]:
 
     Example::
 
-        for sizes, cfg in launch_space("jacobi_eigh"):
-            assert launch_config("jacobi_eigh", **sizes) == cfg
+        for sizes, cfg in launch_space("skinny_matmul"):
+            assert launch_config("skinny_matmul", **sizes) == cfg
     """
     found: dict[LaunchConfig, dict[str, int]] = {}
     for sizes in _probe_sizes(op):
