@@ -3,13 +3,11 @@
 One call does everything, in this order, writing its results after each part (so a run cut short
 by the device's time limit still returns what it measured):
 
-0. **Set-up**: builds the optional CUDA library (``csrc/``) with CMake + nvcc when they are there
-   (``--no-build-cuda`` skips), measures the device's copy bandwidth (a 1 GiB device-to-device
-   copy, bytes read + written, ``do_bench`` median) — the ceiling every floor below uses.
+0. **Set-up**: measures the device's copy bandwidth (a 1 GiB device-to-device copy, bytes read +
+   written, ``do_bench`` median) — the ceiling every floor below uses.
 
 1. **Correctness**: every Triton kernel (low-rank update in place and the no-drift write, skinny
-   products with an implicit Δ incl. the split reduction, CholeskyQR2, the Jacobi eigensolver — and
-   the CUDA library's Jacobi when it is built — and the synchronisation-free σ_max) on fresh random
+   products with an implicit Δ incl. the split reduction, CholeskyQR2 on them) on fresh random
    inputs in both stride orders and each dtype, outputs poisoned with NaN, compared elementwise with
    float64 references. Any failure makes the exit status 1.
 2. **Timing** (``triton.testing.do_bench``: median over repetitions, inputs rotated between calls):
@@ -18,15 +16,11 @@ by the device's time limit still returns what it measured):
    4096×14336, fp32 and bf16 weights; the same restraint done with ``torch.linalg.svd`` and with
    ``torch.svd_lowrank``. Each row prints the achieved GB/s and the ratio of the time to the memory
    floor: the bytes that must move (one read and one write of W, plus one read of Δ per product the
-   Krylov solver needed for ``restrain_``) at the measured copy bandwidth. Also the Triton and the
-   CUDA-library Jacobi eigensolvers side by side (which one ``small_eigh`` should prefer).
-3. **CUDA graph**: a synchronisation-free restraint step (W ← edited W; σ₁, u, v of W − W0 by
-   ``sigma_max_power``; W −= (σ₁ − F(σ₁)) u vᵀ when σ₁ ≥ σ*) captured in a ``torch.cuda.CUDAGraph``,
-   replayed twice: the replays must agree bit for bit (and with the eager step to fp32 rounding),
-   and the top singular value after the step must be max(F(σ₁), σ₂), against a float64 SVD. Finally (last, as a failed capture can upset the context) the
-   script tries to capture ``SpectralTracker.add_`` itself and records whether that works.
-4. **Targets** from the issue, judged in ``gpu_check.md``: dense ``restrain_`` at 4096×11008 fp32
+   Krylov solver needed for ``restrain_``) at the measured copy bandwidth.
+3. **Targets** from the issue, judged in ``gpu_check.md``: dense ``restrain_`` at 4096×11008 fp32
    within 3× of its memory floor; tracker step ≤ 0.5 ms; ≥ 1000× faster than ``torch.linalg.svd``.
+4. **CUDA graph** (last, as a failed capture can upset the context): whether
+   ``SpectralTracker.add_`` can be captured in a ``torch.cuda.CUDAGraph``, recorded as found.
 
 ``--dry-run`` runs the same code path on tiny shapes on the CPU under Triton's interpreter
 (timings there are meaningless; the point is that nothing can crash on first contact with a GPU).
@@ -39,7 +33,7 @@ Usage::
     python bench/gpu_check.py                  # on a CUDA machine
     python bench/gpu_check.py --dry-run        # anywhere (sets TRITON_INTERPRET=1 itself)
 
-On a lent device machine (one call; the image's python3 has torch, Triton, CMake and nvcc; the
+On a lent device machine (one call; the image's python3 has torch and Triton; the
 outputs come back from $OUT, the table is the end of the printed output)::
 
     set -o pipefail; PYTHONUNBUFFERED=1 python3 bench/gpu_check.py --out $OUT 2>&1 | tee $OUT/stdout.txt
@@ -50,17 +44,14 @@ If that run is cut short, rerun only what is missing, e.g. ``--skip-timing`` or
 from __future__ import annotations
 
 import argparse
-import atexit
 import contextlib
 import json
 import math
 import os
 import platform
-import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -74,15 +65,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import torch  # noqa: E402
 
 import prune_fast  # noqa: E402
-from prune_fast.kernels import cuda_library  # noqa: E402
 from prune_fast.kernels.apply_correction import apply_correction_, write_restrained_  # noqa: E402
 from prune_fast.kernels.orthonormalize import cholesky_qr2  # noqa: E402
-from prune_fast.kernels.settings import launch_config  # noqa: E402
-from prune_fast.kernels.sigma_power import sigma_max_power  # noqa: E402
 from prune_fast.kernels.skinny_matmul import difference_matmul, skinny_matmul  # noqa: E402
-from prune_fast.kernels.small_eigh import small_eigh_triton  # noqa: E402
 from prune_fast.spectral.krylov import topk_svd  # noqa: E402
-from prune_fast.spectral.operators import ImplicitDifferenceOperator  # noqa: E402
 from prune_fast.restrain import sigma_max  # noqa: E402
 from prune_fast.spectral.restraint_fn import resolve_fn  # noqa: E402
 
@@ -190,30 +176,6 @@ def check_kernels(device: torch.device, shapes: list[tuple[int, int]], g: torch.
             record("cholesky_qr2 (X = QR)", f"{m}x{x.shape[1]}", _ratio(recon, x, 64 * eps * scale))
             eye = torch.eye(q.shape[1], dtype=torch.float64)
             record("cholesky_qr2 (QᵀQ = I)", f"{m}x{x.shape[1]}", _ratio(q.double().T @ q.double(), eye, 64 * eps * max(m, 16) ** 0.5))
-        for k in (1, 5, 17, 33, 64):
-            a = rnd(3, k, k)
-            a = a + a.mT
-            norm = float(torch.linalg.matrix_norm(a.double(), 2).max())
-            want = torch.linalg.eigvalsh(a.double().cpu()).flip(-1)
-            # Rounding grows with the padded size: ~BLOCK rounds per sweep, each two BLOCK-wide dots.
-            tol = 32 * eps * launch_config("jacobi_eigh", m=k, n=k).block_m * norm
-            w, v = small_eigh_triton(a)
-            record("jacobi_eigh (Triton)", f"k={k}", _ratio(w, want, tol))
-            record("jacobi_eigh (Triton) recon", f"k={k}",
-                   _ratio(v.double() @ torch.diag_embed(w.double()) @ v.double().mT, a, tol))
-            if cuda_library.available():
-                w, v = cuda_library.jacobi_eigh(a)
-                w = torch.sort(w, dim=-1, descending=True).values
-                record("jacobi_eigh (CUDA lib)", f"k={k}", _ratio(w, want, tol))
-        m, n = 130, 70
-        w0 = rnd(m, n)
-        u, _ = torch.linalg.qr(rnd(m, min(m, n)))
-        v, _ = torch.linalg.qr(rnd(n, min(m, n)))
-        s = torch.logspace(1, -2, min(m, n), device=device)
-        w = (w0 + (u * s) @ v.T).to(torch.bfloat16)
-        res = sigma_max_power(ImplicitDifferenceOperator(w, w0, backend="triton"), block=4, iters=15, backend="triton")
-        want = float(torch.linalg.svdvals((w.double() - w0.double()).cpu())[0])
-        record("sigma_max_power", f"{m}x{n} bf16", abs(float(res.sigma) - want) / (1e-4 * want))
     return out
 
 
@@ -348,31 +310,7 @@ def timing_rows(device: torch.device, shapes: dict, on_gpu: bool, peak_gbs: floa
     return rows
 
 
-# ---- set-up: CUDA library, copy bandwidth ------------------------------------------------------
-def build_cuda_library(arch: str, work: Path) -> str:
-    """Build csrc/ with CMake + nvcc for ``arch`` (e.g. "90") and point cuda_library at the result."""
-    if cuda_library.available():
-        return f"already built: {cuda_library.library_path()}"
-    if shutil.which("cmake") is None or shutil.which("nvcc") is None:
-        return "not built: cmake or nvcc missing"
-    build, lib_dir = work / "cuda_build", work / "cuda_lib"
-    root = Path(__file__).resolve().parents[1]
-    try:
-        for cmd in (["cmake", "-S", str(root), "-B", str(build), f"-DCMAKE_CUDA_ARCHITECTURES={arch}",
-                     f"-DPRUNE_FAST_LIB_DIR={lib_dir}", "-DCMAKE_BUILD_TYPE=Release"],
-                    ["cmake", "--build", str(build)]):
-            subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
-    except (OSError, subprocess.SubprocessError) as exc:
-        tail = getattr(exc, "stderr", "") or ""
-        return f"build failed: {exc} {tail[-500:]}"
-    libs = sorted(lib_dir.glob("*prune_fast_cuda*"))
-    if not libs:
-        return "build produced no library"
-    os.environ["PRUNE_FAST_CUDA_LIB"] = str(libs[0])
-    cuda_library._load.cache_clear()
-    return f"built for sm_{arch}: {libs[0]} (loaded: {cuda_library.available()})"
-
-
+# ---- set-up: copy bandwidth -------------------------------------------------------------------
 def copy_bandwidth(device: torch.device, on_gpu: bool) -> dict:
     """Device-to-device copy rate, counting bytes read plus bytes written (random data, never zeros)."""
     n = (1 << 30) // 4 if on_gpu else (1 << 24) // 4
@@ -384,78 +322,6 @@ def copy_bandwidth(device: torch.device, on_gpu: bool) -> dict:
 
 
 # ---- CUDA graph ----------------------------------------------------------------------------------
-def graph_check(device: torch.device, on_gpu: bool, shape: tuple[int, int], g: torch.Generator,
-                iters: int = 12) -> tuple[dict, list[Check]]:
-    """Capture the synchronisation-free restraint step in a CUDA graph and replay it (see module doc)."""
-    m, n = shape
-    backend = "triton"
-    f = resolve_fn("log")
-    w0 = (torch.randn(m, n, generator=g) / math.sqrt(n)).to(device)
-    sigma_star, _ = sigma_max(w0)
-    a = torch.linalg.qr(torch.randn(m, 2, generator=g))[0].to(device)
-    b = torch.linalg.qr(torch.randn(n, 2, generator=g))[0].to(device)
-    edited = w0 + (a * torch.tensor([3.0, 1.5], device=device) * sigma_star) @ b.T
-    w = edited.clone()
-    start = torch.randn(n, 4, generator=g).to(device)
-    op = ImplicitDifferenceOperator(w, w0, backend=backend)
-
-    def step():
-        w.copy_(edited)  # every replay starts from the same edited weight
-        res = sigma_max_power(op, iters=iters, start=start, backend=backend)
-        c = torch.where(res.sigma >= sigma_star, res.sigma - f(res.sigma, sigma_star), torch.zeros_like(res.sigma))
-        apply_correction_(w, -(res.u * c)[:, None], res.v[:, None], backend=backend)
-
-    info: dict = {"shape": f"{m}x{n}", "iters": iters, "graph": on_gpu}
-    if on_gpu:
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(2):  # warm-up: Triton JIT compiles, allocator pools
-                step()
-        torch.cuda.current_stream(device).wait_stream(side)
-        step()
-        eager = w.clone()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
-        graph.replay()
-        torch.cuda.synchronize(device)
-        first = w.clone()
-        graph.replay()
-        torch.cuda.synchronize(device)
-        second = w.clone()
-        info["eager_ms"] = bench(step, True, 5)
-        info["replay_ms"] = bench(graph.replay, True, 5)
-    else:  # no graphs on the CPU: the same step, run eagerly three times
-        step()
-        eager = w.clone()
-        step()
-        first = w.clone()
-        step()
-        second = w.clone()
-    info["replays_identical"] = bool(torch.equal(first, second))
-    info["replay_equals_eager"] = bool(torch.equal(first, eager))
-    info["max_abs_replay_vs_eager"] = float((first - eager).abs().max())
-    sigma_before = torch.linalg.svdvals((edited - w0).double().cpu())[:2]
-    sigma_after = float(torch.linalg.svdvals((first - w0).double().cpu())[0])
-    want = float(f(sigma_before[:1], sigma_star)[0])
-    # After the top value is restrained, the largest is max(F(σ₁), σ₂) (σ₂ = 1.5σ* stays ≥ σ*).
-    want = max(want, float(sigma_before[1]))
-    info.update(sigma_star=sigma_star, sigma_before=sigma_before.tolist(), sigma_after=sigma_after, want=want)
-    # Replays must agree bit for bit; the eager run may differ by rounding only (cuBLAS may pick
-    # another algorithm under capture), so it is held to fp32 rounding of the weight's scale.
-    scale = float(eager.abs().max())
-    close = info["max_abs_replay_vs_eager"] <= 1e-5 * scale
-    checks = [
-        Check("graph: replays identical", info["shape"], 0.0 if info["replays_identical"] else float("inf"),
-              info["replays_identical"]),
-        Check("graph: replay vs eager", info["shape"], info["max_abs_replay_vs_eager"] / (1e-5 * scale), close),
-        Check("graph: σ₁ after step (vs f64)", info["shape"], abs(sigma_after - want) / (1e-3 * want),
-              abs(sigma_after - want) <= 1e-3 * want),
-    ]
-    return info, checks
-
-
 def tracker_capture_attempt(device: torch.device, g: torch.Generator) -> dict:
     """Whether ``SpectralTracker.add_`` itself can be captured in a CUDA graph (it reads values back)."""
     m, n = 1024, 4096
@@ -472,22 +338,6 @@ def tracker_capture_attempt(device: torch.device, g: torch.Generator) -> dict:
         return {"capturable": True}
     except Exception as exc:  # noqa: BLE001 - the finding is the error itself
         return {"capturable": False, "error": f"{type(exc).__name__}: {str(exc)[:300]}"}
-
-
-def eigh_timing_rows(device: torch.device, on_gpu: bool, g: torch.Generator) -> list[Timing]:
-    """Triton vs CUDA-library Jacobi on b×b Gram matrices (the sizes sigma_power and Krylov use)."""
-    rows = []
-    for k in (8, 16, 64):
-        a = torch.randn(k, 4 * k, generator=g).to(device)
-        gram = a @ a.T
-        methods = {"triton jacobi": lambda: small_eigh_triton(gram), "torch.linalg.eigh": lambda: torch.linalg.eigh(gram)}
-        if cuda_library.available():
-            methods["cuda-lib jacobi"] = lambda: cuda_library.jacobi_eigh(gram)
-        for method, fn in methods.items():
-            ms = bench(fn, on_gpu, 5)
-            rows.append(Timing("small_eigh", f"{k}x{k}", "float32", method, ms, k * k * 4 * 3, float("nan"),
-                               float("nan")))
-    return rows
 
 
 # ---- report ---------------------------------------------------------------------------------------
@@ -543,7 +393,6 @@ def markdown(result: dict) -> str:
     if bw:
         lines += [f"Copy bandwidth (device-to-device, read + write): **{bw['gbs']:.0f} GB/s** measured "
                   f"(datasheet {result['datasheet_gbs']:.0f} GB/s); floors below use {result['floor_gbs']:.0f} GB/s.", ""]
-    lines += [f"CUDA library: {result.get('cuda_library')}", ""]
     checks = result.get("checks", [])
     failed = [c for c in checks if not c["ok"]]
     lines += [f"## Kernel checks against float64: {len(checks) - len(failed)} passed, {len(failed)} failed", ""]
@@ -551,9 +400,6 @@ def markdown(result: dict) -> str:
         lines += ["| kernel | case | err/bound |", "|---|---|---|"]
         lines += [f"| {c['kernel']} | {c['case']} | {c['worst']:.3g} |" for c in failed]
         lines.append("")
-    graph = result.get("graph")
-    if graph:
-        lines += ["## CUDA graph (sync-free restraint step)", "", "```", json.dumps(graph, indent=1), "```", ""]
     timings = result.get("timings", [])
     if timings:
         lines += ["## Timings (median ms)", "", "| step | shape | dtype | method | ms | GB/s | x floor | extra |",
@@ -576,7 +422,7 @@ def markdown(result: dict) -> str:
 def text_log(result: dict) -> str:
     env = result["env"]
     lines = [f"# gpu_check  device={env['device']}  torch={env['torch']}  commit={env['commit']}  "
-             f"floor={result.get('floor_gbs', 0):.0f} GB/s  cuda_library={result.get('cuda_library')}  "
+             f"floor={result.get('floor_gbs', 0):.0f} GB/s  "
              f"dry_run={result['dry_run']}"]
     checks = result.get("checks", [])
     lines.append(f"{'kernel':34s} {'case':24s} {'err/bound':>10s}  ok")
@@ -590,8 +436,6 @@ def text_log(result: dict) -> str:
                   for t in result["timings"]]
     for t in result.get("targets", []):
         lines.append(f"target: {t['target']}: {t['value']} -> {t['met']}")
-    if result.get("graph"):
-        lines.append("graph: " + json.dumps(result["graph"]))
     return "\n".join(lines)
 
 
@@ -617,7 +461,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="output folder (default: $OUT, else no files)")
     p.add_argument("--peak-gbs", type=float, default=None, help="bandwidth for the floors instead of the measured one")
     p.add_argument("--skip-timing", action="store_true")
-    p.add_argument("--no-build-cuda", action="store_true", help="do not build csrc/ with CMake + nvcc")
     p.add_argument("--budget-s", type=float, default=420.0, help="start no new timing shape after this many seconds")
     p.add_argument("--shapes", default=None, help=f"comma-separated subset of {', '.join(GPU_SHAPES)}")
     p.add_argument("--seed", type=int, default=0)
@@ -639,13 +482,6 @@ def main(argv: list[str] | None = None) -> int:
         out.flush()
         print(f"[{result['elapsed_s']:6.1f} s] {name}", flush=True)
 
-    if not args.no_build_cuda:  # the dry run builds too (for sm_90), so the build path is tested here
-        arch = "".join(map(str, torch.cuda.get_device_capability(device))) if on_gpu else "90"
-        work = tempfile.mkdtemp(prefix="gpu_check_")
-        atexit.register(shutil.rmtree, work, True)  # the loaded library stays mapped until exit
-        result["cuda_library"] = build_cuda_library(arch, Path(work))
-    else:
-        result["cuda_library"] = f"available: {cuda_library.available()}"
     result["bandwidth"] = copy_bandwidth(device, on_gpu)
     result["datasheet_gbs"] = next((v for k, v in PEAK_GBS.items() if k in env["device"]), float("nan"))
     floor_gbs = args.peak_gbs or result["bandwidth"]["gbs"]
@@ -657,11 +493,6 @@ def main(argv: list[str] | None = None) -> int:
     result["checks"] = [asdict(c) for c in checks]
     part("kernel checks")
 
-    graph, graph_checks = graph_check(device, on_gpu, (1600, 6400) if on_gpu else (48, 96), g)
-    result["graph"] = graph
-    result["checks"] += [asdict(c) for c in graph_checks]
-    part("CUDA graph")
-
     timings: list[Timing] = []
     skipped: list[str] = []
     result["timings"], result["skipped"] = [], skipped
@@ -670,7 +501,6 @@ def main(argv: list[str] | None = None) -> int:
             result["timings"] = [asdict(t) for t in timings]
             out.flush()
 
-        timings += eigh_timing_rows(device, on_gpu, g)
         shapes = GPU_SHAPES if on_gpu else DRY_SHAPES
         if args.shapes:
             shapes = {k: shapes[k] for k in args.shapes.split(",")}

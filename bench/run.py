@@ -88,30 +88,6 @@ def _orthonormalize(shape, backend, g, device):
     return lambda: orthonormalize(x, backend=backend)
 
 
-# (batch, k): small symmetric eigenproblems
-@benchmark("small_eigh", [(1, 16), (1, 33), (8, 16)])
-def _small_eigh(shape, backend, g, device):
-    from prune_fast.kernels.small_eigh import small_eigh
-
-    b, k = shape
-    x = _randn(b, k, k, g=g, device=device)
-    a = x + x.mT
-    return lambda: small_eigh(a, backend=backend)
-
-
-# (rows, cols): σ_max of a dense weight by block power iteration
-@benchmark("sigma_power", [(1600, 6400), (512, 128)])
-def _sigma_power(shape, backend, g, device):
-    from prune_fast.kernels.sigma_power import sigma_max_power
-
-    try:
-        from prune_fast.spectral.operators import DenseOperator
-    except ImportError:  # a ref from before the spectral/ package (issue #16), for --compare
-        from prune_fast.spectral.operators import DenseOperator
-    op = DenseOperator(_randn(*shape, g=g, device=device))
-    return lambda: sigma_max_power(op, backend=backend)
-
-
 @dataclass
 class Timing:
     op: str

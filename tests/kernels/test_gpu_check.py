@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +22,8 @@ def test_gpu_check_dry_run(tmp_path):
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     assert report["checks"] and all(c["ok"] for c in report["checks"])
     kernels = {c["kernel"] for c in report["checks"]}
-    assert {"apply_correction_", "write_restrained_", "difference_matmul", "cholesky_qr2 (X = QR)",
-            "jacobi_eigh (Triton)", "sigma_max_power"} <= kernels
+    assert {"apply_correction_", "write_restrained_", "difference_matmul", "difference_matmul(T)",
+            "skinny_matmul(gram)", "cholesky_qr2 (X = QR)", "cholesky_qr2 (QᵀQ = I)"} <= kernels
     methods = {(t["what"], t["method"], t["dtype"]) for t in report["timings"]}
     for dtype in ("float32", "bfloat16"):
         for what, method in (("restrain_", "prune_fast"), ("restrain_", "torch.linalg.svd"),
@@ -32,15 +31,8 @@ def test_gpu_check_dry_run(tmp_path):
                              ("tracker.add_ (rank-1 edit)", "prune_fast")):
             assert (what, method, dtype) in methods
     assert (tmp_path / "gpu_check.log").read_text().startswith("# gpu_check")
-    # Measured copy bandwidth is the floor's ceiling; the sync-free step replays identically and
-    # restrains σ₁ to F(σ₁) (checked against float64 inside the script, as two of the checks).
+    # Measured copy bandwidth is the floor's ceiling.
     assert report["bandwidth"]["gbs"] > 0 and report["floor_gbs"] == report["bandwidth"]["gbs"]
-    assert report["graph"]["replays_identical"] and report["graph"]["replay_equals_eager"]
-    assert {"graph: replays identical", "graph: replay vs eager", "graph: σ₁ after step (vs f64)"} <= kernels
-    assert {t["method"] for t in report["timings"] if t["what"] == "small_eigh"} >= {"triton jacobi",
-                                                                                     "torch.linalg.eigh"}
     assert len(report["targets"]) == 3 and all("target" in t for t in report["targets"])
-    if shutil.which("cmake") and shutil.which("nvcc"):  # the build the GPU run does, for sm_90
-        assert report["cuda_library"].startswith("built for sm_90"), report["cuda_library"]
     md = (tmp_path / "gpu_check.md").read_text()
     assert md.startswith("# gpu_check") and "| restrain_ |" in md and "## Targets" in md

@@ -7,7 +7,7 @@ the JIT would on an A100 (sm_80) or H100/H200 (sm_90), with Triton's own bundled
 1. ``launches``: **what to compile comes from the launchers**, called on ``meta`` tensors for
    every configuration ``settings.launch_space`` lists, every dtype combination the library passes
    and three operand layouts; a package kernel no launcher reaches fails the check.
-2. ``compile``: **compile** each distinct variant per target in a process pool (cached on disk by
+2. ``compiler``: **compile** each distinct variant per target in a process pool (cached on disk by
    Triton's own compile key) and **check** shared memory against ``settings.SHARED_MEMORY_LIMIT``
    and registers × threads against the register file; ``ptxas -v`` gives registers, spills, stack.
 3. ``report``: the run end to end, its tables, and the build folder (cubins + report).
@@ -22,7 +22,7 @@ Example::
 from __future__ import annotations
 
 from .cli import main, parse_targets
-from .compile import CompileResult, check_limits, compile_triton, default_cache_dir, parse_ptxas_log, run_triton_jobs
+from .compiler import CompileResult, check_limits, compile_triton, default_cache_dir, parse_ptxas_log, run_triton_jobs
 from .launches import (DRIVERS, CompileJob, compile_jobs, jobs_for_launches, kernel_name, package_kernels,
                        trace_launches)
 from .report import TARGETS, AotReport, cubin_name, format_summary, format_table, run_aot, write_build

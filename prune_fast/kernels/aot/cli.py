@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ..._atomic import write_text
-from .compile import default_cache_dir
+from .compiler import default_cache_dir
 from .report import TARGETS, format_summary, format_table, report_json, run_aot, write_build
 
 __all__ = ["main", "parse_targets"]

@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 
 from ..._atomic import atomic_write, write_text
 from .. import settings
-from .compile import CompileResult, run_triton_jobs
+from .compiler import CompileResult, run_triton_jobs
 from .launches import compile_jobs
 
 __all__ = ["TARGETS", "AotReport", "run_aot", "format_table", "format_summary", "cubin_name", "write_build"]
