@@ -70,3 +70,28 @@ def test_cmake_build_fails_on_an_unknown_architecture(tmp_path):
     proc = _cmake("--build", str(build), cwd=ROOT)
     assert proc.returncode != 0 and "unknown target '75'" in proc.stdout + proc.stderr
     assert not (build / "kernels" / "aot.stamp").exists()  # so the next build tries again
+
+
+@requires_triton
+@pytest.mark.skipif(CMAKE is None, reason="cmake not on PATH (pip install cmake, in the test extra)")
+def test_cmake_build_fails_when_a_kernel_breaks_the_shared_memory_limit(tmp_path):
+    # A copy of the tree whose sm_90 limit is 1 KB: every kernel now breaks it (the cached compile
+    # results are re-checked against the limits, so this costs no compile after the test above).
+    tree = tmp_path / "src"
+    shutil.copytree(ROOT / "prune_fast", tree / "prune_fast", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "CMakeLists.txt", tree)
+    settings = tree / "prune_fast" / "kernels" / "settings.py"
+    text = settings.read_text()
+    assert text.count("90: 227 * 1024") == 1
+    settings.write_text(text.replace("90: 227 * 1024", "90: 1024"))
+    build = tmp_path / "build"
+    proc = _cmake("-S", str(tree), "-B", str(build), "-DPRUNE_FAST_CUDA_ARCHITECTURES=90",
+                  f"-DPython3_EXECUTABLE={sys.executable}", f"-DPRUNE_FAST_AOT_JOBS={min(2, os.cpu_count() or 1)}",
+                  cwd=tree)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = _cmake("--build", str(build), cwd=tree)
+    assert proc.returncode != 0
+    assert "shared memory" in proc.stdout and "> 1024 B (sm_90)" in proc.stdout, proc.stdout[-3000:]
+    report = (build / "kernels" / "aot_report.txt").read_text()  # written even when the check fails
+    assert "PROBLEM" in report and "within limits, 0 not" not in report
+    assert not (build / "kernels" / "aot.stamp").exists()
