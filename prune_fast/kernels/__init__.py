@@ -8,7 +8,7 @@ front-end taking a resolved ``backend``:
 - ``apply_correction``: W ← W + L Rᵀ in place, and W ← W0 + D + L Rᵀ (the no-drift write);
 - ``skinny_matmul``: (W − W0) Ω and (W − W0)ᵀ Q without forming W − W0; A X with fp32 accumulation;
 - ``orthonormalize``: CGS2 + CholeskyQR2 (Triton products) with the Householder version as fallback;
-- ``cpu_matmul``: the exact CPU route for skinny products;
+- ``cpu_matmul``: the exact CPU route for skinny products (torch only, no Triton kernel);
 - ``aot/``: compiles every kernel the launchers reach for sm_80/sm_90 without a GPU, writes the
   cubins and checks the per-block limits (``python -m prune_fast.kernels.aot``; the top-level
   ``CMakeLists.txt`` runs it as its build).
