@@ -269,12 +269,14 @@ class SequentialEditor:
         res = self.editor.compute(list(batch))
         return res.updates, res.state_update
 
-    def apply_updates(self, updates: Sequence[FactoredUpdate]) -> tuple[float, float, dict[str, Any]]:
+    def apply_updates(self, updates: Sequence[FactoredUpdate], *,
+                      with_sigma_max_weight: bool = False) -> tuple[float, float, dict[str, Any]]:
         """Hand ``updates`` to the trackers; returns (apply seconds, restraint seconds, and per weight
-        the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain)."""
+        the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain;
+        with σ_max of the live weight when ``with_sigma_max_weight``)."""
         start = time.perf_counter()
         self.editor.updates_applied(updates)
-        results = self.trackers.apply_(updates)
+        results = self.trackers.apply_(updates, with_sigma_max_weight=with_sigma_max_weight)
         apply_s = time.perf_counter() - start
         restrain_s = sum(r.elapsed_s for r in results.values() if r is not None)
         return apply_s, restrain_s, results
@@ -289,8 +291,8 @@ class SequentialEditor:
                                      "update_ratio": update_sigma_max(upd.u, upd.v) / tr.sigma_star,
                                      "n_restrained": res.n_restrained if res is not None else 0}
             if with_spectrum and res is not None:
-                # the restraint just solved for every σ(Δ) ≥ σ* (and the next one): reuse it
-                smax = tr.sigma_max_weight()
+                # the restraint just solved for every σ(Δ) ≥ σ* (and the next one), and σ_max(W): reuse them
+                smax = res.sigma_max_weight
                 rec.update(sigma_max_weight=smax, ratio=smax / tr.sigma_star, n_above=res.n_restrained,
                            sigma_max_delta=res.sigma_before[0] if res.n_restrained else res.sigma_next,
                            cond=tr.cheap_cond())
@@ -341,9 +343,9 @@ class SequentialEditor:
             if self.journal is not None:
                 self.journal.stage_updates(i, updates, editor_state)
             stage_s = time.perf_counter() - t0 - editor_s
-            apply_s, restrain_s, results = self.apply_updates(updates)
-            done_requests += batch
             with_spectrum = (i + 1) % cfg.spectrum_every == 0 or i + 1 == len(batches)
+            apply_s, restrain_s, results = self.apply_updates(updates, with_sigma_max_weight=with_spectrum)
+            done_requests += batch
             rec = StepRecord(step=i, edits=len(done_requests), case_ids=[r.case_id for r in batch],
                              editor_s=editor_s, apply_s=apply_s, restrain_s=restrain_s,
                              layers=self._layer_records(updates, results, with_spectrum), stage_s=stage_s)
