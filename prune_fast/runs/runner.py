@@ -275,7 +275,6 @@ class SequentialEditor:
         the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain;
         with σ_max of the live weight when ``with_sigma_max_weight``)."""
         start = time.perf_counter()
-        self.editor.updates_applied(updates)
         results = self.trackers.apply_(updates, with_sigma_max_weight=with_sigma_max_weight)
         apply_s = time.perf_counter() - start
         restrain_s = sum(r.elapsed_s for r in results.values() if r is not None)
