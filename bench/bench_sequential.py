@@ -4,6 +4,10 @@
     one ``SpectralTracker`` on an M×N weight (default 1600×6400, GPT-2 XL's MLP), restrained after
     every edit: edits per second, and the per-step time at the start, middle and end; against
     the paper's procedure (four full float64 SVDs + matrix_rank per restraint), timed once.
+(r) ``record``: what a runner step's spectrum record costs on top of the tracker step, the same
+    stream of rank-1 updates into two trackers on an M×N weight: today's record (the restraint's own
+    singular values plus ``add_(..., with_sigma_max_weight=True)``: one warm σ_max(W) solve) against
+    the earlier one (``spectrum()`` after the step: a second Krylov solve of Δ, then σ_max(W)).
 (b) ``testbed``: ``--edits`` sequential ROME edits on the package's small model with ``online``
     restraint through ``SequentialEditor`` (no evaluation): median restraint time per edit in
     windows ending at 100, 1,000 and 10,000 edits (those reached), and PRUNE's share of the edit
@@ -13,6 +17,7 @@ Targets (issue 9): restraint time flat (≤ 1.5× from 100 to 10,000 edits), PRU
 
     python bench/bench_sequential.py testbed --edits 1000
     python bench/bench_sequential.py tracker --steps 1000 [--rows 1600 --cols 6400] [--skip-paper]
+    python bench/bench_sequential.py record --steps 200 [--rows 1600 --cols 6400]
 
 Every table is printed with the machine, thread count and commit.
 """
@@ -76,6 +81,35 @@ def bench_tracker(rows: int, cols: int, steps: int, skip_paper: bool) -> None:
               f"({paper / statistics.median(times[-k:]):.0f}× one tracker step)")
 
 
+def bench_record(rows: int, cols: int, steps: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(rows, cols, generator=g) / math.sqrt(cols)
+    s_star = sigma_max(w)[0]
+    reuse, second_pass = (SpectralTracker(w.clone(), fn="linear", sigma_star=s_star) for _ in range(2))
+    step_t, new_t, old_t, gap = [], [], [], 0.0
+    for u, v in rome_like_updates(rows, cols, steps, s_star, scale=2.0):
+        t0 = time.perf_counter()
+        res = reuse.add_(u, v, with_sigma_max_weight=True)
+        t1 = time.perf_counter()
+        second_pass.add_(u, v)
+        t2 = time.perf_counter()
+        report = second_pass.spectrum()
+        t3 = time.perf_counter()
+        # the record's step cost beyond the bare tracker step, for each way
+        step_t.append(t2 - t1)
+        new_t.append(max(0.0, (t1 - t0) - (t2 - t1)))
+        old_t.append(t3 - t2)
+        gap = max(gap, abs(res.sigma_max_weight - report.sigma_max_weight) / report.sigma_max_weight)
+    k = max(1, min(100, steps // 2))
+    print(f"(r) step record on {rows}×{cols}, {steps} rank-1 steps of 2σ*, restrained after every edit — {machine()}")
+    print(f"    tracker step alone, last {k}: {_q(step_t[-k:])}")
+    print(f"    record by spectrum() (second Krylov solve of Δ + σ_max(W)), last {k}: {_q(old_t[-k:])}")
+    print(f"    record from add_(with_sigma_max_weight=True) (σ_max(W) only), last {k}: {_q(new_t[-k:])}")
+    saved = statistics.median(old_t[-k:]) - statistics.median(new_t[-k:])
+    print(f"    saving per step: {saved * 1e3:.2f} ms ({saved / statistics.median(step_t[-k:]) * 100:.0f} % of a tracker "
+          f"step); largest relative difference of the two σ_max(W): {gap:.1e}")
+
+
 def bench_testbed(edits: int, threads: int) -> None:
     from prune_fast.editors import CovarianceStore, ROMEHyperParams
     from prune_fast.runs.runner import RunConfig, SequentialEditor
@@ -116,12 +150,18 @@ def main() -> None:
     a.add_argument("--cols", type=int, default=6400)
     a.add_argument("--steps", type=int, default=1000)
     a.add_argument("--skip-paper", action="store_true")
+    r = sub.add_parser("record")
+    r.add_argument("--rows", type=int, default=1600)
+    r.add_argument("--cols", type=int, default=6400)
+    r.add_argument("--steps", type=int, default=200)
     b = sub.add_parser("testbed")
     b.add_argument("--edits", type=int, default=10_000)
     b.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     if args.which == "tracker":
         bench_tracker(args.rows, args.cols, args.steps, args.skip_paper)
+    elif args.which == "record":
+        bench_record(args.rows, args.cols, args.steps)
     else:
         bench_testbed(args.edits, args.threads)
 

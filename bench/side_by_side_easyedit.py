@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from prune_fast.lm.edit_set import shipped_requests  # noqa: E402
 from prune_fast.editors import CovarianceStore, ROMEHyperParams, compute_rome  # noqa: E402
 from prune_fast.updates import TrackerSet  # noqa: E402
-from prune_fast.editors.rome import KeyCache  # noqa: E402
+from prune_fast.editors.key_cache import KeyCache  # noqa: E402
 from prune_fast.lm.models import load_smollm2  # noqa: E402
 from prune_fast.lm.real_abilities import covariance_corpus  # noqa: E402
 
@@ -56,11 +56,10 @@ def run_ours(base, tok, texts, reqs, hp) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         store.factor(model, tok, _site(model, hp), hp.cov_samples, hp.cov_max_tokens, hp.cov_ridge)
         t_cov = time.perf_counter() - t0
-        trackers, cache_k, times = TrackerSet(model, fn="ln"), KeyCache(), []
+        trackers, cache_k, times = TrackerSet(model, fn="ln"), KeyCache(model), []
         for r in reqs:
             t0 = time.perf_counter()
             upd = compute_rome(model, tok, r, hp, store, key_cache=cache_k).updates
-            cache_k.invalidate(upd)
             trackers.apply_(upd)
             times.append(time.perf_counter() - t0)
     return t_cov, times

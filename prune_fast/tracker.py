@@ -27,21 +27,20 @@ import torch
 
 from . import _validate
 from .spectral.accumulated_delta import AccumulatedDelta
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_, write_restrained_
 from .spectral.krylov import prefer_direct, topk_svd
 from ._dtype import compute_dtype
 from .restrain import correction_for, rounding_note, sigma_max
 from .spectral.restraint_fn import FnLike, resolve_fn
+from .spectral.condition import cheap_cond
 from .spectral.results import RestrainResult, SpectrumReport
+from ._tracker_state import FORMAT, STATE_DTYPES, check_state, resolve_state_dtype
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["SpectralTracker"]
-
-_FORMAT = "prune_fast.SpectralTracker/1"
-
 
 class SpectralTracker:
     """Track the raw update of one 2-D weight and keep it restrained: weight = W0 + F(Δ).
@@ -103,7 +102,7 @@ class SpectralTracker:
         self.weight = weight
         self.restrain_every = restrain_every
         self.refresh_every = refresh_every
-        self._acc = _state_dtype(weight, state_dtype)
+        self._acc = resolve_state_dtype(weight, state_dtype)
         # The tracker's own random stream, on the weight's device: the global one is never touched.
         self._generator = torch.Generator(device=weight.device).manual_seed(seed)
         self._w0 = w0
@@ -144,11 +143,15 @@ class SpectralTracker:
         return self._fn.describe()
 
     @torch.no_grad()
-    def add_(self, u: torch.Tensor, v: torch.Tensor) -> RestrainResult | None:
+    def add_(self, u: torch.Tensor, v: torch.Tensor, *, with_sigma_max_weight: bool = False) -> RestrainResult | None:
         """Raw Δ += u vᵀ (u: m×r, v: n×r, in the weight's layout); restrain if it is due.
 
-        Returns the :class:`RestrainResult` when this call restrained, else ``None``.
+        Returns the :class:`RestrainResult` when this call restrained, else ``None``. The result
+        holds the singular values of Δ the restraint solved for; ``with_sigma_max_weight=True``
+        adds σ_max of the restrained live weight (:meth:`sigma_max_weight`, warm-started), so a
+        step record needs no second spectral pass over Δ (:meth:`spectrum` would solve it again).
         """
+        _check_flag("with_sigma_max_weight", with_sigma_max_weight)
         u, v = _validate.check_factors(u, v, self.weight)
         _validate.check_update_finite(u, v, self._acc)  # Δ accumulates u vᵀ in the state dtype
         self._check_weight_unchanged()
@@ -159,18 +162,27 @@ class SpectralTracker:
             self._since_restrain += 1
             self._since_refresh += 1
             if self.restrain_every is not None and self._since_restrain >= self.restrain_every:
-                return self._restrain(raw=(u, v))
-            self._write_started = True
-            apply_correction_(self._live(), u, v, backend=self.backend)
-            self._publish()
-            return None
+                result = self._restrain(raw=(u, v))
+            else:
+                self._write_started = True
+                apply_correction_(self._live(), u, v, backend=self.backend)
+                self._publish()
+                return None
+        if with_sigma_max_weight:  # after the block: the weight is written, nothing left to undo
+            result.sigma_max_weight = self.sigma_max_weight()
+        return result
 
     @torch.no_grad()
-    def restrain_(self) -> RestrainResult:
-        """Restrain now: weight ← W0 + F(Δ) for the raw Δ accumulated so far."""
+    def restrain_(self, *, with_sigma_max_weight: bool = False) -> RestrainResult:
+        """Restrain now: weight ← W0 + F(Δ) for the raw Δ accumulated so far (``with_sigma_max_weight``:
+        as in :meth:`add_`)."""
+        _check_flag("with_sigma_max_weight", with_sigma_max_weight)
         self._check_weight_unchanged()
         with self._all_or_nothing():
-            return self._restrain(raw=None)
+            result = self._restrain(raw=None)
+        if with_sigma_max_weight:
+            result.sigma_max_weight = self.sigma_max_weight()
+        return result
 
     @torch.no_grad()
     def spectrum(self) -> SpectrumReport:
@@ -185,7 +197,7 @@ class SpectralTracker:
         values = trip.s.tolist() + ([trip.next_value] if trip.next_value > 0 else [])
         return SpectrumReport(sigma_delta=values, sigma_star=self.sigma_star, sigma_max_weight=self.sigma_max_weight(),
                               n_above=int(trip.s.numel()), n_edits=self.n_edits, rank=self.rank,
-                              cond_weight=_cheap_cond(self._live()))
+                              cond_weight=cheap_cond(self._live()))
 
     @torch.no_grad()
     def sigma_max_weight(self) -> float:
@@ -204,7 +216,7 @@ class SpectralTracker:
 
     def cheap_cond(self) -> float | None:
         """cond(live weight) where it is cheap (see :meth:`spectrum`), else ``None``."""
-        return _cheap_cond(self._live())
+        return cheap_cond(self._live())
 
     def delta(self) -> torch.Tensor:
         """The raw accumulated Δ as a new dense tensor (for tests and the at-end protocol)."""
@@ -220,7 +232,7 @@ class SpectralTracker:
         fn_name, alpha = self._fn_spec
         u_a, c_a, v_a = self._applied
         meta = {
-            "format": _FORMAT, "shape": list(self.weight.shape), "dtype": str(self.weight.dtype),
+            "format": FORMAT, "shape": list(self.weight.shape), "dtype": str(self.weight.dtype),
             "sigma_star": self.sigma_star, "fn": fn_name, "alpha": alpha,
             "restrain_every": self.restrain_every, "refresh_every": self.refresh_every,
             "n_edits": self.n_edits, "since_restrain": self._since_restrain, "state_dtype": str(self._acc),
@@ -241,13 +253,13 @@ class SpectralTracker:
         ``fn`` is needed only when the tracker was created with a callable.
         """
         _validate.check_matrix("weight", weight, finite=False)  # its content is rewritten from the state
-        meta = _check_state(weight, state, fn)
+        meta = check_state(weight, state, fn)
         saved = meta.get("state_dtype")  # absent in states written before the option existed
         tr = cls.__new__(cls)
         tr._build(weight, fn=meta["fn"] if fn is None else fn, alpha=meta["alpha"],
                   fn_spec_name=meta["fn"] if fn is None or isinstance(fn, str) else None,
                   restrain_every=meta["restrain_every"], refresh_every=meta["refresh_every"], backend=backend,
-                  seed=0, state_dtype=None if saved is None else _STATE_DTYPES[saved],
+                  seed=0, state_dtype=None if saved is None else STATE_DTYPES[saved],
                   w0=state["w0"].to(weight.device, weight.dtype, copy=True), delta_state=state,
                   applied=(state["applied_u"], state["applied_c"], state["applied_v"]),
                   n_edits=int(meta["n_edits"]), since_restrain=int(meta["since_restrain"]))
@@ -394,8 +406,6 @@ class SpectralTracker:
 # Warm-started σ_max(W): 8 columns beat 16 once the start block already holds the top vector
 # (576×1536, 200 steps: 3.5 ms at 8, 3.9 ms at 4, 5.4 ms at 16, 9.4 ms cold).
 _WARM_BLOCK = 8
-
-_STATE_DTYPES = {str(d): d for d in (torch.float32, torch.float64)}
 _PROBES = 1024
 
 
@@ -410,97 +420,6 @@ def _probe_positions(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return (idx // n).to(weight.device), (idx % n).to(weight.device)
 
 
-def _check_state(weight: torch.Tensor, state: object, fn: object) -> dict[str, Any]:
-    """Every field of a ``state_dict`` checked against ``weight`` and each other, before any write;
-    returns its meta. Raises :class:`InvalidInputError` naming the field."""
-    meta = state.get("meta") if isinstance(state, dict) else None
-    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
-        raise InvalidInputError("state is not a SpectralTracker state_dict (missing or unknown 'meta.format')")
-    required = ("shape", "dtype", "sigma_star", "fn", "alpha", "restrain_every", "refresh_every", "n_edits",
-                "since_restrain")
-    absent = [k for k in required if k not in meta]
-    if absent:
-        raise InvalidInputError(f"state meta lacks {', '.join(f'meta.{k}' for k in absent)}")
-    if meta["shape"] != list(weight.shape) or meta["dtype"] != str(weight.dtype):
-        raise InvalidInputError(f"state is for a {meta['dtype']} weight of shape {meta['shape']!r}, "
-                                f"got {weight.dtype} {tuple(weight.shape)}")
-    try:
-        _validate.check_sigma_star(meta["sigma_star"], compute_dtype(weight))
-        if meta["sigma_star"] is None:
-            raise InvalidInputError("sigma_star is missing")
-    except InvalidInputError as e:
-        raise InvalidInputError(f"state meta.sigma_star: {e}") from None
-    if meta["fn"] is None and fn is None:
-        raise InvalidInputError("this state was made with a callable fn: pass fn= to from_state_dict")
-    if meta["fn"] is not None and not isinstance(meta["fn"], str):
-        raise InvalidInputError(f"state meta.fn must be a name or null, got {meta['fn']!r}")
-    try:
-        resolve_fn(meta["fn"] if fn is None else fn, meta["alpha"])
-    except InvalidInputError as e:
-        raise InvalidInputError(f"state meta.fn/meta.alpha: {e}") from None
-    if meta["restrain_every"] is not None:
-        _validate.check_count("state meta.restrain_every", meta["restrain_every"], minimum=1)
-    _validate.check_count("state meta.refresh_every", meta["refresh_every"], minimum=1)
-    _validate.check_count("state meta.n_edits", meta["n_edits"])
-    _validate.check_count("state meta.since_restrain", meta["since_restrain"])
-    saved = meta.get("state_dtype")  # absent in states written before the option existed
-    if saved is not None and saved not in _STATE_DTYPES:
-        raise InvalidInputError(f"state meta.state_dtype: unknown state_dtype {saved!r}")
-    needed = {"w0", "applied_u", "applied_c", "applied_v"}
-    missing = needed - set(state)
-    if missing or not ({"delta"} <= set(state) or {"qa", "qb", "core"} <= set(state)):
-        raise InvalidInputError(f"state is missing tensors: {sorted(missing) or 'delta/qa/qb/core'}")
-    m, n = weight.shape
-    k = _state_tensor(state, "applied_c", 1).shape[0]
-    shapes: dict[str, tuple[int, ...]] = {"w0": (m, n), "applied_u": (m, k), "applied_v": (n, k)}
-    if "delta" in state:
-        shapes["delta"] = (m, n)
-    else:
-        ra, rb = _state_tensor(state, "qa", 2).shape[1], _state_tensor(state, "qb", 2).shape[1]
-        shapes.update(qa=(m, ra), qb=(n, rb), core=(ra, rb))
-    for key, want in shapes.items():
-        t = _state_tensor(state, key, len(want))
-        if tuple(t.shape) != want:
-            raise InvalidInputError(f"state[{key!r}] has shape {tuple(t.shape)}, expected {want} "
-                                    f"for a weight of shape {(m, n)}")
-    return meta
-
-
-def _state_tensor(state: dict[str, Any], key: str, dim: int) -> torch.Tensor:
-    t = state[key]
-    if not isinstance(t, torch.Tensor) or t.dim() != dim or t.dtype not in _validate._FLOATING:
-        what = f"a {t.dim()}-D {t.dtype} tensor" if isinstance(t, torch.Tensor) else type(t).__name__
-        raise InvalidInputError(f"state[{key!r}] must be a {dim}-D floating tensor, got {what}")
-    _validate.check_finite(f"state[{key!r}]", t)
-    return t
-
-
-def _state_dtype(weight: torch.Tensor, state_dtype: object) -> torch.dtype:
-    """The tracker's state dtype: fp32 or fp64, never below the weight's own compute dtype."""
-    if state_dtype is None:
-        return compute_dtype(weight)
-    if state_dtype not in _STATE_DTYPES.values():
-        raise InvalidInputError(f"state_dtype must be None, torch.float32 or torch.float64, got {state_dtype!r}")
-    if state_dtype == torch.float32 and weight.dtype == torch.float64:
-        raise InvalidInputError("state_dtype=torch.float32 would round a float64 weight's state; use None")
-    return state_dtype  # type: ignore[return-value]
-
-
-_CHEAP_COND_WORK = 1 << 25
-
-
-def _cheap_cond(weight: torch.Tensor) -> float | None:
-    """σ_max/σ_min from eigvalsh of the float64 Gram matrix of the short side, for small weights only.
-
-    The Gram route loses σ_min's accuracy only for cond ≳ 1e7 (relative error ≈ ε₆₄·cond²); beyond
-    that, or for a singular weight, the result is ``inf``.
-    """
-    m, n = weight.shape
-    if m * n * min(m, n) > _CHEAP_COND_WORK or weight.numel() == 0:
-        return None
-    w = weight.detach().to(torch.float64)
-    lam = torch.linalg.eigvalsh(w.T @ w if m >= n else w @ w.T)
-    lo, hi = float(lam[0]), float(lam[-1])
-    if hi <= 0.0:
-        return None
-    return math.sqrt(hi / lo) if lo > hi * 1e-14 else math.inf
+def _check_flag(name: str, value: object) -> None:
+    if not isinstance(value, bool):
+        raise InvalidTypeError(f"{name} must be True or False, got {value!r}")

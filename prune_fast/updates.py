@@ -90,21 +90,25 @@ class TrackerSet:
         if not (torch.isfinite(upd.u).all() and torch.isfinite(upd.v).all()):
             raise EditorError(f"update of {upd.param_name} has non-finite entries")
 
-    def apply_(self, updates: Iterable[FactoredUpdate]) -> dict[str, Any]:
+    def apply_(self, updates: Iterable[FactoredUpdate], *, with_sigma_max_weight: bool = False) -> dict[str, Any]:
         """Check every update, then hand each to its parameter's tracker (in order).
 
         Returns what each tracker's ``add_`` returned, by parameter name (for a
         :class:`prune_fast.SpectralTracker`: its :class:`~prune_fast.RestrainResult` when the call
         restrained, else ``None``; the last one when a parameter is updated twice).
+        ``with_sigma_max_weight`` is passed on to ``add_`` (only when true, so a custom tracker
+        needs the keyword only if it is asked for).
         """
         updates = list(updates)
         for upd in updates:
             self._check(upd)
+        extra = {"with_sigma_max_weight": True} if with_sigma_max_weight else {}
         results: dict[str, Any] = {}
         for upd in updates:
             tracker = self.tracker(upd.param_name)
             p = self._params[upd.param_name]
-            results[upd.param_name] = tracker.add_(upd.u.to(p.device, torch.float32), upd.v.to(p.device, torch.float32))
+            results[upd.param_name] = tracker.add_(upd.u.to(p.device, torch.float32), upd.v.to(p.device, torch.float32),
+                                                   **extra)
         return results
 
     def tracker(self, param_name: str) -> Any:

@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"errors", "_validate", "_atomic", "_scratch", "_dtype", "cache"},
     {"kernels"},
     {"spectral"},
-    {"restrain"},
+    {"restrain", "_tracker_state"},
     {"tracker"},
     {"checkpoint", "updates"},
     {"lm"},

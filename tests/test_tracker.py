@@ -8,6 +8,7 @@ import prune_fast
 from prune_fast import SpectralTracker
 from prune_fast.errors import InvalidInputError
 from prune_fast.spectral.reference import restrain_reference
+from prune_fast.updates import FactoredUpdate, TrackerSet
 from spectral_cases import make_w0, rel_err
 
 
@@ -343,3 +344,66 @@ def test_float64_state_on_the_krylov_path_of_the_core(rng):
     assert info["n_restrained"] == 8
     err = float((w.double() - want).abs().max())
     assert err <= 4 * torch.finfo(torch.float32).eps * float(want.abs().max()), err
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-5), (torch.bfloat16, 1e-2)], ids=["fp32", "bf16"])
+def test_add_returns_sigma_max_of_the_live_weight(dtype, tol, rng):
+    """with_sigma_max_weight=True: σ_max of the restrained weight, against float64 svdvals of the weight
+    itself after every step (bf16: the weight is the rounded shadow, hence the looser tolerance)."""
+    m, n = 96, 160
+    w = make_w0(m, n, rng).to(dtype)
+    tr = SpectralTracker(w, fn="linear")
+    for i, (u, v) in enumerate(_edits(m, n, 12, rng, scale=2.0)):
+        res = tr.add_(u.float(), v.float(), with_sigma_max_weight=True)
+        want = float(torch.linalg.svdvals(w.double())[0])
+        assert res.n_restrained >= 1 or i == 0
+        assert abs(res.sigma_max_weight - want) <= tol * want
+    assert tr.add_(*(t.float() for t in _edits(m, n, 1, rng, scale=0.1)[0])).sigma_max_weight is None  # not asked
+
+
+def test_sigma_max_weight_only_on_restraining_calls_and_from_restrain_(rng):
+    m, n = 40, 70
+    w = make_w0(m, n, rng).float()
+    tr = SpectralTracker(w, restrain_every=None)
+    for u, v in _edits(m, n, 5, rng, scale=2.0):
+        assert tr.add_(u.float(), v.float(), with_sigma_max_weight=True) is None  # nothing restrained: no result
+    res = tr.restrain_(with_sigma_max_weight=True)
+    assert res.n_restrained >= 1
+    assert res.sigma_max_weight == pytest.approx(float(torch.linalg.svdvals(w.double())[0]), rel=1e-5)
+
+
+@pytest.mark.parametrize("flag", [1, "yes", None], ids=repr)
+def test_sigma_max_flag_must_be_a_bool_and_is_checked_first(flag, rng):
+    m, n = 20, 12
+    w = make_w0(m, n, rng).float()
+    tr = SpectralTracker(w)
+    tr.add_(torch.randn(m, 1), torch.randn(n, 1))
+    before, state = w.clone(), tr.state_dict()
+    with pytest.raises(InvalidInputError, match="with_sigma_max_weight"):
+        tr.add_(torch.randn(m, 1), torch.randn(n, 1), with_sigma_max_weight=flag)
+    with pytest.raises(InvalidInputError, match="with_sigma_max_weight"):
+        tr.restrain_(with_sigma_max_weight=flag)
+    after = tr.state_dict()
+    assert torch.equal(w, before) and after["meta"] == state["meta"]
+    assert all(torch.equal(after[k], state[k]) for k in state if k != "meta")
+
+
+def test_tracker_set_passes_the_flag_only_when_asked(rng):
+    """A custom tracker without the keyword keeps working; the default one reports σ_max(W) when asked."""
+    model = torch.nn.Linear(30, 20, bias=False)
+    calls = []
+
+    class Plain:
+        def __init__(self, weight):
+            self.weight = weight
+
+        def add_(self, u, v):
+            calls.append(u.shape)
+            self.weight.data += u @ v.T
+
+    upd = FactoredUpdate("weight", torch.randn(20, 1, generator=rng), torch.randn(30, 1, generator=rng))
+    TrackerSet(model, tracker_factory=Plain).apply_([upd])
+    assert calls == [(20, 1)]
+    res = TrackerSet(model).apply_([FactoredUpdate("weight", 10 * upd.u, upd.v)], with_sigma_max_weight=True)
+    want = float(torch.linalg.svdvals(model.weight.detach().double())[0])
+    assert res["weight"].sigma_max_weight == pytest.approx(want, rel=1e-5)

@@ -146,14 +146,20 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
             configs += [RunConfig(protocol="online", fn=f, eval_every=eval_every),
                         RunConfig(protocol="at_end", fn=f, eval_every=eval_every)]
         arms = {}
+        baseline = None  # the 'none' run: every at_end arm is its edits restrained once (branch_at_end)
         for cfg in configs:
             edited = copy.deepcopy(setup.model)
             ev = Evaluator(edited, setup.tokenizer, abilities=setup.abilities, heldout=setup.heldout)
-            runner = SequentialEditor(edited, setup.tokenizer, hparams=setup.hparams, covariance=setup.store,
-                                      config=cfg, evaluator=ev, progress=progress)
-            arms[cfg.name] = runner.run(setup.requests)
+            if cfg.protocol == "at_end" and baseline is not None:
+                arms[cfg.name] = baseline.branch_at_end(arms["none"], setup.requests, cfg, edited, ev)
+            else:
+                runner = SequentialEditor(edited, setup.tokenizer, hparams=setup.hparams, covariance=setup.store,
+                                          config=cfg, evaluator=ev, progress=progress)
+                arms[cfg.name] = runner.run(setup.requests)
+                if cfg.protocol == "none":
+                    baseline = runner
             logger.info("arm %s done in %.1f s", cfg.name, arms[cfg.name].wall_s)
-            del edited, ev, runner
+            del edited, ev
         summary = {}
         if "none" in arms:
             none_final = arms["none"].final

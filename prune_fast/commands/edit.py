@@ -68,6 +68,8 @@ class EditJob:
     heldout: str | None = None
     eval_every: int = 50
     checkpoint_every: int = 50
+    spectrum_every: int = 1
+    score_immediate: bool = True
     resume: bool = False
     save_model: bool = False
     device: str = "cpu"
@@ -118,6 +120,7 @@ def _check_job(job: EditJob) -> None:
     """The options that need no model: counts and every input file, before anything is loaded."""
     if job.n is not None:
         _validate.check_count("--n", job.n, minimum=1)
+    _validate.check_count("--spectrum-every", job.spectrum_every, minimum=1)
     files = [("--requests", job.requests), *(("--corpus", c) for c in job.corpus),
              *(("--tasks", t.rpartition("=")[2]) for t in job.tasks), ("--heldout", job.heldout),
              ("--hparams", job.hparams), ("--mend-checkpoint", job.mend_checkpoint)]
@@ -145,7 +148,8 @@ def _sha256(path: str | Path) -> str:
 
 def _run_config(job: EditJob) -> Any:
     return RunConfig(protocol=job.protocol, fn=job.fn, restrain_every=job.restrain_every, eval_every=job.eval_every,
-                     batch_size=job.batch_size, tracker_dtype=job.tracker_dtype)
+                     batch_size=job.batch_size, tracker_dtype=job.tracker_dtype, spectrum_every=job.spectrum_every,
+                     score_immediate=job.score_immediate)
 
 
 def _header(job: EditJob, model: Any, n: int) -> dict[str, Any]:
@@ -272,6 +276,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--heldout", metavar="FILE.txt", help="held-out text lines for perplexity")
     p.add_argument("--eval-every", type=int, default=50, help="re-score all edits and tasks every E edits")
     p.add_argument("--checkpoint-every", type=int, default=50, help="tracker checkpoint every C steps")
+    p.add_argument("--spectrum-every", type=int, default=1, metavar="S",
+                   help="record each weight's spectrum (σ_max of the live weight: one Krylov solve) every S steps")
+    p.add_argument("--no-immediate-scores", action="store_true",
+                   help="do not score each edit right after it (long runs: the re-scoring every E edits stays)")
     p.add_argument("--save-model", action="store_true", help="also save the edited model to OUT/model")
     p.add_argument("--device", default="cpu", help="torch device (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -285,6 +293,7 @@ def run(args: argparse.Namespace) -> int:
                   tracker_dtype=args.tracker_dtype, batch_size=args.batch_size,
                   format=args.format, hparams=args.hparams, preset=args.preset, corpus=args.corpus, tasks=args.tasks,
                   heldout=args.heldout, eval_every=args.eval_every, checkpoint_every=args.checkpoint_every,
+                  spectrum_every=args.spectrum_every, score_immediate=not args.no_immediate_scores,
                   resume=args.resume, save_model=args.save_model, device=args.device, threads=args.threads,
                   progress=not args.no_progress)
     print(format_table(run_edit(job)))

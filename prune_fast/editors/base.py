@@ -15,15 +15,15 @@ What differs between editors is declared, not tested for by type:
 - ``state_dict()`` / ``load_state_dict()`` / ``replay(state_update)``: the state a stateful editor
   carries from batch to batch (AlphaEdit's edit-key cache); stateless editors keep the defaults,
   an empty state, and ``EditResult.state_update`` is empty;
-- ``prepare()``: work to do while the model is still unedited (AlphaEdit's projectors);
-- ``updates_applied(updates)``: called by whoever writes updates into the model (ROME drops the
-  cached subject keys those weights feed).
+- ``prepare()``: work to do while the model is still unedited (AlphaEdit's projectors).
+
+An editor that caches what depends on the weights checks that itself (ROME's subject keys carry the
+version counters of the parameters that feed them), so whoever writes the updates owes it nothing.
 
 Example::
 
     editor = ROME(model, tok, ROMEHyperParams.for_model(model), store)
     res = editor.compute([request])          # nothing written
-    editor.updates_applied(res.updates)      # before writing: ROME drops cached keys they could change
     trackers.apply_(res.updates)
 """
 from __future__ import annotations
@@ -90,10 +90,6 @@ class Editor:
         if state:
             raise EditorCheckpointError(f"the {self.name} editor keeps no state, but a state with "
                                         f"{sorted(state)[:3]} was given")
-
-    def updates_applied(self, updates: Sequence[FactoredUpdate]) -> None:
-        """Told by whoever writes ``updates`` into the model, before it does: an editor that caches
-        what depends on weights drops what they change (ROME's subject keys); nothing here."""
 
     def replay(self, state_update: dict[str, torch.Tensor]) -> None:
         """Advance the state as a computed batch did (``EditResult.state_update``); nothing to do here."""

@@ -42,11 +42,12 @@ from .contexts import key_context_templates
 from .covariance import CovarianceStore, cholesky_of
 from ..errors import EditorError, InvalidTypeError, MalformedRequestError
 from .hparams import ROMEHyperParams, ValueHyperParams
+from .key_cache import KeyCache
 from ..lm.probes import encode, make_batch, module_inputs_at, site_index
 from ..lm.requests import EditRequest
 from .values import ValueResult, optimize_value
 
-__all__ = ["ROMEResult", "compute_rome", "mean_key", "template_keys", "subject_keys", "KeyCache", "module_output",
+__all__ = ["ROMEResult", "compute_rome", "mean_key", "template_keys", "subject_keys", "module_output",
            "covariance_for", "covariance_factor"]
 
 logger = logging.getLogger(__name__)
@@ -94,43 +95,6 @@ def mean_key(model: nn.Module, tokenizer: Any, module: nn.Module, requests: list
     """k per request: the module input at the token site, averaged over context templates
     (``templates``, default ``hp.context_templates``); ``(b, d_in)``."""
     return template_keys(model, tokenizer, module, requests, hp, templates).mean(dim=1)
-
-
-class KeyCache:
-    """ROME's keys (k̄, k) per (module, templates, prompt, subject, site), reused within a run.
-
-    A key is the input of the edited down projection, so it depends only on what runs before it:
-    the layers below and the same layer's attention and up projections — not on the edited matrix
-    itself.  A run of ROME edits at one layer therefore never changes it, and a subject met again
-    costs no forward pass.  :meth:`invalidate` drops every entry an update could have changed
-    (any parameter other than the entry's own at its layer or below; an update without a layer
-    drops everything).  The :class:`ROME` editor owns one and calls it from
-    :meth:`~prune_fast.editors.base.Editor.updates_applied`, which the runner calls for every update it applies.
-    """
-
-    def __init__(self) -> None:
-        self._entries: dict[tuple[Any, ...], tuple[int, str, torch.Tensor, torch.Tensor]] = {}
-        self.hits = 0
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: tuple[Any, ...]) -> tuple[torch.Tensor, torch.Tensor] | None:
-        hit = self._entries.get(key)
-        if hit is None:
-            return None
-        self.hits += 1
-        return hit[2], hit[3]
-
-    def put(self, key: tuple[Any, ...], site: EditSite, key_mean: torch.Tensor, key_plain: torch.Tensor) -> None:
-        self._entries[key] = (site.layer, site.param_name, key_mean, key_plain)
-
-    def invalidate(self, updates: Any) -> None:
-        """Forget the keys that ``updates`` (``FactoredUpdate``s about to be applied) may change."""
-        for upd in updates:
-            layer = getattr(upd, "layer", None)
-            self._entries = {k: e for k, e in self._entries.items()
-                             if upd.param_name == e[1] or (layer is not None and layer > e[0])}
 
 
 def subject_keys(model: nn.Module, tokenizer: Any, site: EditSite, request: EditRequest, hp: ValueHyperParams,
@@ -191,7 +155,7 @@ def compute_rome(model: nn.Module, tokenizer: Any, request: EditRequest, hp: ROM
     """The ROME update for one request (see the module docstring); the model is left unchanged.
 
     ``key_cache``: reuse (and fill) the keys of subjects already edited in this run (see
-    :class:`KeyCache`; whoever applies updates must call its ``invalidate``).
+    :class:`~prune_fast.editors.key_cache.KeyCache`: an entry whose inputs changed is recomputed).
 
     Raises (before any computation): :class:`UnsupportedArchitectureError`, :class:`InvalidLayerError`,
     :class:`MalformedRequestError`, ``ValueError`` for bad hyper-parameters.
@@ -239,12 +203,8 @@ class ROME(Editor):
         if not isinstance(hparams, ROMEHyperParams):
             raise InvalidTypeError(f"hparams must be ROMEHyperParams, got {type(hparams).__name__}")
         self.model, self.tokenizer, self.hparams, self.covariance = model, tokenizer, hparams, covariance
-        # subject keys reused across this editor's requests while no applied update can change them
-        self.key_cache = KeyCache()
-
-    def updates_applied(self, updates: Sequence[FactoredUpdate]) -> None:
-        """Drop the cached keys that ``updates`` (about to be written) can change."""
-        self.key_cache.invalidate(updates)
+        # subject keys reused across this editor's requests while the weights feeding them are unchanged
+        self.key_cache = KeyCache(model)
 
     def compute(self, requests: Sequence[EditRequest]) -> ROMEResult:
         """The ROME update of the one request in ``requests``; the model is left unchanged."""

@@ -53,7 +53,10 @@ __all__ = ["Journal", "JournalError", "JournalMismatchError", "ResumeState", "JO
 
 logger = logging.getLogger(__name__)
 
-JOURNAL_FORMAT = "prune_fast.runs.journal/1"
+# The data format's tag, independent of where the code lives. Journals written while the tag briefly
+# followed the module path ("prune_fast.runs.journal/1") hold the same format and resume as well.
+JOURNAL_FORMAT = "prune_fast.journal/1"
+_SAME_FORMAT = {JOURNAL_FORMAT, "prune_fast.runs.journal/1"}
 _JOURNAL = "journal.jsonl"
 _CHECKPOINT = "checkpoint.safetensors"
 # Prefix of a stateful editor's tensors in staged updates and checkpoints; "@" is never part of a
@@ -262,7 +265,7 @@ def read_journal(path: str | Path) -> ResumeState:
             raise JournalError(f"{path}:{i}: corrupt journal line ({e}): {line[:80]!r}") from e
         kind = rec["type"]
         if i == 1:
-            if kind != "header" or rec.get("format") != JOURNAL_FORMAT:
+            if kind != "header" or rec.get("format") not in _SAME_FORMAT:
                 raise JournalError(f"{path}:1: not a {JOURNAL_FORMAT} header")
             state = ResumeState(header={k: v for k, v in rec.items() if k not in ("type", "format")})
             continue

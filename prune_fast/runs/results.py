@@ -8,7 +8,8 @@ Layout (documented for users in ``README.md (Sequential runs)``)::
       "abilities": {task: {"accuracy": unedited accuracy, "chance": ..., "kept": bool}},   (test bed)
       "arms": {
         "<arm name>": {                   # none | online-<F> | at_end-<F> | online/K-<F>
-          "name", "config" {protocol, fn, alpha, restrain_every, ...}, "n_requests", "wall_s",
+          "name", "config" {protocol, fn, alpha, restrain_every, ..., "edits_from": "none" in an
+                            at_end arm that reused that run's edits}, "n_requests", "wall_s",
           "final": {"after_sequence": {edit metric: value},     # all edits re-scored at the end
                     "immediate": {edit metric: mean},            # each edit scored right after it
                     "general": {ability: value, "perplexity": ...},

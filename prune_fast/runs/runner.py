@@ -31,12 +31,12 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
-import statistics
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
@@ -45,16 +45,16 @@ from tqdm.auto import tqdm
 from ..editors.base import Editor
 from ..editors.registry import editor_for
 from ..errors import InvalidInputError, InvalidTypeError
-from ..lm.evaluation import EDIT_METRICS, Evaluator
+from ..lm.evaluation import Evaluator
 from ..lm.requests import EditRequest
 from ..spectral.restraint_fn import DEFAULT_FN, FnLike, resolve_fn
 from ..tracker import SpectralTracker
 from ..updates import FactoredUpdate, TrackerSet
 from .journal import Journal
+from .records import ArmResult, EvalPoint, StepRecord, arm_result
 from .results import PROTOCOLS
 
-__all__ = ["RunConfig", "StepRecord", "EvalPoint", "ArmResult", "SequentialEditor", "PROTOCOLS",
-           "update_sigma_max"]
+__all__ = ["RunConfig", "SequentialEditor", "PROTOCOLS", "update_sigma_max"]
 
 logger = logging.getLogger(__name__)
 
@@ -120,67 +120,6 @@ class RunConfig:
         d = asdict(self)
         d["fn"] = self.fn_name
         return d
-
-
-@dataclass
-class StepRecord:
-    """One editor call (one request for ROME, a batch for MEMIT).
-
-    ``layers`` maps each edited parameter to: ``sigma_star``, ``sigma_max_weight`` (live weight),
-    ``ratio`` (= sigma_max_weight / sigma_star), ``cond`` (cond(W) of the live weight where cheap,
-    else null: see :meth:`SpectralTracker.spectrum`), ``sigma_max_delta`` (raw Δ), ``n_above`` (singular
-    values of Δ ≥ σ*), ``n_restrained`` (restrained by this step; 0 unless ``online``) and
-    ``update_ratio`` (σ_max of this step's update / σ*).  Spectrum fields are absent on steps
-    skipped by ``spectrum_every``.
-    """
-
-    step: int
-    edits: int
-    case_ids: list[Any]
-    editor_s: float
-    apply_s: float
-    restrain_s: float
-    layers: dict[str, dict[str, float]]
-    immediate: dict[str, float] = field(default_factory=dict)
-    # seconds of the step's other parts (0.0 in journals written before they were recorded):
-    # journal staging of the updates, scoring the edit right after it, and the whole step up to
-    # the journal commit (editor + staging + apply + records + scoring; a re-scoring point is not in it)
-    stage_s: float = 0.0
-    score_s: float = 0.0
-    step_s: float = 0.0
-
-
-@dataclass
-class EvalPoint:
-    """All edits so far re-scored, and the general abilities, after ``edits`` edits.
-
-    ``restrained`` is False for the intermediate points of ``at_end`` (the model is unrestrained
-    until the last edit) and for ``none``.
-    """
-
-    edits: int
-    edit: dict[str, float]
-    general: dict[str, float]
-    restrained: bool
-    eval_s: float = 0.0
-
-
-@dataclass
-class ArmResult:
-    """The outcome of one run (one arm); ``to_dict()`` is its JSON form (see README.md (Sequential runs))."""
-
-    name: str
-    config: dict[str, Any]
-    n_requests: int
-    steps: list[StepRecord]
-    evals: list[EvalPoint]
-    final: dict[str, Any]
-    timing: dict[str, float]
-    spectrum: dict[str, dict[str, Any]]
-    wall_s: float = 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def update_sigma_max(u: torch.Tensor, v: torch.Tensor) -> float:
@@ -269,12 +208,13 @@ class SequentialEditor:
         res = self.editor.compute(list(batch))
         return res.updates, res.state_update
 
-    def apply_updates(self, updates: Sequence[FactoredUpdate]) -> tuple[float, float, dict[str, Any]]:
+    def apply_updates(self, updates: Sequence[FactoredUpdate], *,
+                      with_sigma_max_weight: bool = False) -> tuple[float, float, dict[str, Any]]:
         """Hand ``updates`` to the trackers; returns (apply seconds, restraint seconds, and per weight
-        the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain)."""
+        the :class:`~prune_fast.RestrainResult` of this step, or ``None`` where it did not restrain;
+        with σ_max of the live weight when ``with_sigma_max_weight``)."""
         start = time.perf_counter()
-        self.editor.updates_applied(updates)
-        results = self.trackers.apply_(updates)
+        results = self.trackers.apply_(updates, with_sigma_max_weight=with_sigma_max_weight)
         apply_s = time.perf_counter() - start
         restrain_s = sum(r.elapsed_s for r in results.values() if r is not None)
         return apply_s, restrain_s, results
@@ -289,8 +229,8 @@ class SequentialEditor:
                                      "update_ratio": update_sigma_max(upd.u, upd.v) / tr.sigma_star,
                                      "n_restrained": res.n_restrained if res is not None else 0}
             if with_spectrum and res is not None:
-                # the restraint just solved for every σ(Δ) ≥ σ* (and the next one): reuse it
-                smax = tr.sigma_max_weight()
+                # the restraint just solved for every σ(Δ) ≥ σ* (and the next one), and σ_max(W): reuse them
+                smax = res.sigma_max_weight
                 rec.update(sigma_max_weight=smax, ratio=smax / tr.sigma_star, n_above=res.n_restrained,
                            sigma_max_delta=res.sigma_before[0] if res.n_restrained else res.sigma_next,
                            cond=tr.cheap_cond())
@@ -341,9 +281,9 @@ class SequentialEditor:
             if self.journal is not None:
                 self.journal.stage_updates(i, updates, editor_state)
             stage_s = time.perf_counter() - t0 - editor_s
-            apply_s, restrain_s, results = self.apply_updates(updates)
-            done_requests += batch
             with_spectrum = (i + 1) % cfg.spectrum_every == 0 or i + 1 == len(batches)
+            apply_s, restrain_s, results = self.apply_updates(updates, with_sigma_max_weight=with_spectrum)
+            done_requests += batch
             rec = StepRecord(step=i, edits=len(done_requests), case_ids=[r.case_id for r in batch],
                              editor_s=editor_s, apply_s=apply_s, restrain_s=restrain_s,
                              layers=self._layer_records(updates, results, with_spectrum), stage_s=stage_s)
@@ -375,7 +315,69 @@ class SequentialEditor:
         evals.append(final_point)
         if self.journal is not None:
             self.journal.record_eval(final_point, final=True)
-        return self._result(requests, steps, evals, end_restraint, time.perf_counter() - wall)
+        return arm_result(name=cfg.name, config=cfg.to_dict() | {"editor": self.editor.name},
+                          n_requests=len(requests), steps=steps, evals=evals,
+                          trackers=self.spectral_trackers(), end_restraint=end_restraint,
+                          immediate_scored=cfg.score_immediate and self.evaluator is not None,
+                          wall_s=time.perf_counter() - wall)
+
+    def branch_at_end(self, base: ArmResult, requests: Sequence[EditRequest], config: RunConfig,
+                      model: torch.nn.Module, evaluator: Evaluator | None = None) -> ArmResult:
+        """The ``at_end`` arm with ``config``'s F, from this finished ``none`` run, without editing again.
+
+        Under ``at_end`` every edit is computed on the unrestrained model, exactly as under ``none``,
+        so the two runs are the same until the last edit: this writes W0 + F(Δ) of each edited weight,
+        from this run's trackers and ``config``'s F, into ``model`` — a copy of this runner's model,
+        taken before or after the run (every edited weight is rewritten; the others are never
+        edited) — and scores it with ``evaluator`` (built on ``model``) on ``requests`` (this run's).
+        The steps and the intermediate evaluations are this run's (``base``); what differs is the
+        restraint and the final point. A sweep over F then costs one sequence of edits, not one per F.
+
+        Raises :class:`InvalidInputError` before anything is written when this run is not a finished
+        ``none`` run, ``config`` is not ``at_end`` with otherwise the same settings, ``requests``
+        are not the run's, or ``model`` is this runner's own model or lacks one of its edited weights.
+        """
+        mine = self.config
+        if mine.protocol != "none" or config.protocol != "at_end":
+            raise InvalidInputError(f"branch_at_end goes from a 'none' run to an 'at_end' arm, not from "
+                                    f"{mine.protocol!r} to {config.protocol!r}")
+        config.validate()
+        same = ("eval_every", "batch_size", "spectrum_every", "score_immediate", "tracker_dtype")
+        differ = [k for k in same if getattr(mine, k) != getattr(config, k)]
+        if differ:
+            raise InvalidInputError(f"branch_at_end needs the same run settings; {', '.join(differ)} differ")
+        requests = list(requests)
+        if base.name != mine.name or not base.evals or not base.steps or \
+                [r.case_id for r in requests] != [c for s in base.steps for c in s.case_ids]:
+            raise InvalidInputError("branch_at_end needs the ArmResult of this runner's finished run and its requests")
+        if model is self.model:
+            raise InvalidInputError("branch_at_end writes into a copy of the model, not into the run's own model")
+        params = dict(model.named_parameters())
+        trackers = self.spectral_trackers()
+        for name, tr in trackers.items():
+            if name not in params or params[name].shape != tr.weight.shape or params[name].dtype != tr.weight.dtype:
+                raise InvalidInputError(f"model has no {tuple(tr.weight.shape)} {tr.weight.dtype} parameter {name!r}")
+        wall = time.perf_counter()
+        restored = {}
+        for name, tr in trackers.items():
+            state = tr.state_dict()
+            state["meta"] = state["meta"] | {"fn": None if callable(config.fn) else config.fn, "alpha": config.alpha,
+                                             "restrain_every": None}
+            restored[name] = SpectralTracker.from_state_dict(params[name], state, fn=config.fn)
+        end_restraint = {name: tr.restrain_().to_dict() for name, tr in restored.items()}
+        evals = list(base.evals[:-1])
+        start = time.perf_counter()
+        if evaluator is None:
+            final = EvalPoint(edits=base.evals[-1].edits, edit={}, general={}, restrained=True)
+        else:
+            final = EvalPoint(edits=base.evals[-1].edits, edit=evaluator.edit_scores(requests),
+                              general=evaluator.general(requests), restrained=True, eval_s=time.perf_counter() - start)
+        evals.append(final)
+        # "edits_from": the arm whose edits these are, and whose wall time includes them
+        return arm_result(name=config.name, config=config.to_dict() | {"editor": self.editor.name, "edits_from": base.name},
+                          n_requests=base.n_requests, steps=copy.deepcopy(base.steps), evals=evals, trackers=restored,
+                          end_restraint=end_restraint, immediate_scored=bool(base.final["immediate"]),
+                          wall_s=time.perf_counter() - wall)
 
     def run_journaled(self, requests: Sequence[EditRequest], folder: Any, header: dict[str, Any], *,
                       resume: bool = False, checkpoint_every: int = 50) -> ArmResult:
@@ -425,56 +427,3 @@ class SequentialEditor:
         return self.run(requests, start_step=state.next_step,
                         prior_steps=[StepRecord(**d) for d in state.steps],
                         prior_evals=[EvalPoint(**d) for d in state.evals])
-
-    def _result(self, requests: list[EditRequest], steps: list[StepRecord], evals: list[EvalPoint],
-                end_restraint: dict[str, Any], wall_s: float) -> ArmResult:
-        cfg = self.config
-        immediate = {m: _nanmean([s.immediate.get(m, float("nan")) for s in steps]) for m in EDIT_METRICS} \
-            if cfg.score_immediate and self.evaluator is not None else {}
-        spectrum: dict[str, dict[str, Any]] = {}
-        for s in steps:
-            for name, rec in s.layers.items():
-                sp = spectrum.setdefault(name, {"sigma_star": rec["sigma_star"], "edits": [], "ratio": [],
-                                                "sigma_max_weight": [], "sigma_max_delta": [], "n_above": [],
-                                                "cond": [],
-                                                "update_ratio": []})
-                sp["update_ratio"].append(rec["update_ratio"])
-                if "ratio" in rec:
-                    sp["edits"].append(s.edits)
-                    for k in ("ratio", "sigma_max_weight", "sigma_max_delta", "n_above"):
-                        sp[k].append(rec[k])
-                    sp["cond"].append(rec.get("cond"))  # absent in records journaled before it existed
-        for name, tr in self.spectral_trackers().items():
-            rep = tr.spectrum()
-            sp = spectrum.setdefault(name, {"sigma_star": tr.sigma_star})
-            sp["final"] = rep.to_dict()
-            sp["cond_final"] = _cond(tr.weight)
-            if name in end_restraint:
-                sp["at_end_restraint"] = end_restraint[name]
-        for sp in spectrum.values():
-            ur = sp.get("update_ratio", [])
-            sp["update_ratio_median"] = statistics.median(ur) if ur else float("nan")
-        timing = {
-            "editor_s_median": statistics.median([s.editor_s for s in steps]),
-            "apply_s_median": statistics.median([s.apply_s for s in steps]),
-            "restrain_s_median": statistics.median([s.restrain_s for s in steps]),
-            "restrain_s_at_end": sum(r["elapsed_s"] for r in end_restraint.values()),
-            "eval_s_total": sum(e.eval_s for e in evals),
-        }
-        final = {"after_sequence": evals[-1].edit, "immediate": immediate, "general": evals[-1].general,
-                 "baseline_general": evals[0].general}
-        return ArmResult(name=cfg.name, config=cfg.to_dict() | {"editor": self.editor.name}, n_requests=len(requests),
-                         steps=steps, evals=evals, final=final, timing=timing, spectrum=spectrum, wall_s=wall_s)
-
-
-def _nanmean(values: Sequence[float]) -> float:
-    vals = [v for v in values if not math.isnan(v)]
-    return sum(vals) / len(vals) if vals else float("nan")
-
-
-def _cond(weight: torch.Tensor, max_elements: int = 4_000_000) -> float | None:
-    """cond(W) = σ_max/σ_min from a full SVD, once per run and only for small weights (else None)."""
-    if weight.numel() > max_elements:
-        return None
-    s = torch.linalg.svdvals(weight.detach().double())
-    return float(s[0] / s[-1]) if float(s[-1]) > 0 else float("inf")

@@ -13,6 +13,8 @@ class RestrainResult:
     restrained triplets, measured. ``elapsed_s`` covers the whole call, σ* included when computed.
     ``sigma_next``: the largest singular value of Δ below σ* that the solve saw (0 when none), so
     ``sigma_before[0]`` or ``sigma_next`` is σ_max(Δ) without a second spectral solve.
+    ``sigma_max_weight``: σ_max of the restrained live weight, when the caller asked for it
+    (``SpectralTracker.add_(..., with_sigma_max_weight=True)``), else ``None``; not in ``elapsed_s``.
     """
 
     n_restrained: int
@@ -24,6 +26,7 @@ class RestrainResult:
     fn: str = "ln"
     residual: float = 0.0
     sigma_next: float = 0.0
+    sigma_max_weight: float | None = None
 
     def __str__(self) -> str:
         head = f"RestrainResult({self.fn}, σ*={self.sigma_star:.4g}: "

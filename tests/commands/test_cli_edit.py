@@ -12,7 +12,7 @@ def test_edit_help_documents_everything():
     out = run_cli("edit", "--help")
     assert out.returncode == 0
     for opt in ("--model", "--requests", "--editor", "--restrain", "--fn", "--n", "--out", "--resume", "--corpus",
-                "--tasks", "--mend-checkpoint", "mend", "--tracker-dtype"):
+                "--tasks", "--mend-checkpoint", "mend", "--tracker-dtype", "--spectrum-every", "--no-immediate-scores"):
         assert opt in out.stdout
 
 
@@ -60,6 +60,31 @@ def test_resume_accepts_the_same_model_by_relative_or_absolute_path(tmp_path):
     again = run_cli("edit", "--model", str(tmp_path / "model"), "--n", "2", "--resume", *common, cwd=tmp_path / "run")
     assert again.returncode == 2
     assert "already finished" in again.stderr and "refusing" not in again.stderr, again.stderr[-3000:]
+
+
+def test_long_run_switches_turn_off_immediate_scores_and_thin_the_spectrum(tmp_path):
+    """``--no-immediate-scores``: no per-edit scoring; ``--spectrum-every 2``: the spectrum record on
+    steps 2, 4 and the last only; a bad value is refused before anything is loaded or written."""
+    from prune_fast.testbed import load_testbed
+
+    bed = load_testbed(progress=False)
+    cf = tmp_path / "cf.json"
+    cf.write_text(json.dumps(counterfact_records(bed.world.edit_requests(5))))
+    common = ("--model", str(bed.path), "--requests", str(cf), "--editor", "rome", "--restrain", "online",
+              "--eval-every", "0", "--threads", "1", "--no-progress")
+    bad = run_cli("edit", *common, "--spectrum-every", "0", "--out", str(tmp_path / "bad"))
+    assert bad.returncode == 2 and "--spectrum-every" in bad.stderr, bad.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
+    out = run_cli("edit", *common, "--n", "5", "--no-immediate-scores", "--spectrum-every", "2",
+                  "--out", str(tmp_path / "run"))
+    assert out.returncode == 0, out.stderr[-3000:]
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    validate_results(doc)
+    (arm,) = doc["arms"].values()
+    assert [bool(s["immediate"]) for s in arm["steps"]] == [False] * 5
+    recorded = [all("sigma_max_weight" in rec for rec in s["layers"].values()) for s in arm["steps"]]
+    assert recorded == [False, True, False, True, True]
+    assert arm["config"]["spectrum_every"] == 2 and arm["config"]["score_immediate"] is False
 
 
 def test_request_format_is_detected(tmp_path):

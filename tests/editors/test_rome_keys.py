@@ -1,21 +1,19 @@
 """ROME's keys at real-model cost: the key forward stops at the edited module, the context
-templates and the bare prompt go through in one batch, and a subject's keys are reused within a
-run while no applied update can change them — each giving the same keys and the same update as
-the straightforward computation (float64 reference, fp32 tolerance)."""
+templates and the bare prompt go through in one batch (the cache that reuses keys within a run:
+test_key_cache.py) — each giving the same keys and the same update as the straightforward
+computation (float64 reference, fp32 tolerance)."""
 import copy
-import dataclasses
 
 import pytest
 import torch
 
 transformers = pytest.importorskip("transformers")
 
-from prune_fast.editors import ROMEHyperParams, compute_rome, resolve_site  # noqa: E402
+from prune_fast.editors import ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.memit import _block_outputs  # noqa: E402
-from prune_fast.editors.rome import KeyCache, subject_keys, template_keys  # noqa: E402
+from prune_fast.editors.rome import subject_keys, template_keys  # noqa: E402
 from prune_fast.lm.probes import encode, site_index  # noqa: E402
-from prune_fast.updates import FactoredUpdate, TrackerSet  # noqa: E402
-from testbed_models import fresh_testbed, shared_store  # noqa: E402
+from testbed_models import fresh_testbed  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -84,57 +82,6 @@ def test_subject_keys_one_batch_equal_separate_passes(templates):
     ref_rows = torch.stack([_reference_key(model, tok, site.module_name, c, req, hp.site) for c in templates])
     _assert_close(key_mean, ref_rows.mean(0), "k̄ (mean over templates)")
     _assert_close(key, _reference_key(model, tok, site.module_name, "{}", req, hp.site), "k (bare prompt)")
-
-
-def test_key_cache_gives_the_same_update_after_the_module_was_edited():
-    bed = fresh_testbed()
-    model, tok = bed.model, bed.tokenizer
-    hp = dataclasses.replace(ROMEHyperParams.preset("testbed"), context_templates=TEMPLATES)
-    store = shared_store()
-    first, other = bed.world.edit_requests(2, seed=7)
-    again = dataclasses.replace(first, target_new=other.target_new)    # the same subject and prompt later in a run
-    cache = KeyCache()
-    trackers = TrackerSet(model, restrain_every=None)
-    res = compute_rome(model, tok, first, hp, store, key_cache=cache)
-    assert len(cache) == 1 and cache.hits == 0
-    cache.invalidate(res.updates)                                       # the module's own weight: keys stay valid
-    trackers.apply_(res.updates)
-    assert len(cache) == 1
-
-    cached = compute_rome(model, tok, again, hp, store, key_cache=cache)
-    assert cache.hits == 1
-    fresh = compute_rome(model, tok, again, hp, store)                   # recomputed on the edited model
-    _assert_close(cached.key, fresh.key, "cached k vs recomputed")
-    for a, b in zip(cached.updates, fresh.updates):
-        _assert_close(a.u @ a.v.T, b.u @ b.v.T, "ΔW with cached keys vs recomputed", rtol=1e-5)
-
-
-def test_key_cache_forgets_what_an_update_below_could_change():
-    bed = fresh_testbed()
-    model, tok = bed.model, bed.tokenizer
-    hp = dataclasses.replace(ROMEHyperParams.preset("testbed"), layer=1)
-    site = resolve_site(model, 1)
-    req = bed.world.edit_requests(1, seed=2)[0]
-
-    def filled() -> KeyCache:
-        cache = KeyCache()
-        subject_keys(model, tok, site, req, hp, hp.context_templates, cache)
-        return cache
-
-    def update(layer: int, param: str) -> FactoredUpdate:
-        return FactoredUpdate(param, torch.zeros(1, 1), torch.zeros(1, 1), layer)
-
-    up_proj = next(n for n, _ in model.named_parameters() if n.startswith(site.layer_name + ".") and "mlp" in n
-                   and n != site.param_name and n.endswith("weight"))
-    below = resolve_site(model, 0).param_name
-    above = resolve_site(model, 2).param_name
-    cases = {"own weight": (update(1, site.param_name), 1), "layer above": (update(2, above), 1),
-             "layer below": (update(0, below), 0), "same layer, other matrix": (update(1, up_proj), 0),
-             "no layer given": (update(None, above), 0)}
-    for what, (upd, left) in cases.items():
-        cache = filled()
-        cache.invalidate([upd])
-        assert len(cache) == left, f"{what}: {len(cache)} entries left, expected {left}"
 
 
 def test_memit_block_outputs_stop_at_the_block():

@@ -1,6 +1,7 @@
 """Crash-safe runs: SIGKILL mid-way and resume equals an uninterrupted run; corrupt and mismatched journals."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +100,23 @@ def test_resume_with_other_fn_or_model_is_refused(tmp_path):
         Journal.resume(tmp_path / "run", {"model": "other", "fn": "log1.2"})
     journal, state = Journal.resume(tmp_path / "run", {"model": "m", "fn": "log1.2"})
     assert state.next_step == 2 and state.checkpoint_step == -1
+
+
+@pytest.mark.parametrize("tag, ok", [("prune_fast.journal/1", True), ("prune_fast.runs.journal/1", True),
+                                     ("prune_fast.journal/2", False), (None, False)], ids=str)
+def test_header_format_tags(tmp_path, tag, ok):
+    """The tag names the data format, not a module: journals written under either spelling of format 1
+    resume (runs in flight across the layout change); any other tag is refused naming line 1."""
+    path = _journal(tmp_path)
+    assert '"format": "prune_fast.journal/1"' in path.read_text().splitlines()[0]
+    lines = path.read_text().splitlines(keepends=True)
+    lines[0] = lines[0].replace('"prune_fast.journal/1"', json.dumps(tag))
+    path.write_text("".join(lines))
+    if ok:
+        assert Journal.resume(tmp_path / "run", {"model": "m", "fn": "log1.2"})[1].next_step == 2
+    else:
+        with pytest.raises(JournalError, match=r"journal.jsonl:1: not a prune_fast.journal/1 header"):
+            Journal.resume(tmp_path / "run", {"model": "m", "fn": "log1.2"})
 
 
 def test_create_refuses_an_existing_journal(tmp_path):

@@ -95,6 +95,63 @@ def test_online_weight_is_w0_plus_f_of_raw_delta():
     assert err < 1e-5, err
 
 
+@pytest.mark.parametrize("fn", ["log1.2", "linear"])
+def test_at_end_branched_from_the_none_run_equals_a_full_at_end_run(fn):
+    """branch_at_end: the none run's edits restrained once with F — the same weights as a whole at_end
+    run (both against the paper's float64 procedure) and the same scores, with no edit recomputed."""
+    bed, _, abilities, _ = _bed()
+    none_runner, none = _run("none")
+    whole_runner, whole = _run("at_end", fn)
+    model = copy.deepcopy(bed.model)
+    untouched = {k: v.clone() for k, v in model.state_dict().items()}
+    branched = none_runner.branch_at_end(none, bed.world.edit_requests(N), RunConfig(protocol="at_end", fn=fn, eval_every=5),
+                                         model, Evaluator(model, bed.tokenizer, abilities=abilities))
+    (name, tr), = whole_runner.spectral_trackers().items()
+    w0 = tr.w0.double()
+    want = torch.from_numpy(paper_procedure(w0.numpy(), (w0 + tr.delta().double()).numpy(), fn=fn))
+    got = dict(model.named_parameters())[name].detach().double()
+    assert float((got - want).abs().max() / want.abs().max()) < 1e-5
+    assert float((tr.weight.detach().double() - want).abs().max() / want.abs().max()) < 1e-5
+    others = [k for k in untouched if k != name]
+    assert all(torch.equal(model.state_dict()[k], untouched[k]) for k in others)
+    assert branched.name == whole.name and branched.config["edits_from"] == "none"
+    assert {k: v for k, v in branched.config.items() if k != "edits_from"} == whole.config
+    assert [s.case_ids for s in branched.steps] == [s.case_ids for s in whole.steps]
+    assert [e.edits for e in branched.evals] == [e.edits for e in whole.evals]
+    assert branched.evals[:-1] == none.evals[:-1] and branched.evals[-1].restrained
+    for part in ("after_sequence", "general"):
+        for metric, value in whole.final[part].items():
+            assert branched.final[part][metric] == pytest.approx(value, abs=1e-6), (part, metric)
+    restraint = branched.spectrum[name]["at_end_restraint"]
+    assert restraint["n_restrained"] == whole.spectrum[name]["at_end_restraint"]["n_restrained"] >= 1
+    validate_results(json.loads(json.dumps(results_document({"n": N}, {"none": none, branched.name: branched}))))
+
+
+def test_branch_at_end_refuses_what_does_not_fit_before_writing():
+    bed, _, _, _ = _bed()
+    none_runner, none = _run("none")
+    online_runner, online = _run("online")
+    requests = bed.world.edit_requests(N)
+    model = copy.deepcopy(bed.model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RunConfig(protocol="at_end", fn="ln", eval_every=5)
+    cases = {
+        "from an online run": lambda: online_runner.branch_at_end(online, requests, cfg, model),
+        "to an online arm": lambda: none_runner.branch_at_end(none, requests, RunConfig(protocol="online", eval_every=5),
+                                                              model),
+        "other settings": lambda: none_runner.branch_at_end(none, requests, RunConfig(protocol="at_end", eval_every=3),
+                                                            model),
+        "another run's result": lambda: none_runner.branch_at_end(online, requests, cfg, model),
+        "other requests": lambda: none_runner.branch_at_end(none, requests[::-1], cfg, model),
+        "the run's own model": lambda: none_runner.branch_at_end(none, requests, cfg, none_runner.model),
+        "a model without the weight": lambda: none_runner.branch_at_end(none, requests, cfg, torch.nn.Linear(2, 2)),
+    }
+    for what, call in cases.items():
+        with pytest.raises(InvalidInputError):
+            call()
+        assert all(torch.equal(model.state_dict()[k], v) for k, v in before.items()), what
+
+
 def test_results_json_schema(tmp_path):
     arms = {r.name: r for r in (_run(p)[1] for p in ("none", "online", "at_end"))}
     doc = results_document({"n": N}, arms, _bed()[3])
