@@ -4,8 +4,8 @@
 
 Only the k triplets of Δ at or above σ* are computed (block Krylov, ``krylov.py``), with a
 certificate that no other singular value of Δ reaches σ* (deterministic where the tail of Δ allows
-it, else randomized with failure probability ≤ 1e-10 per call: see ``krylov.py``); the weight is
-then corrected by one rank-k update that reads and writes it once. Layout does not matter: Δ and
+it, else randomized with failure probability ≤ 1e-10 per call: see ``spectral/certificate.py``); the
+weight is then corrected by one rank-k update that reads and writes it once. Layout does not matter: Δ and
 Δᵀ have the same singular values, so nn.Linear (out×in) and GPT-2 Conv1D (in×out) weights are
 handled alike. Random numbers come from a private generator (fixed seed) or the caller's
 ``generator``: torch's global random stream is never touched, and equal inputs give equal weights.
@@ -22,7 +22,10 @@ from . import _scratch, _validate
 from ._dtype import compute_dtype
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_
-from .spectral.krylov import Triplets, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
+from .spectral.certificate import frobenius_sq_bound
+from .spectral.direct import direct_triplets
+from .spectral.krylov import prefer_direct, topk_svd
+from .spectral.triplets import Triplets
 from .spectral.operators import ImplicitDifferenceOperator
 from .spectral.restraint_fn import FnLike, RestraintFn, resolve_fn
 from .spectral.results import RestrainResult

@@ -19,7 +19,11 @@ from __future__ import annotations
 import torch
 
 from ..kernels.orthonormalize import orthonormalize
-from .krylov import Triplets, append_columns, direct_triplets, frobenius_sq_bound, prefer_direct, topk_svd
+from .certificate import frobenius_sq_bound
+from .direct import direct_triplets
+from .krylov import prefer_direct, topk_svd
+from .lanczos import append_columns
+from .triplets import Triplets
 
 # Relative residual asked of the Krylov solver on the float64 core: finer than the factors Q_a, Q_b
 # can represent is wasted work (fp32 by default; a float64 tracker state asks for more).

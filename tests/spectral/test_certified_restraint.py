@@ -15,7 +15,8 @@ import torch
 
 import prune_fast
 from prune_fast.errors import InvalidInputError
-from prune_fast.spectral.krylov import frobenius_sq_bound, topk_svd
+from prune_fast.spectral.certificate import frobenius_sq_bound
+from prune_fast.spectral.krylov import topk_svd
 from prune_fast.spectral.reference import restrain_reference
 from prune_fast.spectral.restraint_fn import resolve_fn
 from spectral_cases import orthonormal, rel_err

@@ -4,8 +4,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from prune_fast.spectral.krylov import _FP32_BACK_PRODUCT_MAX_RATIO as _FP32_MAX_RATIO
-from prune_fast.spectral.krylov import _gram_float64, direct_triplets, topk_svd
+from prune_fast.spectral.certificate import frobenius_sq_bound
+from prune_fast.spectral.direct import _FP32_BACK_PRODUCT_MAX_RATIO as _FP32_MAX_RATIO
+from prune_fast.spectral.direct import _gram_float64, direct_triplets
+from prune_fast.spectral.krylov import topk_svd
+from prune_fast.spectral.lanczos import value_error_bound
 from prune_fast.spectral.operators import DifferenceOperator
 from spectral_cases import make_delta, orthonormal, spectrum
 
@@ -99,8 +102,6 @@ def test_needs_exactly_one_of_k_and_threshold():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["fp32", "fp64"])
 @pytest.mark.parametrize("transposed", [False, True], ids=["rowmajor", "colmajor"])
 def test_frobenius_sq_bound_is_a_tight_upper_bound(dtype, transposed, rng):
-    from prune_fast.spectral.krylov import frobenius_sq_bound
-
     a64 = torch.randn(300, 170, generator=rng, dtype=torch.float64) * torch.rand(300, 1, generator=rng, dtype=torch.float64)
     a = a64.to(dtype)
     a = a.T.contiguous().T if transposed else a
@@ -133,15 +134,13 @@ def test_dense_operator_products_match_float64(cols, shape, rng):
 
 
 def test_value_error_bound_uses_the_neighbouring_intervals():
-    from prune_fast.spectral.krylov import _value_error_bound
-
     theta = torch.tensor([3.0, 2.0, 1.0], dtype=torch.float64)
     res = torch.tensor([1e-3, 1e-2, 0.1], dtype=torch.float64)
     # θ₁: gap to θ₂'s interval 3 − 2.01; θ₂: gap min(2 − 1.1, 2.999 − 2); θ₃: nothing known below.
     want = torch.tensor([1e-6 / 0.99, 1e-4 / 0.9, float("inf")], dtype=torch.float64)
-    assert torch.allclose(_value_error_bound(theta, res, 3), want)
+    assert torch.allclose(value_error_bound(theta, res, 3), want)
     # Overlapping intervals: no gap, no bound.
-    assert _value_error_bound(theta, torch.tensor([0.5, 1.2, 0.1], dtype=torch.float64), 1).isinf().all()
+    assert value_error_bound(theta, torch.tensor([0.5, 1.2, 0.1], dtype=torch.float64), 1).isinf().all()
 
 
 @pytest.mark.parametrize("top_gap", [1e-1, 1e-3, 0.0], ids=["separated", "clustered", "double"])
