@@ -19,6 +19,12 @@ def test_demo_short_run_writes_results_and_plots(tmp_path):
     doc = json.loads((tmp_path / "demo" / "results.json").read_text())
     validate_results(doc)
     assert list(doc["arms"]) == ["none", "online-ln", "at_end-ln"]
+    # at_end reuses the none run's edits (branch_at_end) and restrains them once
+    at_end, none = doc["arms"]["at_end-ln"], doc["arms"]["none"]
+    assert at_end["config"]["edits_from"] == "none" and "edits_from" not in none["config"]
+    assert at_end["steps"] == none["steps"] and at_end["evals"][:-1] == none["evals"][:-1]
+    (param,) = at_end["spectrum"]
+    assert at_end["spectrum"][param]["at_end_restraint"]["n_restrained"] >= 1
     for name in doc["arms"]:
         assert name in out.stdout
     assert "σmax(W)/σ*" in out.stdout
