@@ -74,7 +74,8 @@ class RunConfig:
             at the start and the end).
         batch_size: requests per editor call (1 for ROME; MEMIT edits a batch at once).
         spectrum_every: record the per-weight spectrum every this many steps (it costs one σ_max
-            of each edited weight and a top-k SVD of the factored Δ).
+            solve of each edited weight, plus a top-k SVD of Δ on steps that did not restrain:
+            a restraining step's own singular values are reused).
         score_immediate: score each edit right after it is applied.
         tracker_dtype: ``"float32"`` (default; float64 for float64 weights) or ``"float64"``: the
             trackers' state dtype (``SpectralTracker(state_dtype=...)``). float64 keeps runaway
