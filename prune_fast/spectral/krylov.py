@@ -295,6 +295,12 @@ class _Solver:
                         return self._finish(out)
                     pending = found  # more values at or above the band: search on with them
             width = v_next.shape[1] + (0 if widen is None else widen.shape[1])
+            if saturated:
+                # The widening doubles the basis until it holds every value above τ: where the values
+                # still expected would take it past half the short side, the chain would end in the
+                # switch below after more wide steps; switch now.
+                width = max(width, 2 * self._expected_count(theta, n_want, float((chain.t_mat ** 2).sum()))
+                            + self.oversample - dim)
             if (self.dense is not None and threshold is not None and not certified and pending is None
                     and dim + width > n // 2):
                 return self._direct()  # the basis would cover half the short side: one dense solve is cheaper
@@ -303,6 +309,16 @@ class _Solver:
                 v_next = self._widen(vb, v_next, torch.cat(more, 1) if len(more) > 1 else more[0])
                 pending = None
             chain.extend(v_next)
+
+    def _expected_count(self, theta: torch.Tensor, n_want: int, t_sq: float) -> int:
+        """An estimate (not a bound) of how many values reach the band: the ``n_want`` found, plus the
+        Frobenius mass the basis has not captured, ‖A‖_F² − ‖T‖_F², counted at the found values' mean
+        square (not the smallest: a Ritz value only now crossing τ is often an unconverged large
+        one). A cost-model input only: the answer never depends on it."""
+        if self.fro is None or n_want == 0:
+            return n_want
+        mean_sq = float((theta[:n_want] ** 2).sum()) / n_want
+        return n_want + int(max(self.fro - t_sq, 0.0) / mean_sq)
 
     def _widen(self, vb: torch.Tensor, v_next: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
         """``v_next`` followed by the orthonormalised part of ``new`` outside span(vb, v_next)."""

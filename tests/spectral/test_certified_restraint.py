@@ -17,6 +17,7 @@ import prune_fast
 from prune_fast.errors import InvalidInputError
 from prune_fast.spectral.certificate import frobenius_sq_bound
 from prune_fast.spectral.krylov import topk_svd
+from prune_fast.spectral.lanczos import Chain
 from prune_fast.spectral.reference import restrain_reference
 from prune_fast.spectral.restraint_fn import resolve_fn
 from spectral_cases import orthonormal, rel_err
@@ -129,6 +130,40 @@ def test_700_values_above_threshold_of_a_dense_delta(rng):
     s = torch.cat([torch.linspace(3.0, 1.02, 700, dtype=torch.float64), torch.linspace(0.98, 0.0, 200, dtype=torch.float64)])
     delta, factors = _low_rank(m, n, s, rng)
     _restrain_and_check(torch.zeros(m, n, dtype=torch.float64), delta, factors, 1.0, want=700)
+
+
+@pytest.mark.parametrize("count,dense", [(150, False), (40, True), (450, True)],
+                         ids=["150-low-rank", "40-dense", "450-dense"])
+def test_many_values_above_on_both_sides_of_the_early_direct_switch(count, dense, monkeypatch, rng):
+    """A saturated search (most of the basis above τ) goes to the float64 solve at once when the values
+    it still expects would fill half the short side (450 dense values above τ at 900×2400), and keeps
+    going where the Frobenius tail settles it (150 values, rank 170) or few values lie above (40 dense):
+    every route gives the float64 SVD's triplets."""
+    m, n = 900, 2400
+    above = torch.linspace(3.0, 1.05, count, dtype=torch.float64)
+    below = (torch.linspace(0.95, 0.0, m - count, dtype=torch.float64) if dense
+             else 0.9 * torch.rand(20, generator=rng, dtype=torch.float64))
+    delta, _ = _low_rank(m, n, torch.cat([above, below]), rng)
+    d = delta.float()
+    widths: list[int] = []
+    extend = Chain.extend
+    monkeypatch.setattr(Chain, "extend", lambda chain, v: (widths.append(v.shape[1]), extend(chain, v))[1])
+    t = topk_svd(d, threshold=1.0, frobenius_sq=frobenius_sq_bound(d))
+    p, s, qt = torch.linalg.svd(d.double(), full_matrices=False)
+    k = int((s >= 1.0).sum())
+    assert k == count and t.s.numel() == k
+    assert torch.allclose(t.s, s[:k], rtol=1e-5, atol=0.0), float((t.s - s[:k]).abs().max())
+    want = (p[:, :k] * s[:k]) @ qt[:k]
+    err = rel_err((t.u.double() * t.s) @ t.v.double().T, want)
+    assert err <= 1e-5, f"rank-{k} part off by {err:.3g}"
+    if count == 450:
+        # Switched at the first saturated check, before any wide block (the old route doubled the
+        # basis to several hundred columns first).
+        assert t.certificate == "exact" and max(widths, default=0) <= 16, widths
+    elif count == 150:
+        assert t.certificate == "frobenius"
+    else:
+        assert t.certificate in ("randomized", "exact")
 
 
 @pytest.mark.parametrize("shape", [(130, 70), (300, 900)], ids=["130x70", "300x900"])
