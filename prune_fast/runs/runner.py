@@ -123,6 +123,17 @@ class RunConfig:
         return d
 
 
+def _evaluate_point(evaluator: Evaluator | None, done: Sequence[EditRequest], restrained: bool) -> EvalPoint:
+    """All edits in ``done`` re-scored and the general abilities, by ``evaluator`` (none: no scores)."""
+    start = time.perf_counter()
+    if evaluator is None:
+        return EvalPoint(edits=len(done), edit={}, general={}, restrained=restrained)
+    edit = evaluator.edit_scores(done) if done else {}
+    general = evaluator.general(done)
+    return EvalPoint(edits=len(done), edit=edit, general=general, restrained=restrained,
+                     eval_s=time.perf_counter() - start)
+
+
 def update_sigma_max(u: torch.Tensor, v: torch.Tensor) -> float:
     """σ_max(u vᵀ) from the factors (QR of each, SVD of the small core): no dense product."""
     if u.shape[1] == 1:
@@ -243,15 +254,6 @@ class SequentialEditor:
             out[upd.param_name] = rec
         return out
 
-    def _evaluate(self, done: Sequence[EditRequest], restrained: bool) -> EvalPoint:
-        start = time.perf_counter()
-        if self.evaluator is None:
-            return EvalPoint(edits=len(done), edit={}, general={}, restrained=restrained)
-        edit = self.evaluator.edit_scores(done) if done else {}
-        general = self.evaluator.general(done)
-        return EvalPoint(edits=len(done), edit=edit, general=general, restrained=restrained,
-                         eval_s=time.perf_counter() - start)
-
     # -- the run ---------------------------------------------------------------------------------
     def run(self, requests: Sequence[EditRequest], *, start_step: int = 0, prior_steps: Sequence[StepRecord] = (),
             prior_evals: Sequence[EvalPoint] = ()) -> ArmResult:
@@ -268,7 +270,7 @@ class SequentialEditor:
         online = cfg.protocol == "online"
         wall = time.perf_counter()
         if start_step == 0 and not evals:
-            evals.append(self._evaluate([], restrained=False))
+            evals.append(_evaluate_point(self.evaluator, [], restrained=False))
             if self.journal is not None:
                 self.journal.record_eval(evals[-1])
         bar = tqdm(total=len(batches), initial=start_step, desc=f"edits [{cfg.name}]", disable=not self.progress,
@@ -298,7 +300,7 @@ class SequentialEditor:
             last = i + 1 == len(batches)
             if cfg.eval_every and not last and len(done_requests) // cfg.eval_every > \
                     (len(done_requests) - len(batch)) // cfg.eval_every:
-                point = self._evaluate(done_requests, restrained=online)
+                point = _evaluate_point(self.evaluator, done_requests, restrained=online)
                 evals.append(point)
             if self.journal is not None:
                 self.journal.commit_step(rec, point, self.spectral_trackers(), editor=self.editor)
@@ -312,7 +314,7 @@ class SequentialEditor:
         if cfg.protocol == "at_end":
             for name, res in self.trackers.restrain_().items():
                 end_restraint[name] = res.to_dict()
-        final_point = self._evaluate(done_requests, restrained=cfg.protocol != "none")
+        final_point = _evaluate_point(self.evaluator, done_requests, restrained=cfg.protocol != "none")
         evals.append(final_point)
         if self.journal is not None:
             self.journal.record_eval(final_point, final=True)
@@ -366,14 +368,7 @@ class SequentialEditor:
                                              "restrain_every": None}
             restored[name] = SpectralTracker.from_state_dict(params[name], state, fn=config.fn)
         end_restraint = {name: tr.restrain_().to_dict() for name, tr in restored.items()}
-        evals = list(base.evals[:-1])
-        start = time.perf_counter()
-        if evaluator is None:
-            final = EvalPoint(edits=base.evals[-1].edits, edit={}, general={}, restrained=True)
-        else:
-            final = EvalPoint(edits=base.evals[-1].edits, edit=evaluator.edit_scores(requests),
-                              general=evaluator.general(requests), restrained=True, eval_s=time.perf_counter() - start)
-        evals.append(final)
+        evals = [*base.evals[:-1], _evaluate_point(evaluator, requests, restrained=True)]
         # "edits_from": the arm whose edits these are, and whose wall time includes them
         return arm_result(name=config.name, config=config.to_dict() | {"editor": self.editor.name, "edits_from": base.name},
                           n_requests=base.n_requests, steps=copy.deepcopy(base.steps), evals=evals, trackers=restored,
