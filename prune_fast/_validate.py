@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import InvalidInputError
+from .errors import InvalidInputError, InvalidTypeError
 
 _FLOATING = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
 
@@ -100,6 +100,13 @@ def check_update_finite(u: torch.Tensor, v: torch.Tensor, dtype: torch.dtype) ->
         name = str(dtype).replace("torch.", "")
         raise InvalidInputError(f"u vᵀ may overflow {name}: Σ‖u_i‖·‖v_i‖ = {bound:.3g} "
                                 f"exceeds its largest value {torch.finfo(dtype).max:.3g}")
+
+
+def check_flag(name: str, value: object) -> bool:
+    """A bool (not 1, "yes" or None)."""
+    if not isinstance(value, bool):
+        raise InvalidTypeError(f"{name} must be True or False, got {value!r}")
+    return value
 
 
 def check_count(name: str, value: object, *, minimum: int = 0) -> int:

@@ -27,7 +27,7 @@ import torch
 
 from . import _validate
 from .spectral.accumulated_delta import AccumulatedDelta
-from .errors import InvalidInputError, InvalidTypeError
+from .errors import InvalidInputError
 from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_, write_restrained_
 from .spectral.krylov import prefer_direct, topk_svd
@@ -41,6 +41,7 @@ from ._tracker_state import FORMAT, STATE_DTYPES, check_state, resolve_state_dty
 logger = logging.getLogger(__name__)
 
 __all__ = ["SpectralTracker"]
+
 
 class SpectralTracker:
     """Track the raw update of one 2-D weight and keep it restrained: weight = W0 + F(Δ).
@@ -151,7 +152,7 @@ class SpectralTracker:
         adds σ_max of the restrained live weight (:meth:`sigma_max_weight`, warm-started), so a
         step record needs no second spectral pass over Δ (:meth:`spectrum` would solve it again).
         """
-        _check_flag("with_sigma_max_weight", with_sigma_max_weight)
+        _validate.check_flag("with_sigma_max_weight", with_sigma_max_weight)
         u, v = _validate.check_factors(u, v, self.weight)
         _validate.check_update_finite(u, v, self._acc)  # Δ accumulates u vᵀ in the state dtype
         self._check_weight_unchanged()
@@ -176,7 +177,7 @@ class SpectralTracker:
     def restrain_(self, *, with_sigma_max_weight: bool = False) -> RestrainResult:
         """Restrain now: weight ← W0 + F(Δ) for the raw Δ accumulated so far (``with_sigma_max_weight``:
         as in :meth:`add_`)."""
-        _check_flag("with_sigma_max_weight", with_sigma_max_weight)
+        _validate.check_flag("with_sigma_max_weight", with_sigma_max_weight)
         self._check_weight_unchanged()
         with self._all_or_nothing():
             result = self._restrain(raw=None)
@@ -418,8 +419,3 @@ def _probe_positions(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     else:
         idx = torch.randint(0, m * n, (_PROBES,), generator=torch.Generator().manual_seed(0x5EED))
     return (idx // n).to(weight.device), (idx % n).to(weight.device)
-
-
-def _check_flag(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise InvalidTypeError(f"{name} must be True or False, got {value!r}")

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from .. import _validate
 from ..editors import CovarianceStore, read_corpus, resolve_site
 from ..cache import default_cache_dir
 from ..errors import InvalidInputError
@@ -69,8 +70,7 @@ def run_stats(job: StatsJob) -> dict[str, dict[str, Any]]:
     """Compute (or find cached) the statistics; per module: cache path, tokens/s and seconds (rank 0)."""
     if not job.layers:
         raise InvalidInputError("--layers needs at least one layer index")
-    if isinstance(job.samples, bool) or not isinstance(job.samples, int) or job.samples < 1:
-        raise InvalidInputError(f"--samples must be a positive int, got {job.samples!r}")
+    _validate.check_count("--samples", job.samples, minimum=1)
     if job.threads:
         torch.set_num_threads(job.threads)
     group, rank, world, device = _init_distributed(job.device)
