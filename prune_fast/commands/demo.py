@@ -51,7 +51,8 @@ from ..spectral.restraint_fn import DEFAULT_FN, FN_CHOICES, FN_NAMES
 from ..cache import default_cache_dir
 from ..testbed import load_testbed, shipped_corpus
 
-__all__ = ["add_parser", "run", "run_demo", "DEFAULT_FN", "SWEEP_FNS", "DEMO_MODELS", "REAL_COV_SAMPLES"]
+__all__ = ["add_parser", "run", "run_demo", "DemoSetup", "smollm2_setup", "testbed_setup", "DEFAULT_FN", "SWEEP_FNS",
+           "DEMO_MODELS", "REAL_COV_SAMPLES"]
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def machine_info() -> dict[str, Any]:
 
 
 @dataclass
-class _Setup:
+class DemoSetup:
     """What every arm starts from: the unedited model and everything that scores or edits it."""
 
     model: Any
@@ -89,16 +90,20 @@ class _Setup:
     config: dict[str, Any] = field(default_factory=dict)
 
 
-def _testbed_setup(n: int, n_recall: int, progress: bool) -> _Setup:
+def testbed_setup(n: int, n_recall: int, progress: bool) -> DemoSetup:
+    """The test bed's model, covariance store, first ``n`` world edits and world abilities."""
     bed = load_testbed(progress=progress)
     store = CovarianceStore(shipped_corpus(), cache_dir=default_cache_dir(), progress=progress)
     abilities, info = world_abilities(bed.world, bed.model, bed.tokenizer, n_recall=n_recall)
-    return _Setup(bed.model, bed.tokenizer, ROMEHyperParams.preset("testbed"), store, bed.world.edit_requests(n),
-                  abilities, info, config={"model": "prune_fast test bed", "model_path": str(bed.path),
-                                           "train_report": bed.report.__dict__, "world": bed.world.to_dict()})
+    return DemoSetup(bed.model, bed.tokenizer, ROMEHyperParams.preset("testbed"), store, bed.world.edit_requests(n),
+                     abilities, info, config={"model": "prune_fast test bed", "model_path": str(bed.path),
+                                              "train_report": bed.report.__dict__, "world": bed.world.to_dict()})
 
 
-def _smollm2_setup(n: int, seed: int, cov_samples: int, progress: bool) -> _Setup:
+def smollm2_setup(n: int, seed: int, cov_samples: int, progress: bool) -> DemoSetup:
+    """SmolLM2-135M (cached), its covariance store over ``cov_samples`` paragraphs, the shipped edit
+    set's first ``n`` records (``seed`` 0: shipped order, else a seeded shuffle) and the real abilities.
+    ``hparams`` are ROME's for this model; other editors take their own ``for_model``."""
     model, tok, folder = load_smollm2()
     hp = ROMEHyperParams.for_model(model)
     hp.cov_samples = cov_samples
@@ -110,9 +115,9 @@ def _smollm2_setup(n: int, seed: int, cov_samples: int, progress: bool) -> _Setu
     if n > len(requests):
         raise InvalidInputError(f"--n {n}: the shipped edit set has {len(requests)} records")
     abilities, info = real_abilities(model, tok)
-    return _Setup(model, tok, hp, store, requests[:n], abilities, info, heldout=heldout_text(),
-                  config={"model": "SmolLM2-135M-Instruct", "model_path": str(folder), "seed": seed,
-                          "requests": "prune_fast/data/smollm2_counterfact.json"})
+    return DemoSetup(model, tok, hp, store, requests[:n], abilities, info, heldout=heldout_text(),
+                     config={"model": "SmolLM2-135M-Instruct", "model_path": str(folder), "seed": seed,
+                             "requests": "prune_fast/data/smollm2_counterfact.json"})
 
 
 def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = None, fn: str = DEFAULT_FN,
@@ -136,8 +141,8 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
     torch.set_num_threads(threads)
     try:
         start = time.perf_counter()
-        setup = _smollm2_setup(n, seed, cov_samples, progress) if model == "smollm2" else \
-            _testbed_setup(n, n_recall, progress)
+        setup = smollm2_setup(n, seed, cov_samples, progress) if model == "smollm2" else \
+            testbed_setup(n, n_recall, progress)
         dropped = [k for k, v in setup.info.items() if not v["kept"]]
         if dropped:
             logger.warning("left out abilities that are not well above chance on the unedited model: %s", dropped)
