@@ -45,14 +45,8 @@ EDIT_METRICS = ("efficacy", "efficacy_prob", "generalization", "generalization_p
                 "locality_prob")
 
 
-def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch.device | str = "cpu"
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Token ids of ``prompt + answer`` (right-padded), attention mask, and labels.
-
-    Returns ``(input_ids, attention_mask, labels)``, each ``(B, T)``; ``labels`` hold the answer
-    tokens at their positions and ``-100`` elsewhere (the Hugging Face convention: the model
-    shifts them by one itself).
-    """
+def _encode_rows(tokenizer: Any, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[list[int]]]:
+    """Token ids of each ``prompt + " " + answer`` and its labels (answer ids, ``-100`` on the prompt)."""
     seqs, label_rows = [], []
     for prompt, answer in pairs:
         p = list(tokenizer.encode(prompt))
@@ -61,16 +55,27 @@ def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch
             raise InvalidInputError(f"answer {answer!r} encodes to no tokens")
         seqs.append(p + a)
         label_rows.append([-100] * len(p) + a)
-    width = max(len(s) for s in seqs)
-    pad = getattr(tokenizer, "pad_token_id", None) or 0
-    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    labels = torch.full((len(seqs), width), -100, dtype=torch.long)
-    for i, (s, lab) in enumerate(zip(seqs, label_rows)):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-        labels[i, : len(s)] = torch.tensor(lab)
-    return ids.to(device), mask.to(device), labels.to(device)
+    return seqs, label_rows
+
+
+def _pad_labels(rows: Sequence[Sequence[int]], width: int) -> torch.Tensor:
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    for i, lab in enumerate(rows):
+        labels[i, : len(lab)] = torch.tensor(lab, dtype=torch.long)
+    return labels
+
+
+def encode_pairs(tokenizer: Any, pairs: Sequence[tuple[str, str]], device: torch.device | str = "cpu"
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Token ids of ``prompt + answer`` (right-padded), attention mask, and labels.
+
+    Returns ``(input_ids, attention_mask, labels)``, each ``(B, T)``; ``labels`` hold the answer
+    tokens at their positions and ``-100`` elsewhere (the Hugging Face convention: the model
+    shifts them by one itself).
+    """
+    seqs, label_rows = _encode_rows(tokenizer, pairs)
+    ids, mask = pad_rows(seqs, getattr(tokenizer, "pad_token_id", None) or 0)
+    return ids.to(device), mask.to(device), _pad_labels(label_rows, ids.shape[1]).to(device)
 
 
 def top1_all(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -82,29 +87,85 @@ def top1_all(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return ((logits.argmax(-1) == targets) | (targets == -100)).all(1)
 
 
+# Config fields of architectures whose logits are not exactly lm_head(last hidden state).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
+def _linear_head(model: torch.nn.Module) -> torch.nn.Linear | None:
+    """The LM head when ``logits = head(base_model(...).last_hidden_state)`` exactly, else ``None``.
+
+    Then a scorer runs the body once and the head only at the positions it scores (the head over a
+    49k vocabulary at every position is a fifth of a small model's compute and its largest tensor).
+    """
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    cfg = getattr(model, "config", None)
+    if not isinstance(head, torch.nn.Linear) or not hasattr(model, "base_model") or model.base_model is model:
+        return None
+    if any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+def _next_token_scores(head: torch.nn.Linear, h: torch.Tensor, target: torch.Tensor, vocab_chunk: int
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nll, top1)`` per row of ``h``: ``logsumexp(head(h)) − head(h)[target]`` (fp32) and whether
+    ``target`` is the arg-max (the first maximal entry, as ``argmax``), over vocabulary chunks."""
+    w, b = head.weight, head.bias
+    lse = torch.full((h.shape[0],), -math.inf, dtype=torch.float32, device=h.device)
+    best = torch.full((h.shape[0],), -math.inf, dtype=torch.float32, device=h.device)
+    best_at = torch.zeros(h.shape[0], dtype=torch.long, device=h.device)
+    for v in range(0, w.shape[0], vocab_chunk):
+        z = torch.nn.functional.linear(h, w[v:v + vocab_chunk], None if b is None else b[v:v + vocab_chunk]).float()
+        lse = torch.logaddexp(lse, torch.logsumexp(z, -1))
+        top, at = z.max(-1)
+        better = top > best  # strictly: an equal value in a later chunk is not the first maximum
+        best, best_at = torch.where(better, top, best), torch.where(better, at + v, best_at)
+    picked = (h.float() * w[target].float()).sum(-1)
+    if b is not None:
+        picked = picked + b[target].float()
+    return lse - picked, best_at == target
+
+
 @torch.no_grad()
 def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
-                   batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+                   batch_size: int = 256, token_budget: int = 8192, vocab_chunk: int = 16384
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(logprob, correct)`` per (prompt, answer): Σ log P(answer tokens), and all-tokens-top-1.
+
+    Pairs are packed by length into batches of at most ``batch_size`` rows and ``token_budget``
+    padded tokens; where the logits are the LM head of the last hidden state (:func:`_linear_head`),
+    the head runs only at the answer positions, over ``vocab_chunk`` vocabulary entries at a time.
+    Results are in the order of ``pairs``.
 
     Example::
 
         lp, ok = answer_logprob(model, tok, [("7 plus 5 is", "12")])
     """
-    lps, oks = [], []
+    seqs, label_rows = _encode_rows(tokenizer, pairs)
+    lps = torch.zeros(len(seqs), dtype=torch.float32)
+    oks = torch.zeros(len(seqs), dtype=torch.bool)
     device = input_device(model)
-    for start in range(0, len(pairs), batch_size):
-        ids, mask, labels = encode_pairs(tokenizer, pairs[start:start + batch_size], device)
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
-        logp = torch.log_softmax(logits, -1)
-        take = target.clamp_min(0)
-        tok_lp = logp.gather(-1, take[..., None])[..., 0] * (target != -100)
-        lps.append(tok_lp.sum(1).cpu())
-        oks.append(top1_all(logits, target).cpu())
-    if not lps:
-        return torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool)
-    return torch.cat(lps), torch.cat(oks)
+    pad = getattr(tokenizer, "pad_token_id", None) or 0
+    head = _linear_head(model)
+    for batch in pack_batches([len(s) for s in seqs], token_budget, batch_size):
+        ids, mask = pad_rows([seqs[i] for i in batch], pad)
+        target = _pad_labels([label_rows[i] for i in batch], ids.shape[1])[:, 1:].to(device)
+        ids, mask = ids.to(device), mask.to(device)
+        scored = target != -100
+        if head is not None:
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            nll, top1 = _next_token_scores(head, hidden[:, :-1][scored], target[scored], vocab_chunk)
+        else:
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
+            nll = torch.logsumexp(logits, -1) - logits.gather(-1, target[scored][:, None])[:, 0]
+            top1 = logits.argmax(-1) == target[scored]
+        row = torch.arange(len(batch), device=device)[:, None].expand_as(scored)[scored]
+        lp = torch.zeros(len(batch), dtype=torch.float32, device=device).index_add_(0, row, -nll)
+        wrong = torch.zeros(len(batch), dtype=torch.long, device=device).index_add_(0, row, (~top1).long())
+        index = torch.tensor(batch, dtype=torch.long)
+        lps[index] = lp.cpu()
+        oks[index] = (wrong == 0).cpu()
+    return lps, oks
 
 
 def answer_correct(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
@@ -131,34 +192,25 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], bat
     total, count = 0.0, 0
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     seqs = [s for s in (list(tokenizer.encode(t)) for t in texts) if len(s) >= 2]
-    head = model.get_output_embeddings()
+    head = _linear_head(model)
     for batch in pack_batches([len(s) for s in seqs], token_budget, batch_size):
         ids, mask = pad_rows([seqs[i] for i in batch], pad)
         ids, mask = ids.to(device), mask.to(device)
-        hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         scored = mask[:, 1:].bool()
-        h, target = hidden[:, :-1][scored], ids[:, 1:][scored]          # (N, d), (N,)
-        for c in range(0, h.shape[0], position_chunk):
-            total += float(_next_token_nll(head, h[c:c + position_chunk], target[c:c + position_chunk],
-                                           vocab_chunk).sum(dtype=torch.float64))
+        target = ids[:, 1:][scored]
+        if head is None:  # an unusual head: whole logits, still one position chunk at a time below
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
+            for c in range(0, logits.shape[0], position_chunk):
+                z, t = logits[c:c + position_chunk], target[c:c + position_chunk]
+                total += float((torch.logsumexp(z, -1) - z.gather(-1, t[:, None])[:, 0]).sum(dtype=torch.float64))
+        else:
+            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            h = hidden[:, :-1][scored]                                      # (N, d)
+            for c in range(0, h.shape[0], position_chunk):
+                nll, _ = _next_token_scores(head, h[c:c + position_chunk], target[c:c + position_chunk], vocab_chunk)
+                total += float(nll.sum(dtype=torch.float64))
         count += int(scored.sum())
     return math.exp(total / count) if count else float("nan")
-
-
-def _next_token_nll(head: torch.nn.Module, h: torch.Tensor, target: torch.Tensor, vocab_chunk: int) -> torch.Tensor:
-    """``logsumexp(head(h)) − head(h)[target]`` per row, fp32, over vocabulary chunks."""
-    if not isinstance(head, torch.nn.Linear):  # an unusual head: whole rows at once (still position-chunked)
-        logits = head(h).float()
-        return torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None])[:, 0]
-    w, b = head.weight, head.bias
-    lse = torch.full((h.shape[0],), -math.inf, dtype=torch.float32, device=h.device)
-    for v in range(0, w.shape[0], vocab_chunk):
-        z = torch.nn.functional.linear(h, w[v:v + vocab_chunk], None if b is None else b[v:v + vocab_chunk])
-        lse = torch.logaddexp(lse, torch.logsumexp(z.float(), -1))
-    picked = (h.float() * w[target].float()).sum(-1)
-    if b is not None:
-        picked = picked + b[target].float()
-    return lse - picked
 
 
 def load_task_jsonl(path: str | Path) -> list[tuple[str, str]]:

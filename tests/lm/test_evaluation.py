@@ -51,3 +51,114 @@ def test_chunked_perplexity_matches_float64_reference_at_tiny_chunks(rng):
     got = perplexity(model, tok, texts, batch_size=3, token_budget=40, position_chunk=3, vocab_chunk=7)
     want = _reference_perplexity(model, tok, texts)
     assert abs(got - want) <= 1e-5 * want, (got, want)
+
+
+# -- answer_logprob: the scorer of every edit metric and ability --------------------------------------
+
+def _reference_answer_scores(model, tok, pairs):
+    """Σ log P(answer) from whole-sequence float64 log-softmax and all-tokens-argmax, one pair at a time."""
+    lps, oks = [], []
+    with torch.no_grad():
+        for prompt, answer in pairs:
+            p, a = tok.encode(prompt), tok.encode(" " + answer, add_special_tokens=False)
+            logits = model(input_ids=torch.tensor([p + a])).logits[0, len(p) - 1:-1].double()
+            logp = torch.log_softmax(logits, -1)
+            lps.append(float(logp.gather(1, torch.tensor(a)[:, None]).sum()))
+            oks.append(bool((logits.argmax(-1) == torch.tensor(a)).all()))
+    return torch.tensor(lps, dtype=torch.float64), torch.tensor(oks)
+
+
+def _tiny_llama(words, seed):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=len(words) + 3, hidden_size=32, intermediate_size=48,
+                                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                        max_position_embeddings=64, tie_word_embeddings=True)).eval()
+
+
+def _random_pairs(words, rng, n):
+    pick = lambda k: " ".join(words[int(j)] for j in torch.randint(0, len(words), (k,), generator=rng))  # noqa: E731
+    return [(pick(int(torch.randint(1, 14, (1,), generator=rng))), pick(int(torch.randint(1, 4, (1,), generator=rng))))
+            for _ in range(n)]
+
+
+def test_answer_logprob_matches_float64_reference_in_the_callers_order(rng):
+    """Prompts of 1–13 words, answers of 1–3 tokens, packed into small batches of mixed lengths and
+    scored with the head at the answer positions over vocabulary chunks of 7: every pair's log-prob
+    and top-1 equal the whole-logits float64 computation, in the order the pairs were given."""
+    from prune_fast.lm.evaluation import answer_logprob
+
+    words = [f"w{i}" for i in range(50)]
+    tok = WordTokenizer(words)
+    model = _tiny_llama(words, int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+    pairs = _random_pairs(words, rng, 37)
+    lp, ok = answer_logprob(model, tok, pairs, batch_size=5, token_budget=40, vocab_chunk=7)
+    want_lp, want_ok = _reference_answer_scores(model, tok, pairs)
+    assert lp.shape == (37,) and ok.shape == (37,) and torch.isfinite(lp).all()
+    torch.testing.assert_close(lp.double(), want_lp, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ok, want_ok)
+    # The default batching gives the same numbers.
+    lp2, ok2 = answer_logprob(model, tok, pairs)
+    torch.testing.assert_close(lp2.double(), want_lp, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ok2, want_ok)
+
+
+def test_answer_logprob_top1_ties_go_to_the_first_entry_across_vocabulary_chunks():
+    """Two head rows in different vocabulary chunks are set equal and made the largest logit: the
+    earlier token is the arg-max (torch's rule) and the later one is not, as in the whole-logits
+    reference; a row-wise max per chunk that let the later chunk win would fail."""
+    from prune_fast.lm.evaluation import answer_logprob
+
+    words = [f"w{i}" for i in range(30)]  # word w{i} is token i + 3
+    tok = WordTokenizer(words)
+    model = _tiny_llama(words, 0)
+    prompt = "w10 w11 w12"
+    first, second = 7, 20  # w4 and w17: chunks 0 and 2 at vocab_chunk=8, neither in the prompt
+    with torch.no_grad():
+        ids = torch.tensor([tok.encode(prompt)])
+        h = model.base_model(input_ids=ids).last_hidden_state[0, -1]
+        top = float(model(input_ids=ids).logits[0, -1].abs().max())
+        w = model.get_output_embeddings().weight
+        w[first] = w[second] = h * (2 * top / float(h @ h) + 1.0)
+        logits = model(input_ids=ids).logits[0, -1]
+        assert logits[first] == logits[second] == logits.max()
+    pairs = [(prompt, "w4"), (prompt, "w17")]
+    _, ok = answer_logprob(model, tok, pairs, vocab_chunk=8)
+    _, want = _reference_answer_scores(model, tok, pairs)
+    assert want.tolist() == [True, False]
+    assert ok.tolist() == [True, False]
+
+
+def test_answer_logprob_whole_logits_route_for_heads_with_a_logit_transform(rng):
+    """A config that declares a logit transform sends the scorer through the model's own logits;
+    the numbers still match the reference (this GPT-2 ignores the field, so both must agree)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from prune_fast.lm.evaluation import _linear_head, answer_logprob, perplexity
+
+    words = [f"w{i}" for i in range(40)]
+    tok = WordTokenizer(words)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(words) + 3, n_positions=32, n_embd=32, n_layer=2,
+                                       n_head=2)).eval()
+    assert _linear_head(model) is model.lm_head
+    pairs = _random_pairs(words, rng, 11)
+    fast = answer_logprob(model, tok, pairs, batch_size=4)
+    model.config.final_logit_softcapping = 30.0
+    assert _linear_head(model) is None
+    lp, ok = answer_logprob(model, tok, pairs, batch_size=4)
+    want_lp, want_ok = _reference_answer_scores(model, tok, pairs)
+    torch.testing.assert_close(lp.double(), want_lp, rtol=1e-5, atol=1e-5)
+    assert torch.equal(ok, want_ok) and torch.equal(fast[1], want_ok)
+    texts = [p + " " + a for p, a in pairs]
+    assert abs(perplexity(model, tok, texts, batch_size=3) - _reference_perplexity(model, tok, texts)) <= \
+        1e-4 * _reference_perplexity(model, tok, texts)
+
+
+def test_answer_logprob_of_no_pairs_is_empty():
+    from prune_fast.lm.evaluation import answer_logprob
+
+    words = [f"w{i}" for i in range(10)]
+    lp, ok = answer_logprob(_tiny_llama(words, 0), WordTokenizer(words), [])
+    assert lp.shape == (0,) and ok.shape == (0,) and ok.dtype == torch.bool
