@@ -43,7 +43,7 @@ from .lanczos import Chain, explicit_residuals, value_error_bound
 from .operators import DenseOperator, MatrixOperator, ScaledOperator, TransposedOperator, magnitude
 from .triplets import Triplets, default_tol, orient
 
-__all__ = ["topk_svd", "prefer_direct"]
+__all__ = ["topk_svd", "prefer_direct", "direct_affordable"]
 
 
 def _as_operator(a: torch.Tensor | MatrixOperator) -> MatrixOperator:
@@ -431,11 +431,15 @@ DIRECT_MAX_SHORT_SIDE = 64
 DIRECT_MAX_WORK_FOR_MANY = 2 ** 33
 
 
+def direct_affordable(shape: tuple[int, int]) -> bool:
+    """Whether one dense float64 solve of a matrix of ``shape`` is within :data:`DIRECT_MAX_WORK_FOR_MANY`."""
+    return shape[0] * shape[1] * min(shape) <= DIRECT_MAX_WORK_FOR_MANY
+
+
 def prefer_direct(shape: tuple[int, int], expected: int) -> bool:
     """Whether :func:`direct_triplets` beats the Krylov solver for ``expected`` wanted values."""
     short = min(shape)
-    many = 4 * expected >= short and shape[0] * shape[1] * short <= DIRECT_MAX_WORK_FOR_MANY
-    return short <= DIRECT_MAX_SHORT_SIDE or many
+    return short <= DIRECT_MAX_SHORT_SIDE or (4 * expected >= short and direct_affordable(shape))
 
 
 def _direct_is_cheaper(m: int, n: int, blocks_needed: int, dim: int, b: int) -> bool:

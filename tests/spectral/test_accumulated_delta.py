@@ -64,3 +64,70 @@ def test_becomes_dense_when_factors_outweigh_it(rng):
         want += u @ v.T
     assert delta.is_dense and delta.rank is None
     assert torch.allclose(delta.dense_delta(), want, rtol=0, atol=1e-12 * float(want.abs().max()))
+
+
+def _dense_delta_with_spectrum(m: int, n: int, values: torch.Tensor, rng: torch.Generator) -> AccumulatedDelta:
+    a, _ = torch.linalg.qr(torch.randn(m, values.numel(), dtype=torch.float64, generator=rng))
+    b, _ = torch.linalg.qr(torch.randn(n, values.numel(), dtype=torch.float64, generator=rng))
+    delta = AccumulatedDelta(m, n, torch.float32, torch.device("cpu"))
+    delta.dense = ((a * values) @ b.T).float()
+    return delta
+
+
+def _count_routes(monkeypatch) -> dict[str, int]:
+    import prune_fast.spectral.accumulated_delta as mod
+
+    calls = {"krylov": 0, "direct": 0}
+    real_topk, real_direct = mod.topk_svd, mod.direct_triplets
+
+    def topk(*a, **k):
+        calls["krylov"] += 1
+        return real_topk(*a, **k)
+
+    def direct(*a, **k):
+        calls["direct"] += 1
+        return real_direct(*a, **k)
+
+    monkeypatch.setattr(mod, "topk_svd", topk)
+    monkeypatch.setattr(mod, "direct_triplets", direct)
+    return calls
+
+
+def test_dense_delta_goes_direct_after_a_krylov_solve_that_ended_in_the_full_solve(rng, monkeypatch):
+    """30 values above τ over a tail hugging it (0.5–0.99 τ), 200×300: the Krylov solve cannot
+    certify the tail cheaply and ends in the dense solve; the next solve (one more edit) skips the
+    Krylov steps. Both return exactly the float64 SVD's values above τ; a snapshot taken before the
+    first solve restores the Krylov route."""
+    m, n, tau = 200, 300, 1.0
+    above = 1.05 + 2 * torch.rand(30, dtype=torch.float64, generator=rng)
+    tail = 0.5 + 0.49 * torch.rand(170, dtype=torch.float64, generator=rng)
+    delta = _dense_delta_with_spectrum(m, n, torch.cat([above, tail]).sort(descending=True).values, rng)
+    calls = _count_routes(monkeypatch)
+    snap = delta.snapshot()
+    for step in range(2):
+        want = torch.linalg.svdvals(delta.dense.double())
+        t = delta.triplets_above(tau)
+        k = int((want >= tau).sum())
+        assert t.s.numel() == k and t.certificate == "exact"
+        torch.testing.assert_close(t.s, want[:k], rtol=1e-5, atol=0)
+        # (the first solve's own dense solve happens inside topk_svd, not counted here)
+        assert calls == ({"krylov": 1, "direct": 0} if step == 0 else {"krylov": 1, "direct": 1}), calls
+        delta.append_(0.3 * torch.randn(m, 1, generator=rng) / m ** 0.5, torch.randn(n, 1, generator=rng) / n ** 0.5)
+    delta.restore(snap)
+    delta.triplets_above(tau)
+    assert calls == {"krylov": 2, "direct": 1}
+
+
+def test_dense_delta_with_a_far_tail_stays_on_krylov(rng, monkeypatch):
+    """Three values above τ and a tail at ≤ 0.1 τ: certified cheaply (not "exact"), so every solve
+    stays on the Krylov route."""
+    m, n, tau = 200, 300, 1.0
+    values = torch.cat([torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64),
+                        0.1 * torch.rand(197, dtype=torch.float64, generator=rng)]).sort(descending=True).values
+    delta = _dense_delta_with_spectrum(m, n, values, rng)
+    calls = _count_routes(monkeypatch)
+    for _ in range(2):
+        t = delta.triplets_above(tau)
+        assert t.s.numel() == 3 and t.certificate != "exact"
+        delta.append_(0.01 * torch.randn(m, 1, generator=rng), torch.randn(n, 1, generator=rng) / n ** 0.5)
+    assert calls == {"krylov": 2, "direct": 0}
