@@ -253,28 +253,29 @@ class Evaluator:
     heldout: Sequence[str] = ()
 
     def edit_scores(self, requests: Sequence[EditRequest]) -> dict[str, float]:
-        """Mean of each :data:`EDIT_METRICS` over ``requests`` (NaN where a request set has no prompts)."""
-        eff, gen, loc = [], [], []
-        for r in requests:
-            eff.append((r.text, r.target_new, r.target_true))
-            gen += [(p, r.target_new, r.target_true) for p in r.paraphrase_prompts]
-            loc += [(p, a, r.target_new) for p, a in r.neighborhood()]
-        out: dict[str, float] = {}
-        for name, items in (("efficacy", eff), ("generalization", gen), ("locality", loc)):
-            out[name], out[name + "_prob"] = self._contest(items)
-        return out
+        """Mean of each :data:`EDIT_METRICS` over ``requests`` (NaN where a request set has no prompts).
 
-    def _contest(self, items: list[tuple[str, str, str | None]]) -> tuple[float, float]:
-        """Top-1 accuracy of the first answer, and the share where P(first) > P(second)."""
-        if not items:
-            return float("nan"), float("nan")
-        lp_a, ok = answer_logprob(self.model, self.tokenizer, [(p, a) for p, a, _ in items])
-        with_b = [i for i, (_, _, b) in enumerate(items) if b is not None]
-        prob = float("nan")
-        if with_b:
-            lp_b, _ = answer_logprob(self.model, self.tokenizer, [(items[i][0], items[i][2]) for i in with_b])
-            prob = float((lp_a[with_b] > lp_b).float().mean())
-        return float(ok.float().mean()), prob
+        Every (prompt, answer) pair of the three metrics, both sides of each contest, is scored in one
+        :func:`answer_logprob` call, so a single request's dozen pairs share one batch.
+        """
+        groups: dict[str, list[tuple[str, str, str | None]]] = {"efficacy": [], "generalization": [], "locality": []}
+        for r in requests:
+            groups["efficacy"].append((r.text, r.target_new, r.target_true))
+            groups["generalization"] += [(p, r.target_new, r.target_true) for p in r.paraphrase_prompts]
+            groups["locality"] += [(p, a, r.target_new) for p, a in r.neighborhood()]
+        pairs = [(p, a) for items in groups.values() for p, a, _ in items]
+        pairs += [(p, b) for items in groups.values() for p, _, b in items if b is not None]
+        lp, ok = answer_logprob(self.model, self.tokenizer, pairs)
+        first, second = 0, sum(len(items) for items in groups.values())
+        out: dict[str, float] = {}
+        for name, items in groups.items():
+            n, with_b = len(items), [i for i, (_, _, b) in enumerate(items) if b is not None]
+            lp_a, ok_a = lp[first:first + n], ok[first:first + n]
+            lp_b = lp[second:second + len(with_b)]
+            first, second = first + n, second + len(with_b)
+            out[name] = float(ok_a.float().mean()) if n else float("nan")
+            out[name + "_prob"] = float((lp_a[with_b] > lp_b).float().mean()) if with_b else float("nan")
+        return out
 
     def general(self, edited: Sequence[EditRequest] = ()) -> dict[str, float]:
         """Accuracy per ability (and ``perplexity`` if held-out text was given)."""

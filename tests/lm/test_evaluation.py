@@ -1,6 +1,7 @@
 """Perplexity on held-out text against a float64 per-sequence reference on a tiny random GPT-2."""
 import math
 
+import pytest
 import torch
 
 from prune_fast.lm.evaluation import perplexity
@@ -162,3 +163,40 @@ def test_answer_logprob_of_no_pairs_is_empty():
     words = [f"w{i}" for i in range(10)]
     lp, ok = answer_logprob(_tiny_llama(words, 0), WordTokenizer(words), [])
     assert lp.shape == (0,) and ok.shape == (0,) and ok.dtype == torch.bool
+
+
+def test_edit_scores_match_per_pair_float64_scoring(rng):
+    """Efficacy, generalisation and locality (top-1 and the probability contest) of random requests,
+    some without a true target or paraphrases, equal the float64 reference scored pair by pair."""
+    from prune_fast.lm.evaluation import Evaluator
+    from prune_fast.lm.requests import EditRequest
+
+    words = [f"w{i}" for i in range(12)]  # a small vocabulary: many answers are the model's top-1
+    tok = WordTokenizer(words)
+    model = _tiny_llama(words, int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+    w = lambda: words[int(torch.randint(0, len(words), (1,), generator=rng))]  # noqa: E731
+    reqs = []
+    for i in range(9):
+        reqs.append(EditRequest(prompt=f"{w()} {{}} {w()}", subject=w(), target_new=w(),
+                                target_true=None if i % 4 == 3 else w(),
+                                paraphrase_prompts=tuple(f"{w()} {w()}" for _ in range(i % 3)),
+                                neighborhood_prompts=tuple(f"{w()} {w()} {w()}" for _ in range(1 + i % 2)),
+                                neighborhood_answers=tuple(w() for _ in range(1 + i % 2)), case_id=i))
+    got = Evaluator(model, tok).edit_scores(reqs)
+
+    def contest(items):
+        lp_a, ok = _reference_answer_scores(model, tok, [(p, a) for p, a, _ in items])
+        with_b = [i for i, (_, _, b) in enumerate(items) if b is not None]
+        lp_b, _ = _reference_answer_scores(model, tok, [(items[i][0], items[i][2]) for i in with_b])
+        return float(ok.double().mean()), float((lp_a[with_b] > lp_b).double().mean())
+
+    eff = [(r.text, r.target_new, r.target_true) for r in reqs]
+    gen = [(p, r.target_new, r.target_true) for r in reqs for p in r.paraphrase_prompts]
+    loc = [(p, a, r.target_new) for r in reqs for p, a in r.neighborhood()]
+    for name, items in (("efficacy", eff), ("generalization", gen), ("locality", loc)):
+        top1, prob = contest(items)
+        assert got[name] == pytest.approx(top1, abs=1e-6), name  # fp32 means
+        assert got[name + "_prob"] == pytest.approx(prob, abs=1e-6), name
+    none = Evaluator(model, tok).edit_scores([EditRequest(prompt="{} w1", subject="w2", target_new="w3")])
+    assert none["efficacy"] in (0.0, 1.0) and math.isnan(none["efficacy_prob"])
+    assert math.isnan(none["generalization"]) and math.isnan(none["locality_prob"])
