@@ -160,7 +160,9 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
             else:
                 runner = SequentialEditor(edited, setup.tokenizer, hparams=setup.hparams, covariance=setup.store,
                                           config=cfg, evaluator=ev, progress=progress)
-                arms[cfg.name] = runner.run(setup.requests)
+                # Every arm starts from the same unedited model: its evaluation at 0 edits is the first arm's.
+                unedited = [arms["none"].evals[0]] if "none" in arms else []
+                arms[cfg.name] = runner.run(setup.requests, prior_evals=unedited)
                 if cfg.protocol == "none":
                     baseline = runner
             logger.info("arm %s done in %.1f s", cfg.name, arms[cfg.name].wall_s)

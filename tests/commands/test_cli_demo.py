@@ -23,6 +23,8 @@ def test_demo_short_run_writes_results_and_plots(tmp_path):
     at_end, none = doc["arms"]["at_end-ln"], doc["arms"]["none"]
     assert at_end["config"]["edits_from"] == "none" and "edits_from" not in none["config"]
     assert at_end["steps"] == none["steps"] and at_end["evals"][:-1] == none["evals"][:-1]
+    # online starts from the same unedited model: its evaluation at 0 edits is none's (eval_s included)
+    assert doc["arms"]["online-ln"]["evals"][0] == none["evals"][0] and none["evals"][0]["edits"] == 0
     (param,) = at_end["spectrum"]
     assert at_end["spectrum"][param]["at_end_restraint"]["n_restrained"] >= 1
     for name in doc["arms"]:
