@@ -60,6 +60,7 @@ def editor_hparams(setup: DemoSetup, model_name: str, cov_samples: int) -> dict[
 def run_order(setup: DemoSetup, hps: dict[str, object], requests: list, args: argparse.Namespace,
               order: int) -> dict:
     arms = {}
+    unedited = []  # the first editor's evaluation at 0 edits: the same unedited model for every arm
     for editor in EDITORS:
         cfg = RunConfig(protocol="none", fn=args.fn, batch_size=args.batch, eval_every=args.eval_every)
         model = copy.deepcopy(setup.model)
@@ -68,7 +69,8 @@ def run_order(setup: DemoSetup, hps: dict[str, object], requests: list, args: ar
         runner = SequentialEditor(model, setup.tokenizer, config=cfg, progress=args.progress,
                                   evaluator=Evaluator(model, setup.tokenizer, abilities=setup.abilities,
                                                       heldout=setup.heldout), **kwargs)
-        none = runner.run(requests)
+        none = runner.run(requests, prior_evals=unedited)
+        unedited = none.evals[:1]
         arms[f"{editor}/{none.name}"] = none
         print(f"order {order} {editor}/{none.name}: {none.wall_s:.0f} s", flush=True)
         at_end_cfg = RunConfig(protocol="at_end", fn=args.fn, batch_size=args.batch, eval_every=args.eval_every)
