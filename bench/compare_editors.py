@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import random
 import statistics
@@ -73,7 +74,7 @@ def run_order(setup: DemoSetup, hps: dict[str, object], requests: list, args: ar
         unedited = none.evals[:1]
         arms[f"{editor}/{none.name}"] = none
         print(f"order {order} {editor}/{none.name}: {none.wall_s:.0f} s", flush=True)
-        at_end_cfg = RunConfig(protocol="at_end", fn=args.fn, batch_size=args.batch, eval_every=args.eval_every)
+        at_end_cfg = dataclasses.replace(cfg, protocol="at_end")
         restrained = copy.deepcopy(setup.model)
         ev = Evaluator(restrained, setup.tokenizer, abilities=setup.abilities, heldout=setup.heldout)
         res = runner.branch_at_end(none, requests, at_end_cfg, restrained, ev)

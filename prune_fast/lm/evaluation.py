@@ -126,6 +126,29 @@ def _next_token_scores(head: torch.nn.Linear, h: torch.Tensor, target: torch.Ten
     return lse - picked, best_at == target
 
 
+def _scores_at(model: torch.nn.Module, head: torch.nn.Linear | None, ids: torch.Tensor, mask: torch.Tensor,
+               scored: torch.Tensor, target: torch.Tensor, vocab_chunk: int, position_chunk: int
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nll, top1)`` of the next token at each ``scored`` position of ``ids`` (``scored`` and the
+    shifted ``target`` are ``(B, T-1)``; rows in the order of ``scored``'s True entries).
+
+    With a plain linear head (:func:`_linear_head`) the body runs once and the head only at the
+    scored positions, ``position_chunk`` rows and ``vocab_chunk`` entries at a time; otherwise the
+    model's own logits are taken there.
+    """
+    target = target[scored]
+    if head is None:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
+        return torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None])[:, 0], logits.argmax(-1) == target
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    h = hidden[:, :-1][scored]                                              # (N, d)
+    parts = [_next_token_scores(head, h[c:c + position_chunk], target[c:c + position_chunk], vocab_chunk)
+             for c in range(0, h.shape[0], position_chunk)]
+    if not parts:
+        return h.new_zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool, device=h.device)
+    return torch.cat([nll for nll, _ in parts]), torch.cat([top1 for _, top1 in parts])
+
+
 @torch.no_grad()
 def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
                    batch_size: int = 256, token_budget: int = 8192, vocab_chunk: int = 16384
@@ -152,13 +175,7 @@ def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple
         target = _pad_labels([label_rows[i] for i in batch], ids.shape[1])[:, 1:].to(device)
         ids, mask = ids.to(device), mask.to(device)
         scored = target != -100
-        if head is not None:
-            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            nll, top1 = _next_token_scores(head, hidden[:, :-1][scored], target[scored], vocab_chunk)
-        else:
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
-            nll = torch.logsumexp(logits, -1) - logits.gather(-1, target[scored][:, None])[:, 0]
-            top1 = logits.argmax(-1) == target[scored]
+        nll, top1 = _scores_at(model, head, ids, mask, scored, target, vocab_chunk, position_chunk=ids.numel())
         row = torch.arange(len(batch), device=device)[:, None].expand_as(scored)[scored]
         lp = torch.zeros(len(batch), dtype=torch.float32, device=device).index_add_(0, row, -nll)
         wrong = torch.zeros(len(batch), dtype=torch.long, device=device).index_add_(0, row, (~top1).long())
@@ -197,18 +214,8 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], bat
         ids, mask = pad_rows([seqs[i] for i in batch], pad)
         ids, mask = ids.to(device), mask.to(device)
         scored = mask[:, 1:].bool()
-        target = ids[:, 1:][scored]
-        if head is None:  # an unusual head: whole logits, still one position chunk at a time below
-            logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
-            for c in range(0, logits.shape[0], position_chunk):
-                z, t = logits[c:c + position_chunk], target[c:c + position_chunk]
-                total += float((torch.logsumexp(z, -1) - z.gather(-1, t[:, None])[:, 0]).sum(dtype=torch.float64))
-        else:
-            hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-            h = hidden[:, :-1][scored]                                      # (N, d)
-            for c in range(0, h.shape[0], position_chunk):
-                nll, _ = _next_token_scores(head, h[c:c + position_chunk], target[c:c + position_chunk], vocab_chunk)
-                total += float(nll.sum(dtype=torch.float64))
+        nll, _ = _scores_at(model, head, ids, mask, scored, ids[:, 1:], vocab_chunk, position_chunk)
+        total += float(nll.sum(dtype=torch.float64))
         count += int(scored.sum())
     return math.exp(total / count) if count else float("nan")
 
