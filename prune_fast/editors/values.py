@@ -15,9 +15,13 @@ is ``v* = v0 + δ*``.
 
 What each step costs is only what δ can change: the layers below the edited one are run once per
 request (their output is recorded on the first pass and replayed at every step, see
-:class:`PrefixReplay`), every context template and the KL prompt go through in one batch, and the
-LM head is applied only at the positions the loss reads (the target tokens and the KL site), not
-at every position of every row.
+:class:`PrefixReplay`); in the layers above, the positions before each row's site run once too
+(their keys and values are cached, see :class:`~prune_fast.lm.suffix.SuffixForward`), so a step
+runs only the positions from the site on, every context template and the KL prompt packed into
+one unpadded sequence; and the LM head is applied only at the positions the loss reads (the
+target tokens and the KL site), not at every position of every row.  The packed route is taken
+only where its first pass gives the plain forward's log-probabilities (to 1e-4); otherwise every
+step runs the rows as one padded batch.
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from ..errors import MalformedRequestError
 from .hparams import ValueHyperParams
 from ..lm.probes import AddAtOutput, encode, frozen, make_batch, site_index
 from ..lm.requests import EditRequest
+from ..lm.suffix import SuffixForward
 
 __all__ = ["ValueResult", "optimize_value", "PrefixReplay", "logits_at"]
 
@@ -135,6 +140,34 @@ def logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.T
     return model.get_output_embeddings()(picked)
 
 
+def _packed_route(model: nn.Module, module: nn.Module, rows: list[list[int]], sites: list[int],
+                  read_rows: torch.Tensor, read_pos: torch.Tensor, plain_logits: torch.Tensor):
+    """``(step_logits, replay)`` running only the positions from each row's site on (see
+    :class:`~prune_fast.lm.suffix.SuffixForward`), or ``None`` where the model cannot take that
+    route or its first pass does not reproduce ``plain_logits``."""
+    replay = PrefixReplay(model, module)
+    try:
+        with frozen(model), torch.no_grad():
+            route = SuffixForward.build(model, rows, sites, read_rows.tolist(), read_pos.tolist())
+            if route is None:
+                return None
+            site_rows = torch.zeros_like(route.sites)   # every site is in the one packed row
+            with AddAtOutput(module, route.sites, None, rows=site_rows), replay.recording():
+                logits = route.logits()
+    except (TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
+        logger.debug("packed value search unavailable for %s: %s", type(model).__name__, exc)
+        return None
+    if not SuffixForward.agrees_with(logits, plain_logits):
+        logger.debug("packed value search disagrees with the plain forward for %s", type(model).__name__)
+        return None
+
+    def step_logits(delta: torch.Tensor) -> torch.Tensor:
+        with AddAtOutput(module, route.sites, delta, rows=site_rows):
+            return route.logits()
+
+    return step_logits, replay
+
+
 def optimize_value(model: nn.Module, tokenizer: Any, request: EditRequest, module: nn.Module,
                    hp: ValueHyperParams) -> ValueResult:
     """Find ``v*`` for ``request`` at ``module``'s output (see the module docstring).
@@ -175,16 +208,24 @@ def optimize_value(model: nn.Module, tokenizer: Any, request: EditRequest, modul
     v0 = probe.before[0].to(dev)
     kl_ref = torch.log_softmax(logits[n_lab:].float(), -1)
 
+    def padded_step(delta: torch.Tensor) -> torch.Tensor:
+        with AddAtOutput(module, batch.sites, delta):
+            return logits_at(model, batch.input_ids, batch.attention_mask, read_rows, read_pos)
+
+    step_logits, step_replay = padded_step, replay
+    packed = _packed_route(model, module, rows + kl_rows, sites + kl_sites, read_rows, read_pos, logits)
+    if packed is not None:
+        step_logits, step_replay = packed
+
     delta = torch.zeros_like(v0, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=hp.v_lr)
     max_norm = hp.clamp_norm_factor * v0.norm()
     n_tok = len(target_ids)
     nll_start = nll_value = float("nan")
     steps = 0
-    with frozen(model), replay.replaying():
+    with frozen(model), step_replay.replaying():
         for steps in range(1, hp.v_steps + 1):
-            with AddAtOutput(module, batch.sites, delta):
-                logits = logits_at(model, batch.input_ids, batch.attention_mask, read_rows, read_pos)
+            logits = step_logits(delta)
             logp = torch.log_softmax(logits.float(), -1)
             dev_l = logp.device
             tok_lp = logp[torch.arange(n_lab, device=dev_l), torch.tensor(t_idx, device=dev_l)]

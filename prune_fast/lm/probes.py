@@ -124,29 +124,32 @@ def module_inputs_at(model: nn.Module, module: nn.Module, batch: Batch) -> torch
 
 
 class AddAtOutput:
-    """Adds ``delta`` (``(d,)`` or per-row ``(B, d)``) to ``module``'s output at each row's site.
+    """Adds ``delta`` (``(d,)`` or one per site ``(n, d)``) to ``module``'s output at each row's site.
 
-    Also records the output at the sites before the addition (``self.before``, ``(B, d)``).
+    ``rows``: the batch row of each site (default: site ``j`` is in row ``j``); several sites may
+    share a row, as in a packed sequence.  Also records the output at the sites before the addition
+    (``self.before``, ``(n, d)``).
     Use as a context manager around forward passes::
 
         with AddAtOutput(block, batch.sites, delta) as add:
             logits = model(...).logits
     """
 
-    def __init__(self, module: nn.Module, sites: torch.Tensor, delta: torch.Tensor | None) -> None:
-        self.module, self.sites, self.delta = module, sites, delta
+    def __init__(self, module: nn.Module, sites: torch.Tensor, delta: torch.Tensor | None,
+                 rows: torch.Tensor | None = None) -> None:
+        self.module, self.sites, self.delta, self.rows = module, sites, delta, rows
         self.before: torch.Tensor | None = None
         self._handle: Any = None
 
     def _hook(self, _mod: nn.Module, _args: Any, output: Any) -> Any:
         h = _first(output)
-        rows = torch.arange(h.shape[0], device=h.device)
         sites = self.sites.to(h.device)
+        rows = torch.arange(h.shape[0], device=h.device) if self.rows is None else self.rows.to(h.device)
         self.before = h[rows, sites].detach().float()
         if self.delta is None:
             return output
         add = torch.zeros_like(h)
-        add[rows, sites] = self.delta.to(h.device, h.dtype).expand(h.shape[0], -1)
+        add[rows, sites] = self.delta.to(h.device, h.dtype).expand(len(sites), -1)
         h = h + add
         if isinstance(output, tuple):
             return (h,) + tuple(output[1:])
