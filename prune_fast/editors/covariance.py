@@ -37,6 +37,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -292,6 +293,8 @@ class CovarianceStore:
         self.token_budget = token_budget
         self.progress = progress
         self.checkpoint_s = checkpoint_s
+        # one store may serve editors running in several threads (the demo's arms): one computes, the others wait
+        self._lock = threading.RLock()
         self._memory: dict[tuple[str, str, int, int, str], torch.Tensor] = {}
         self._factors: dict[tuple[Any, ...], torch.Tensor] = {}
         self._model_keys: dict[int, tuple[Any, str]] = {}
@@ -345,10 +348,15 @@ class CovarianceStore:
         shard the pass over: every rank calls this, takes every ``world``-th batch, the sums are
         all-reduced and rank 0 writes the cache (what is missing is decided by rank 0).
         """
-        keys = {s.module_name: self.key(model, s, n_samples, max_tokens) for s in sites}
-        if distributed is not None and distributed is not False:
-            return self._get_sharded(model, tokenizer, sites, keys, max_tokens,
-                                     None if distributed is True else distributed)
+        with self._lock:
+            keys = {s.module_name: self.key(model, s, n_samples, max_tokens) for s in sites}
+            if distributed is not None and distributed is not False:
+                return self._get_sharded(model, tokenizer, sites, keys, max_tokens,
+                                         None if distributed is True else distributed)
+            return self._get_local(model, tokenizer, sites, keys, max_tokens)
+
+    def _get_local(self, model: nn.Module, tokenizer: Any, sites: Sequence[EditSite],
+                   keys: dict[str, tuple[str, str, int, int, str]], max_tokens: int) -> dict[str, torch.Tensor]:
         out = {name: self._memory[k] for name, k in keys.items() if k in self._memory}
         missing = [s for s in sites if s.module_name not in out]
         if missing:
@@ -401,13 +409,14 @@ class CovarianceStore:
                ridge: float = 0.0) -> torch.Tensor:
         """Lower Cholesky factor ``L`` of ``C + ridge · mean(diag C) · I`` (float64, CPU), computed once
         per (module, statistics, ridge) and reused by every edit: ``C⁻¹ k = cholesky_solve(k, L)``."""
-        key = (*self.key(model, site, n_samples, max_tokens), float(ridge))
-        hit = self._factors.get(key)
-        if hit is None:
-            cov = self.get(model, tokenizer, site, n_samples, max_tokens).double()
-            hit = cholesky_of(cov, ridge, site.module_name)
-            self._factors[key] = hit
-        return hit
+        with self._lock:
+            key = (*self.key(model, site, n_samples, max_tokens), float(ridge))
+            hit = self._factors.get(key)
+            if hit is None:
+                cov = self.get(model, tokenizer, site, n_samples, max_tokens).double()
+                hit = cholesky_of(cov, ridge, site.module_name)
+                self._factors[key] = hit
+            return hit
 
     def _load(self, key: tuple[str, str, int, int, str]) -> torch.Tensor | None:
         from safetensors.torch import load_file

@@ -255,6 +255,11 @@ class SequentialEditor:
         return out
 
     # -- the run ---------------------------------------------------------------------------------
+    def evaluate_start(self) -> EvalPoint:
+        """The evaluation at 0 edits of this runner's model as it is now (unedited), for
+        :meth:`run`'s ``prior_evals``: arms that start from the same model can share one."""
+        return _evaluate_point(self.evaluator, [], restrained=False)
+
     def run(self, requests: Sequence[EditRequest], *, start_step: int = 0, prior_steps: Sequence[StepRecord] = (),
             prior_evals: Sequence[EvalPoint] = ()) -> ArmResult:
         """Apply ``requests`` in order (from step ``start_step`` when resuming) and return the arm's result.
@@ -270,7 +275,7 @@ class SequentialEditor:
         online = cfg.protocol == "online"
         wall = time.perf_counter()
         if start_step == 0 and not evals:
-            evals.append(_evaluate_point(self.evaluator, [], restrained=False))
+            evals.append(self.evaluate_start())
             if self.journal is not None:
                 self.journal.record_eval(evals[-1])
         bar = tqdm(total=len(batches), initial=start_step, desc=f"edits [{cfg.name}]", disable=not self.progress,
