@@ -168,24 +168,36 @@ def bench_stats_command(corpus_file: Path, layer: int, n_texts: int) -> None:
 
 # -- value search --------------------------------------------------------------------------------
 
-def bench_values(model, tok, n_edits: int) -> None:
+def bench_values(model, tok, n_edits: int, extra_templates: tuple[str, ...] = ()) -> None:
+    """Per request: the previous search (whole model, every step), the current one with every step
+    on the padded batch (the packed route switched off), and the current one as shipped (packed
+    suffix); same requests, same steps.  ``extra_templates`` are added to the preset's ``"{}"``."""
     from value_reference import optimize_value_reference
 
-    from prune_fast.editors.values import optimize_value
+    from prune_fast.editors import values
 
     hp = ROMEHyperParams.for_model(model)
+    hp.context_templates = ("{}", *extra_templates)
     module = model.get_submodule(resolve_site(model, hp.layer).module_name)
     reqs = [EditRequest(prompt=p.replace(s, "{}"), subject=s, target_new=o, case_id=i) for i, (p, s, o) in enumerate(FACTS)]
-    old, new = [], []
-    print(f"\n[values] ROME value search at {module.__class__.__name__} of layer {hp.layer}, up to {hp.v_steps} steps:")
+    packed = values._packed_route
+    times: dict[str, list[float]] = {"previous": [], "padded": [], "packed": []}
+    print(f"\n[values] ROME value search at {module.__class__.__name__} of layer {hp.layer}, up to {hp.v_steps} "
+          f"steps, {len(hp.context_templates)} context template(s):")
     for r in reqs[:n_edits]:
-        t0 = time.perf_counter(); a = optimize_value_reference(model, tok, r, module, hp); old.append(time.perf_counter() - t0)
-        t0 = time.perf_counter(); b = optimize_value(model, tok, r, module, hp); new.append(time.perf_counter() - t0)
-        err = float((a.target - b.target).norm() / a.target.norm())
-        print(f"  request {r.case_id}: {a.steps}/{b.steps} steps, previous {old[-1]:.2f} s, current {new[-1]:.2f} s, "
-              f"|Δv*|/|v*| {err:.1e}")
-    print(f"  median: previous {statistics.median(old):.2f} s, current {statistics.median(new):.2f} s "
-          f"({statistics.median(old) / statistics.median(new):.2f}x)")
+        t0 = time.perf_counter(); a = optimize_value_reference(model, tok, r, module, hp); times["previous"].append(time.perf_counter() - t0)
+        values._packed_route = lambda *_a, **_k: None
+        try:
+            t0 = time.perf_counter(); b = values.optimize_value(model, tok, r, module, hp); times["padded"].append(time.perf_counter() - t0)
+        finally:
+            values._packed_route = packed
+        t0 = time.perf_counter(); c = values.optimize_value(model, tok, r, module, hp); times["packed"].append(time.perf_counter() - t0)
+        err = max(float((x.target - a.target).norm() / a.target.norm()) for x in (b, c))
+        print(f"  request {r.case_id}: {a.steps}/{b.steps}/{c.steps} steps, previous {times['previous'][-1]:.2f} s, "
+              f"padded {times['padded'][-1]:.2f} s, packed {times['packed'][-1]:.2f} s, max |Δv*|/|v*| {err:.1e}")
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"  median: previous {med['previous']:.2f} s, padded {med['padded']:.2f} s, packed {med['packed']:.2f} s "
+          f"(previous/packed {med['previous'] / med['packed']:.2f}x, padded/packed {med['padded'] / med['packed']:.2f}x)")
 
 
 # -- split of a journaled run ----------------------------------------------------------------------
@@ -315,6 +327,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=300, help="covariance texts (of the smollm2 documentation corpus)")
     ap.add_argument("--edits", type=int, default=4, help="requests for the value-search comparison")
+    ap.add_argument("--templates", nargs="*", default=["The", "I think", "In the news:", "When", "It is known that"],
+                    help="values: prefixes of a second comparison with these context templates added to '{}' "
+                         "(as a reference-style multi-template value search uses)")
     ap.add_argument("--split-edits", type=int, default=20, help="requests per journaled run in the split")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--only", nargs="+", choices=["covariance", "stats", "values", "split", "memory", "trend"], default=None)
@@ -347,6 +362,8 @@ def main() -> None:
             bench_covariance(model, tok, texts, corpus_file)
     if "values" in parts:
         bench_values(model, tok, args.edits)
+        if args.templates:
+            bench_values(model, tok, args.edits, tuple(t + " {}" for t in args.templates))
     if "split" in parts:
         bench_split(args.split_edits, args.threads)
     if "memory" in parts:
