@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import json
 
+import torch
+
 from cli_cases import run_cli
 from prune_fast.runs.results import validate_results
 
 def test_demo_help_documents_options():
     out = run_cli("demo", "--help")
     assert out.returncode == 0
-    for opt in ("--model", "--out", "--n", "--fn", "--sweep", "--eval-every", "smollm2", "testbed"):
+    for opt in ("--model", "--out", "--n", "--fn", "--sweep", "--eval-every", "--parallel", "smollm2", "testbed"):
         assert opt in out.stdout
 
 
@@ -50,8 +52,10 @@ def test_arms_in_parallel_give_the_one_at_a_time_results(tmp_path):
     from prune_fast.commands.demo import run_demo
 
     kw = dict(model="testbed", n=8, eval_every=4, sweep=True, progress=False, plots=False)
+    before = torch.get_num_threads()
     one = run_demo(tmp_path / "one", threads=1, parallel=1, **kw)
     two = run_demo(tmp_path / "two", threads=2, parallel=2, **kw)
+    assert torch.get_num_threads() == before   # the caller's thread count is restored
     assert list(two["arms"]) == list(one["arms"]) and len(one["arms"]) == 11
     assert two["config"]["machine"]["parallel_arms"] == 2 and one["config"]["machine"]["parallel_arms"] == 1
     for name in one["arms"]:
