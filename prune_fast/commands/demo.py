@@ -131,8 +131,8 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
     ``seed`` (real model): 0 keeps the shipped order of the edit set, another value shuffles it.
     ``threads``: torch CPU threads in all (default: 2 on the real model, 1 on the test bed).
     ``parallel``: editing arms run at once, each in its own Python thread on its own copy of the
-    model and tokenizer, with ``threads // parallel`` torch threads each (default: 2 on the real
-    model when ``threads`` ≥ 2, else 1).  Why: a ROME step on a CPU is a chain of matrix products
+    model and tokenizer; the whole run has ``threads // parallel`` torch threads (default: 2 on the
+    real model when ``threads`` ≥ 2, else 1).  Why: a ROME step on a CPU is a chain of matrix products
     with a handful of rows, which a second torch thread barely speeds up while a second arm beside
     it nearly doubles the throughput (the products release the GIL).  The arms share nothing they
     write, so the results equal a one-at-a-time run's with the same torch threads per arm; another
@@ -150,7 +150,9 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
     parallel = (2 if model == "smollm2" and threads >= 2 else 1) if parallel is None else parallel
     _validate.check_count("--parallel", parallel, minimum=1)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
+    # one count for the whole run: arm threads started after the main thread had run with more
+    # torch threads were ~1.25x slower here (the OpenMP workers of the wider phase linger)
+    torch.set_num_threads(max(1, threads // parallel))
     try:
         start = time.perf_counter()
         setup = smollm2_setup(n, seed, cov_samples, progress) if model == "smollm2" else \
@@ -162,7 +164,7 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
         for f in (SWEEP_FNS if sweep else (fn,)):
             configs += [RunConfig(protocol="online", fn=f, eval_every=eval_every),
                         RunConfig(protocol="at_end", fn=f, eval_every=eval_every)]
-        arms = _run_arms(setup, configs, threads, parallel, progress)
+        arms = _run_arms(setup, configs, parallel, progress)
         summary = {}
         if "none" in arms:
             none_final = arms["none"].final
@@ -185,15 +187,12 @@ def run_demo(out_dir: str | Path, *, model: str = "smollm2", n: int | None = Non
         torch.set_num_threads(old_threads)
 
 
-def _run_arms(setup: DemoSetup, configs: list[RunConfig], threads: int, parallel: int, progress: bool
-              ) -> dict[str, Any]:
+def _run_arms(setup: DemoSetup, configs: list[RunConfig], parallel: int, progress: bool) -> dict[str, Any]:
     """Every arm of ``configs`` (the first is ``none``) by name, in ``configs``' order.
 
     The editing arms (``none`` and the ``online`` ones) run ``parallel`` at a time, each on its
-    own copy of the model and tokenizer with ``threads // parallel`` torch threads, all from one
-    evaluation of the unedited model; then every ``at_end`` arm is the ``none`` run restrained once
-    (``branch_at_end``).  What runs alone (statistics, that evaluation, the at_end arms) has all
-    ``threads``.
+    own copy of the model and tokenizer, all from one evaluation of the unedited model; then every
+    ``at_end`` arm is the ``none`` run restrained once (``branch_at_end``).
     """
     hp = setup.hparams
     # the statistics every arm needs, computed before the arms start rather than inside one of them
@@ -217,12 +216,8 @@ def _run_arms(setup: DemoSetup, configs: list[RunConfig], threads: int, parallel
         return arm
 
     editing = [c for c in configs if c.protocol != "at_end"]
-    torch.set_num_threads(max(1, threads // parallel))
-    try:
-        with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="arm") as pool:
-            done = dict(zip([c.name for c in editing], pool.map(run_arm, editing)))
-    finally:
-        torch.set_num_threads(threads)
+    with ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="arm") as pool:
+        done = dict(zip([c.name for c in editing], pool.map(run_arm, editing)))
     arms = {}
     for cfg in configs:
         if cfg.protocol == "at_end":
