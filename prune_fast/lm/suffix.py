@@ -52,6 +52,10 @@ def _cache_argument(body: nn.Module) -> str | None:
     return None
 
 
+def _long(xs: Sequence[int]) -> torch.Tensor:
+    return torch.tensor(list(xs), dtype=torch.long)
+
+
 def _additive_mask(q_row: torch.Tensor, q_pos: torch.Tensor, k_row: torch.Tensor, k_pos: torch.Tensor,
                    dtype: torch.dtype) -> torch.Tensor:
     """``(1, 1, q, k)``: 0 where key ``j`` is in query ``i``'s row at a position ≤ its own, dtype-min elsewhere."""
@@ -106,22 +110,21 @@ class SuffixForward:
             suf_row += [r] * (len(row) - c)
         dtype = next(model.parameters()).dtype
         dev = input_device(model)
-        as_long = lambda xs: torch.tensor(xs, dtype=torch.long)  # noqa: E731
-        k_row, k_pos = as_long(pre_row + suf_row), as_long(pre_pos + suf_pos)
+        k_row, k_pos = _long(pre_row + suf_row), _long(pre_pos + suf_pos)
         route = cls(
             model=model,
-            suffix_ids=as_long(suf_ids)[None].to(dev),
-            suffix_pos=as_long(suf_pos)[None].to(dev),
-            suffix_mask=_additive_mask(as_long(suf_row), as_long(suf_pos), k_row, k_pos, dtype).to(dev),
-            sites=as_long(offsets),
-            reads=as_long([offsets[r] + p - cuts[r] for r, p in zip(read_rows, read_pos)]),
+            suffix_ids=_long(suf_ids)[None].to(dev),
+            suffix_pos=_long(suf_pos)[None].to(dev),
+            suffix_mask=_additive_mask(_long(suf_row), _long(suf_pos), k_row, k_pos, dtype).to(dev),
+            sites=_long(offsets),
+            reads=_long([offsets[r] + p - cuts[r] for r, p in zip(read_rows, read_pos)]),
             cache_arg=cache_arg,
         )
         if pre_ids:
-            mask = _additive_mask(as_long(pre_row), as_long(pre_pos), as_long(pre_row), as_long(pre_pos), dtype)
+            mask = _additive_mask(_long(pre_row), _long(pre_pos), _long(pre_row), _long(pre_pos), dtype)
             with torch.no_grad():
-                out = body(input_ids=as_long(pre_ids)[None].to(dev), attention_mask=mask.to(dev),
-                           position_ids=as_long(pre_pos)[None].to(dev), use_cache=True)
+                out = body(input_ids=_long(pre_ids)[None].to(dev), attention_mask=mask.to(dev),
+                           position_ids=_long(pre_pos)[None].to(dev), use_cache=True)
             cache = getattr(out, cache_arg, None)
             if cache is None or not hasattr(cache, "layers"):
                 return None
