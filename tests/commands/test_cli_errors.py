@@ -73,7 +73,8 @@ def test_example_refuses_non_positive_sizes(option, capsys):
 
 
 @pytest.mark.parametrize("argv,needle", [(["--n", "0"], "--n"), (["--n", "-3"], "--n"),
-                                         (["--eval-every", "-1"], "--eval-every"), (["--threads", "0"], "--threads")])
+                                         (["--eval-every", "-1"], "--eval-every"), (["--threads", "0"], "--threads"),
+                                         (["--parallel", "0"], "--parallel"), (["--parallel", "-2"], "--parallel")])
 def test_demo_refuses_bad_counts_before_loading_anything(argv, needle, tmp_path, capsys):
     _refused(capsys, ["demo", "--out", str(tmp_path / "demo"), "--no-progress", *argv], needle)
     assert not (tmp_path / "demo").exists()
