@@ -24,6 +24,7 @@ from .kernels import resolve_backend
 from .kernels.apply_correction import apply_correction_
 from .spectral.certificate import frobenius_sq_bound
 from .spectral.direct import direct_triplets
+from .spectral.gram import gram_route_blocks, sigma_max_by_gram
 from .spectral.krylov import prefer_direct, topk_svd
 from .spectral.triplets import Triplets
 from .spectral.operators import ImplicitDifferenceOperator
@@ -39,7 +40,8 @@ _SIGMA_MAX_BLOCK = 16
 
 
 def sigma_max(matrix, *, generator: torch.Generator | None = None, backend: str = "torch") -> tuple[float, float]:
-    """``(σ_max, relative residual bound)`` of a 2-D tensor or operator, by block Krylov.
+    """``(σ_max, relative residual bound)`` of a 2-D tensor or operator, by block Krylov, or through
+    the short side's Gram matrix when the top values cluster (``spectral/gram.py``).
 
     Matrices with a short side ≤ 64 (tiny test weights) take one exact SVD instead. Scale-safe: a
     matrix of 1e-30 or 1e30 is solved after a power-of-two rescaling (``krylov.py``).
@@ -52,8 +54,26 @@ def sigma_max(matrix, *, generator: torch.Generator | None = None, backend: str 
     # Only the value is needed: stop once its gap bound puts it within 8 ulp (≈ 1e-6 in fp32), which
     # takes 8 rather than 10 passes for a trained-like W0 and ~40 rather than ~50 for a Gaussian one.
     value_tol = 8 * torch.finfo(matrix.dtype).eps
-    t = topk_svd(matrix, k=1, block=_SIGMA_MAX_BLOCK, value_tol=value_tol, generator=generator, backend=backend)
+    gram_ok = _gram_route_possible(matrix)
+    give_up = gram_route_blocks(*matrix.shape, _SIGMA_MAX_BLOCK) if gram_ok else None
+    t = topk_svd(matrix, k=1, block=_SIGMA_MAX_BLOCK, value_tol=value_tol, generator=generator, backend=backend,
+                 give_up_blocks=give_up)
+    if not t.converged:
+        top = float(t.s[0]) if t.s.numel() else 0.0
+        if _GRAM_SAFE_MIN <= top <= _GRAM_SAFE_MAX:
+            return sigma_max_by_gram(matrix, value_tol, generator)
+        t = topk_svd(matrix, k=1, block=_SIGMA_MAX_BLOCK, value_tol=value_tol, generator=generator, backend=backend)
     return (float(t.s[0]), t.residual) if t.s.numel() else (0.0, 0.0)
+
+
+# The Gram route squares the entries: it is taken for σ_max in [2⁻⁴⁰, 2⁴⁰] only (squares far from
+# fp32's under- and overflow); any other scale stays on the (rescaling) Krylov route.
+_GRAM_SAFE_MIN, _GRAM_SAFE_MAX = 2.0 ** -40, 2.0 ** 40
+
+
+def _gram_route_possible(matrix) -> bool:
+    """A dense fp32/fp64 tensor: the Gram route applies (operators and half precision stay on Krylov)."""
+    return isinstance(matrix, torch.Tensor) and matrix.dtype in (torch.float32, torch.float64)
 
 
 @torch.no_grad()

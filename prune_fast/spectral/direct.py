@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from .gram import columns_gram
 from .triplets import Triplets
 
 __all__ = ["direct_triplets"]
@@ -17,11 +18,6 @@ __all__ = ["direct_triplets"]
 # The Gram route squares the condition number: σ_i from eigh(AᵀA) in float64 is off by about
 # ε₆₄·(σ₁/σ_i)² relative, so it is used only while every wanted σ_i ≥ 1e-4·σ₁ (error ≲ 1e-8).
 _GRAM_MIN_RATIO = 1e-4
-# Short sides from which the float64 Gram matrix is formed block by block, only the blocks on and
-# above the diagonal (10 of 16 for 4 blocks): torch has no syrk, and a·aᵀ as one product computes
-# both halves.
-_GRAM_BLOCKED_FROM = 512
-_GRAM_BLOCKS = 4
 # Up to this σ₁/threshold the vectors u = A v / σ of a fp32 matrix are formed by a fp32 product
 # (the values and v still come from the float64 eigen-decomposition): the product's rounding,
 # relative ~ε₃₂·σ₁/σ per term, stays at the level of the Krylov path's own fp32 vectors (rank-k
@@ -29,22 +25,6 @@ _GRAM_BLOCKS = 4
 # in fp32), and the product runs at twice the float64 rate (91 against 201 ms at 1600×6400, 700
 # vectors). Beyond it, small σ against σ₁ would amplify that rounding: float64.
 _FP32_BACK_PRODUCT_MAX_RATIO = 4.0
-
-
-def _gram_float64(short: torch.Tensor) -> torch.Tensor:
-    """``shortᵀ short`` in float64 (``short``: tall, float64), symmetric by construction."""
-    n = short.shape[1]
-    if n < _GRAM_BLOCKED_FROM:
-        return short.T @ short
-    edges = [n * i // _GRAM_BLOCKS for i in range(_GRAM_BLOCKS + 1)]
-    gram = torch.empty(n, n, dtype=short.dtype, device=short.device)
-    for i in range(_GRAM_BLOCKS):
-        rows = short[:, edges[i]:edges[i + 1]]
-        # Block row i, from the diagonal on: one product [A_iᵀ A_i … A_iᵀ A_last].
-        blk = rows.T @ short[:, edges[i]:]
-        gram[edges[i]:edges[i + 1], edges[i]:] = blk
-        gram[edges[i + 1]:, edges[i]:edges[i + 1]] = blk[:, edges[i + 1] - edges[i]:].T
-    return gram
 
 
 def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
@@ -61,7 +41,7 @@ def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
     tall = a64.shape[0] >= a64.shape[1]
     short = a64 if tall else a64.T
     if short.shape[1]:
-        lam, vecs = torch.linalg.eigh(_gram_float64(short))
+        lam, vecs = torch.linalg.eigh(columns_gram(short))
         s_all = lam.flip(0).clamp_min(0).sqrt()
         keep = int((s_all >= threshold).sum())
         if keep == 0 or threshold >= _GRAM_MIN_RATIO * float(s_all[0]):

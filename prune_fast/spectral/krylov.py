@@ -81,6 +81,7 @@ def topk_svd(
     generator: torch.Generator | None = None,
     backend: str = "torch",
     failure_probability: float = DEFAULT_FAILURE_PROBABILITY,
+    give_up_blocks: float | None = None,
 ) -> Triplets:
     """Top-``k`` singular triplets of ``a``, or all with σ ≥ ``threshold`` (exactly one of the two).
 
@@ -91,6 +92,10 @@ def topk_svd(
     ``value_tol``: top-k mode, when only the values matter (σ*): a wanted value also counts as
     converged once its gap bound r²/δ ≤ ``value_tol``·θ₁ (``lanczos.value_error_bound``), which
     needs far fewer passes than a residual of ``tol`` when the top values are clustered.
+    ``give_up_blocks``: top-k mode, for a caller with a cheaper route for slow cases (σ* of a
+    clustered W0, ``gram.py``): from the third block on, when the top residual's decay per block
+    predicts more than this many further blocks, return at once with ``converged=False``. The
+    prediction reads only the iterates, so the same input always takes the same route.
     ``generator``: source of the Gaussian blocks; None uses a private one with a fixed seed.
     ``backend``: resolved kernel backend (``"torch"``/``"triton"``) for the orthonormalisations;
     products go through the operator (which carries its own backend).
@@ -106,6 +111,8 @@ def topk_svd(
         raise ValueError("value_tol applies to top-k mode only")
     if threshold is not None and not (threshold > 0.0 and math.isfinite(threshold)):
         raise ValueError(f"threshold must be positive and finite, got {threshold!r}")
+    if give_up_blocks is not None and k is None:
+        raise ValueError("give_up_blocks applies to top-k mode only")
     if not 0.0 < failure_probability < 1.0:
         raise ValueError(f"failure_probability must lie in (0, 1), got {failure_probability!r}")
     dense = a if isinstance(a, torch.Tensor) else None
@@ -115,7 +122,7 @@ def topk_svd(
         frobenius_sq = frobenius_sq_bound(dense)
     exponent = _unsafe_exponent(math.sqrt(frobenius_sq)) if frobenius_sq else 0
     solver = _Solver(op, dense, k, threshold, start_u, start_v, block, oversample, tol, value_tol, frobenius_sq,
-                     gen, backend, failure_probability)
+                     gen, backend, failure_probability, give_up_blocks)
     return solver.run(exponent)
 
 
@@ -124,12 +131,13 @@ class _Solver:
     (Frobenius on the search chain, or a fresh deflated chain for the randomized bounds, phase B)."""
 
     def __init__(self, op, dense, k, threshold, start_u, start_v, block, oversample, tol, value_tol, frobenius_sq,
-                 generator, backend, failure_probability):
+                 generator, backend, failure_probability, give_up_blocks=None):
         self.op0, self.dense = op, dense
         self.k, self.threshold0, self.frobenius_sq0 = k, threshold, frobenius_sq
         self.start_u, self.start_v = start_u, start_v
         self.block, self.oversample, self.tol0, self.value_tol = block, oversample, tol, value_tol
         self.generator, self.backend, self.delta = generator, backend, failure_probability
+        self.give_up_blocks = give_up_blocks
 
     # -- set-up ----------------------------------------------------------------------------------
     def run(self, exponent: int) -> Triplets:
@@ -162,6 +170,7 @@ class _Solver:
         self.threshold = None if self.threshold0 is None else math.ldexp(self.threshold0, -exponent)
         self.fro = None if self.frobenius_sq0 is None else math.ldexp(self.frobenius_sq0, -2 * exponent)
         self.round_no = 0
+        self.top_residuals: list[tuple[int, float]] = []  # (blocks, top residual / θ₁) at each check
         if n == 0 or m == 0 or self.k == 0:
             return self._finish(self._empty())
 
@@ -252,6 +261,11 @@ class _Solver:
                 wanted_ok = bool((value_error_bound(theta, res, n_want) <= self.value_tol * scale).all())
             if threshold is None:
                 certified, bound, how = True, 0.0, "none"
+                if not wanted_ok and v_next is not None and self._too_slow(chain.blocks, theta, res):
+                    u_k, v_k = ub @ p[:, :n_want].to(self.dt), vb @ qt[:n_want].T.to(self.dt)
+                    nxt = float(theta[n_want]) if n_want < dim else 0.0
+                    return self._finish(Triplets(u_k, theta[:n_want].clone(), v_k, float(res[0]) / scale, nxt, dim,
+                                                 chain.products, False, "none", converged=False))
             else:
                 certified, bound, how = self._certify_search(chain, theta, n_want, dim, remaining)
             nxt = float(theta[n_want]) if n_want < dim else 0.0
@@ -309,6 +323,30 @@ class _Solver:
                 v_next = self._widen(vb, v_next, torch.cat(more, 1) if len(more) > 1 else more[0])
                 pending = None
             chain.extend(v_next)
+
+    def _too_slow(self, blocks: int, theta: torch.Tensor, res: torch.Tensor) -> bool:
+        """Top-k mode with ``give_up_blocks``: whether the top residual, decaying at its rate since the
+        last check, needs more than that many further blocks to reach the level the stopping rule
+        accepts (the gap bound r²/δ ≤ value_tol·θ₁ with δ = θ₁ − θ₂, or the residual tol)."""
+        if self.give_up_blocks is None or theta.numel() < 2 or float(theta[0]) <= 0.0:
+            return False
+        top = float(theta[0])
+        r = float(res[0]) / top
+        history = self.top_residuals
+        history.append((blocks, r))
+        if blocks < 3 or len(history) < 2:
+            return False
+        (b0, r0), (b1, r1) = history[-2], history[-1]
+        if r1 <= 0.0 or b1 <= b0:
+            return False
+        gap = max((top - float(theta[1])) / top, 0.0)
+        target = max(self.tol, math.sqrt((self.value_tol or 0.0) * gap))
+        if r1 <= target:
+            return False
+        rate = (r1 / r0) ** (1.0 / (b1 - b0)) if r0 > 0.0 else 1.0
+        if rate >= 1.0:
+            return True
+        return math.log(target / r1) / math.log(rate) > self.give_up_blocks
 
     def _expected_count(self, theta: torch.Tensor, n_want: int, t_sq: float) -> int:
         """An estimate (not a bound) of how many values reach the band: the ``n_want`` found, plus the

@@ -21,6 +21,8 @@ class Triplets:
     (probabilistic, failure probability ≤ ``failure_probability``); ``"none"`` in top-k mode.
     ``bound``: the proved upper bound on every singular value not returned beyond the deflated band
     (0 when exact).
+    ``converged``: False only for a top-k call that gave up early (``topk_svd(give_up_blocks=…)``);
+    the triplets are then the current Ritz estimates, not converged ones.
     """
 
     u: torch.Tensor
@@ -34,6 +36,7 @@ class Triplets:
     certificate: str = "exact"
     bound: float = 0.0
     failure_probability: float = 0.0
+    converged: bool = True
 
 
 def default_tol(dtype: torch.dtype) -> float:
@@ -46,4 +49,4 @@ def orient(t: Triplets, transposed: bool) -> Triplets:
     if not transposed:
         return t
     return Triplets(t.v, t.s, t.u, t.residual, t.next_value, t.basis_size, t.products, t.exact, t.certificate,
-                    t.bound, t.failure_probability)
+                    t.bound, t.failure_probability, t.converged)
