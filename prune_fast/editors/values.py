@@ -35,11 +35,12 @@ from torch import nn
 
 from ..errors import MalformedRequestError
 from .hparams import ValueHyperParams
+from ..lm.head import logits_at
 from ..lm.probes import AddAtOutput, encode, frozen, make_batch, site_index
 from ..lm.requests import EditRequest
 from ..lm.suffix import SuffixForward
 
-__all__ = ["ValueResult", "optimize_value", "PrefixReplay", "logits_at"]
+__all__ = ["ValueResult", "optimize_value", "PrefixReplay"]
 
 logger = logging.getLogger(__name__)
 
@@ -125,19 +126,6 @@ class PrefixReplay:
         finally:
             for j, layer in enumerate(saved):
                 self.layers[j] = layer
-
-
-def logits_at(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor,
-              positions: torch.Tensor) -> torch.Tensor:
-    """Next-token logits at ``(rows[j], positions[j])`` only: ``(len(rows), vocab)``.
-
-    The body's last hidden state (final norm included) is gathered first and the LM head applied
-    to those vectors alone, so a 49k-token vocabulary costs a few rows instead of ``B × T``.
-    """
-    body = model.base_model
-    hidden = body(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    picked = hidden[rows.to(hidden.device), positions.to(hidden.device)]
-    return model.get_output_embeddings()(picked)
 
 
 def _packed_route(model: nn.Module, module: nn.Module, rows: list[list[int]], sites: list[int],

@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import InvalidInputError
+from .head import linear_head
 from .probes import input_device, pack_batches, pad_rows
 from .requests import EditRequest
 
@@ -87,25 +88,6 @@ def top1_all(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return ((logits.argmax(-1) == targets) | (targets == -100)).all(1)
 
 
-# Config fields of architectures whose logits are not exactly lm_head(last hidden state).
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
-
-
-def _linear_head(model: torch.nn.Module) -> torch.nn.Linear | None:
-    """The LM head when ``logits = head(base_model(...).last_hidden_state)`` exactly, else ``None``.
-
-    Then a scorer runs the body once and the head only at the positions it scores (the head over a
-    49k vocabulary at every position is a fifth of a small model's compute and its largest tensor).
-    """
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    cfg = getattr(model, "config", None)
-    if not isinstance(head, torch.nn.Linear) or not hasattr(model, "base_model") or model.base_model is model:
-        return None
-    if any(getattr(cfg, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
-        return None
-    return head
-
-
 def _next_token_scores(head: torch.nn.Linear, h: torch.Tensor, target: torch.Tensor, vocab_chunk: int
                        ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(nll, top1)`` per row of ``h``: ``logsumexp(head(h)) − head(h)[target]`` (fp32) and whether
@@ -132,7 +114,7 @@ def _scores_at(model: torch.nn.Module, head: torch.nn.Linear | None, ids: torch.
     """``(nll, top1)`` of the next token at each ``scored`` position of ``ids`` (``scored`` and the
     shifted ``target`` are ``(B, T-1)``; rows in the order of ``scored``'s True entries).
 
-    With a plain linear head (:func:`_linear_head`) the body runs once and the head only at the
+    With a plain linear head (:func:`~prune_fast.lm.head.linear_head`) the body runs once and the head only at the
     scored positions, ``position_chunk`` rows and ``vocab_chunk`` entries at a time; otherwise the
     model's own logits are taken there.
     """
@@ -156,7 +138,7 @@ def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple
     """``(logprob, correct)`` per (prompt, answer): Σ log P(answer tokens), and all-tokens-top-1.
 
     Pairs are packed by length into batches of at most ``batch_size`` rows and ``token_budget``
-    padded tokens; where the logits are the LM head of the last hidden state (:func:`_linear_head`),
+    padded tokens; where the logits are the LM head of the last hidden state (:func:`~prune_fast.lm.head.linear_head`),
     the head runs only at the answer positions, over ``vocab_chunk`` vocabulary entries at a time.
     Results are in the order of ``pairs``.
 
@@ -169,7 +151,7 @@ def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple
     oks = torch.zeros(len(seqs), dtype=torch.bool)
     device = input_device(model)
     pad = getattr(tokenizer, "pad_token_id", None) or 0
-    head = _linear_head(model)
+    head = linear_head(model)
     for batch in pack_batches([len(s) for s in seqs], token_budget, batch_size):
         ids, mask = pad_rows([seqs[i] for i in batch], pad)
         target = _pad_labels([label_rows[i] for i in batch], ids.shape[1])[:, 1:].to(device)
@@ -209,7 +191,7 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], bat
     total, count = 0.0, 0
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     seqs = [s for s in (list(tokenizer.encode(t)) for t in texts) if len(s) >= 2]
-    head = _linear_head(model)
+    head = linear_head(model)
     for batch in pack_batches([len(s) for s in seqs], token_budget, batch_size):
         ids, mask = pad_rows([seqs[i] for i in batch], pad)
         ids, mask = ids.to(device), mask.to(device)

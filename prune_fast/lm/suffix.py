@@ -34,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .head import head_at, linear_head
 from .probes import input_device
 
 __all__ = ["SuffixForward"]
@@ -89,7 +90,9 @@ class SuffixForward:
               read_rows: Sequence[int], read_pos: Sequence[int]) -> "SuffixForward | None":
         """Pack ``rows`` cut at ``cuts`` and run the prefix once; ``None`` where this model or these
         reads cannot take the route (a read before its row's cut, no cache argument, an attention
-        implementation that ignores a custom mask)."""
+        implementation that ignores a custom mask, logits that are not a plain linear head)."""
+        if linear_head(model) is None:
+            return None
         body = model.base_model
         cache_arg = _cache_argument(body)
         attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
@@ -141,7 +144,7 @@ class SuffixForward:
         hidden = self.model.base_model(input_ids=self.suffix_ids, attention_mask=self.suffix_mask,
                                        position_ids=self.suffix_pos, use_cache=self.prefix_kv is not None,
                                        **kwargs).last_hidden_state
-        return self.model.get_output_embeddings()(hidden[0, self.reads.to(hidden.device)])
+        return head_at(self.model, hidden[0, self.reads.to(hidden.device)])
 
     @staticmethod
     def agrees_with(logits: torch.Tensor, reference: torch.Tensor, tol: float = 1e-4) -> bool:

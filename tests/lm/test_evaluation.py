@@ -136,18 +136,19 @@ def test_answer_logprob_whole_logits_route_for_heads_with_a_logit_transform(rng)
     the numbers still match the reference (this GPT-2 ignores the field, so both must agree)."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from prune_fast.lm.evaluation import _linear_head, answer_logprob, perplexity
+    from prune_fast.lm.evaluation import answer_logprob, perplexity
+    from prune_fast.lm.head import linear_head
 
     words = [f"w{i}" for i in range(40)]
     tok = WordTokenizer(words)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
     model = GPT2LMHeadModel(GPT2Config(vocab_size=len(words) + 3, n_positions=32, n_embd=32, n_layer=2,
                                        n_head=2)).eval()
-    assert _linear_head(model) is model.lm_head
+    assert linear_head(model) is model.lm_head
     pairs = _random_pairs(words, rng, 11)
     fast = answer_logprob(model, tok, pairs, batch_size=4)
     model.config.final_logit_softcapping = 30.0
-    assert _linear_head(model) is None
+    assert linear_head(model) is None
     lp, ok = answer_logprob(model, tok, pairs, batch_size=4)
     want_lp, want_ok = _reference_answer_scores(model, tok, pairs)
     torch.testing.assert_close(lp.double(), want_lp, rtol=1e-5, atol=1e-5)
