@@ -128,6 +128,18 @@ class PrefixReplay:
                 self.layers[j] = layer
 
 
+_fallbacks_reported: set[tuple[str, str]] = set()
+
+
+def _report_fallback(model: nn.Module, why: str) -> None:
+    """Say once per model class and reason (at INFO) that the value search runs the slower padded
+    batch: a user timing edits should know which route ran, without a line per request."""
+    key = (type(model).__name__, why.split(" (")[0])
+    level = logging.INFO if key not in _fallbacks_reported else logging.DEBUG
+    _fallbacks_reported.add(key)
+    logger.log(level, "packed value search for %s: %s; using the padded batch", key[0], why)
+
+
 def _packed_route(model: nn.Module, module: nn.Module, rows: list[list[int]], sites: list[int],
                   read_rows: torch.Tensor, read_pos: torch.Tensor, plain_logits: torch.Tensor):
     """``(step_logits, replay)`` running only the positions from each row's site on (see
@@ -138,15 +150,16 @@ def _packed_route(model: nn.Module, module: nn.Module, rows: list[list[int]], si
         with frozen(model), torch.no_grad():
             route = SuffixForward.build(model, rows, sites, read_rows.tolist(), read_pos.tolist())
             if route is None:
+                _report_fallback(model, "not available for this model or these rows (SuffixForward.build)")
                 return None
             site_rows = torch.zeros_like(route.sites)   # every site is in the one packed row
             with AddAtOutput(module, route.sites, None, rows=site_rows), replay.recording():
                 logits = route.logits()
     except (TypeError, ValueError, RuntimeError, IndexError, AttributeError) as exc:
-        logger.debug("packed value search unavailable for %s: %s", type(model).__name__, exc)
+        _report_fallback(model, f"unavailable ({type(exc).__name__}: {exc})")
         return None
     if not SuffixForward.agrees_with(logits, plain_logits):
-        logger.debug("packed value search disagrees with the plain forward for %s", type(model).__name__)
+        _report_fallback(model, "its first pass disagrees with the plain forward")
         return None
 
     def step_logits(delta: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,8 @@
 (``tests/value_reference.py``: whole model, every position, every step) to fp32 tolerance, on the
 trained test bed (GPT-2 layout) and on a small Llama, for ROME's site and MEMIT's block site, while
 the layers below the edited one run once per request instead of once per step."""
+import logging
+
 import pytest
 import torch
 
@@ -75,9 +77,14 @@ def test_llama_value_search_matches_reference_and_skips_the_prefix():
 
 
 @pytest.mark.parametrize("why", ["refused", "disagrees"])
-def test_padded_route_where_the_packed_one_is_unavailable(monkeypatch, why):
+def test_padded_route_where_the_packed_one_is_unavailable(monkeypatch, caplog, why):
     """A model the packed route cannot serve, or whose packed first pass does not reproduce the plain
-    forward: every step runs the padded batch, with the same result as the reference."""
+    forward: every step runs the padded batch, with the same result as the reference, and the
+    fallback is said once at INFO (later requests only at DEBUG)."""
+    import prune_fast.editors.values as values_mod
+
+    monkeypatch.setattr(values_mod, "_fallbacks_reported", set())
+    caplog.set_level(logging.DEBUG, logger=values_mod.__name__)
     bed = fresh_testbed()
     hp = ROMEHyperParams.preset("testbed")
     module = bed.model.get_submodule(resolve_site(bed.model, hp.layer).module_name)
@@ -92,4 +99,9 @@ def test_padded_route_where_the_packed_one_is_unavailable(monkeypatch, why):
     h.remove()
     assert len(shapes) == got.steps + (1 if why == "refused" else 3)   # + the packed prefix and first pass
     assert shapes[0][0] == 2 and all(sh == shapes[0] for sh in shapes[-got.steps:])   # the padded batch
+    said = [r for r in caplog.records if "padded batch" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO]
+    optimize_value(bed.model, bed.tokenizer, bed.world.edit_requests(1, seed=6)[0], module, hp)
+    said = [r for r in caplog.records if "padded batch" in r.getMessage()]
+    assert [r.levelno for r in said] == [logging.INFO, logging.DEBUG]
     _compare(bed.model, bed.tokenizer, req, module, hp)
