@@ -26,7 +26,10 @@ Example::
 from __future__ import annotations
 
 import json
+import logging
 import math
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,11 +39,14 @@ import torch
 
 from ..errors import InvalidInputError
 from .head import linear_head
+from .prefix_tree import pack_prefix_trees, takes_custom_mask
 from .probes import input_device, pack_batches, pad_rows
 from .requests import EditRequest
 
 __all__ = ["Evaluator", "answer_logprob", "perplexity", "load_task_jsonl", "EDIT_METRICS",
            "encode_pairs", "answer_correct", "top1_all"]
+
+logger = logging.getLogger(__name__)
 
 EDIT_METRICS = ("efficacy", "efficacy_prob", "generalization", "generalization_prob", "locality",
                 "locality_prob")
@@ -108,22 +114,23 @@ def _next_token_scores(head: torch.nn.Linear, h: torch.Tensor, target: torch.Ten
     return lse - picked, best_at == target
 
 
-def _scores_at(model: torch.nn.Module, head: torch.nn.Linear | None, ids: torch.Tensor, mask: torch.Tensor,
-               scored: torch.Tensor, target: torch.Tensor, vocab_chunk: int, position_chunk: int
+def _scores_at(model: torch.nn.Module, head: torch.nn.Linear | None, inputs: dict[str, torch.Tensor],
+               flat: torch.Tensor, target: torch.Tensor, vocab_chunk: int, position_chunk: int
                ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(nll, top1)`` of the next token at each ``scored`` position of ``ids`` (``scored`` and the
-    shifted ``target`` are ``(B, T-1)``; rows in the order of ``scored``'s True entries).
+    """``(nll, top1)`` of ``target`` as the next token after each ``flat`` position (an index into the
+    batch's ``B·T`` positions, row-major), for the forward ``inputs`` (``input_ids``, ``attention_mask``
+    and, for packed tries, ``position_ids``).
 
-    With a plain linear head (:func:`~prune_fast.lm.head.linear_head`) the body runs once and the head only at the
-    scored positions, ``position_chunk`` rows and ``vocab_chunk`` entries at a time; otherwise the
-    model's own logits are taken there.
+    With a plain linear head (:func:`~prune_fast.lm.head.linear_head`) the body runs once and the
+    head only at those positions, ``position_chunk`` rows and ``vocab_chunk`` entries at a time;
+    otherwise the model's own logits are taken there.
     """
-    target = target[scored]
     if head is None:
-        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1][scored].float()
+        logits = model(**inputs).logits
+        logits = logits.reshape(-1, logits.shape[-1])[flat].float()
         return torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None])[:, 0], logits.argmax(-1) == target
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    h = hidden[:, :-1][scored]                                              # (N, d)
+    hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
+    h = hidden.reshape(-1, hidden.shape[-1])[flat]                            # (N, d)
     parts = [_next_token_scores(head, h[c:c + position_chunk], target[c:c + position_chunk], vocab_chunk)
              for c in range(0, h.shape[0], position_chunk)]
     if not parts:
@@ -131,40 +138,123 @@ def _scores_at(model: torch.nn.Module, head: torch.nn.Linear | None, ids: torch.
     return torch.cat([nll for nll, _ in parts]), torch.cat([top1 for _, top1 in parts])
 
 
+def _padded_reads(ids: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
+    """Flat ``B·T`` indices of the ``(B, T-1)`` bool ``scored`` positions of a padded batch, row-major."""
+    rows, cols = scored.nonzero(as_tuple=True)
+    return rows * ids.shape[1] + cols
+
+
+# Per model: does the packed-trie route reproduce its padded batch? (checked on first use).
+_TREE_ROUTE_OK: "weakref.WeakKeyDictionary[torch.nn.Module, bool]" = weakref.WeakKeyDictionary()
+_TREE_ROUTE_LOCK = threading.Lock()  # the demo scores two models from two threads
+_TREE_CHECK_ROWS = 8
+
+
+def _padded_scores(model, head, seqs, label_rows, batch_size, token_budget, vocab_chunk, device, pad):
+    """``(log-prob, all-top-1)`` per sequence from right-padded, length-packed batches."""
+    lps = torch.zeros(len(seqs), dtype=torch.float32)
+    oks = torch.zeros(len(seqs), dtype=torch.bool)
+    for batch in pack_batches([len(s) for s in seqs], token_budget, batch_size):
+        ids, mask = pad_rows([seqs[i] for i in batch], pad)
+        target = _pad_labels([label_rows[i] for i in batch], ids.shape[1])[:, 1:].to(device)
+        ids, mask = ids.to(device), mask.to(device)
+        scored = target != -100
+        nll, top1 = _scores_at(model, head, {"input_ids": ids, "attention_mask": mask}, _padded_reads(ids, scored),
+                               target[scored], vocab_chunk, position_chunk=ids.numel())
+        row = torch.arange(len(batch), device=device)[:, None].expand_as(scored)[scored]
+        _accumulate(lps, oks, torch.tensor(batch, dtype=torch.long), row, nll, top1, len(batch))
+    return lps, oks
+
+
+def _tree_scores(model, head, seqs, label_rows, batch_size, token_budget, vocab_chunk, device):
+    """The same from packed tries (``prefix_tree.py``): each shared prefix runs once."""
+    lps = torch.zeros(len(seqs), dtype=torch.float32)
+    oks = torch.zeros(len(seqs), dtype=torch.bool)
+    dtype = next(model.parameters()).dtype
+    for tb in pack_prefix_trees(seqs, token_budget, batch_size):
+        flat, target, owner = [], [], []
+        for k, (i, nodes) in enumerate(zip(tb.members, tb.node_of)):
+            lab = label_rows[i]
+            reads = [j for j in range(1, len(lab)) if lab[j] != -100]
+            flat.append(nodes[[j - 1 for j in reads]])
+            target += [lab[j] for j in reads]
+            owner += [k] * len(reads)
+        inputs = {"input_ids": tb.ids.to(device), "attention_mask": tb.additive_mask(dtype).to(device),
+                  "position_ids": tb.positions.to(device)}
+        nll, top1 = _scores_at(model, head, inputs, torch.cat(flat).to(device),
+                               torch.tensor(target, dtype=torch.long, device=device), vocab_chunk,
+                               position_chunk=tb.ids.numel())
+        _accumulate(lps, oks, torch.tensor(tb.members, dtype=torch.long),
+                    torch.tensor(owner, dtype=torch.long, device=device), nll, top1, len(tb.members))
+    return lps, oks
+
+
+def _accumulate(lps, oks, index, row, nll, top1, n):
+    """Sum each sequence's answer-token log-probs and count its non-top-1 tokens into ``lps``/``oks``."""
+    lp = torch.zeros(n, dtype=torch.float32, device=nll.device).index_add_(0, row, -nll)
+    wrong = torch.zeros(n, dtype=torch.long, device=nll.device).index_add_(0, row, (~top1).long())
+    lps[index] = lp.cpu()
+    oks[index] = (wrong == 0).cpu()
+
+
+def _tree_route_ok(model, head, seqs, label_rows, vocab_chunk, device, pad) -> bool:
+    """Whether this model takes the packed-trie route: it accepts explicit positions and a 4-D mask,
+    and its trie scores of a few of these rows match its padded ones (to 1e-4 in log-probability),
+    checked once per model."""
+    with _TREE_ROUTE_LOCK:
+        known = _TREE_ROUTE_OK.get(model)
+    if known is not None:
+        return known
+    ok = takes_custom_mask(model) and _tree_matches_padded(model, head, seqs, label_rows, vocab_chunk, device, pad)
+    with _TREE_ROUTE_LOCK:
+        _TREE_ROUTE_OK[model] = ok
+    return ok
+
+
+def _tree_matches_padded(model, head, seqs, label_rows, vocab_chunk, device, pad) -> bool:
+    """The once-per-model check of :func:`_tree_route_ok` on the first few rows."""
+    sample = list(range(min(_TREE_CHECK_ROWS, len(seqs))))
+    few, labs = [seqs[i] for i in sample], [label_rows[i] for i in sample]
+    try:
+        tree = _tree_scores(model, head, few, labs, len(few), 1 << 20, vocab_chunk, device)
+    except (TypeError, ValueError, RuntimeError, IndexError) as exc:
+        logger.info("packed scoring unavailable for %s (%s): padded batches", type(model).__name__, exc)
+        return False
+    plain = _padded_scores(model, head, few, labs, len(few), 1 << 20, vocab_chunk, device, pad)
+    ok = bool((tree[0] - plain[0]).abs().max() <= 1e-4 * max(1.0, float(plain[0].abs().max())))
+    if not ok:
+        logger.info("packed scoring disagrees with the padded batch for %s: padded batches", type(model).__name__)
+    return ok
+
+
 @torch.no_grad()
 def answer_logprob(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
                    batch_size: int = 256, token_budget: int = 8192, vocab_chunk: int = 16384
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logprob, correct)`` per (prompt, answer): Σ log P(answer tokens), and all-tokens-top-1.
+    """Teacher-forced ``(log-prob, all-top-1)`` of each answer after its prompt (``prompt + " " + answer``).
 
-    Pairs are packed by length into batches of at most ``batch_size`` rows and ``token_budget``
-    padded tokens; where the logits are the LM head of the last hidden state (:func:`~prune_fast.lm.head.linear_head`),
-    the head runs only at the answer positions, over ``vocab_chunk`` vocabulary entries at a time.
-    Results are in the order of ``pairs``.
+    Where the model takes explicit positions and a 4-D mask (checked once per model against its
+    padded batch), the sequences are packed as token tries (:mod:`~prune_fast.lm.prefix_tree`): a
+    prompt scored against both answers of a contest, or few-shot items behind the same examples, run
+    their shared prefix once. Otherwise pairs are packed by length into right-padded batches of at
+    most ``batch_size`` rows and ``token_budget`` padded tokens. Either way, where the logits are the
+    LM head of the last hidden state (:func:`~prune_fast.lm.head.linear_head`), the head runs only at
+    the answer positions, ``vocab_chunk`` vocabulary entries at a time. Results are in the order of
+    ``pairs``: Σ log P(answer tokens), and whether every answer token is the arg-max.
 
     Example::
 
         lp, ok = answer_logprob(model, tok, [("7 plus 5 is", "12")])
     """
     seqs, label_rows = _encode_rows(tokenizer, pairs)
-    lps = torch.zeros(len(seqs), dtype=torch.float32)
-    oks = torch.zeros(len(seqs), dtype=torch.bool)
+    if not seqs:
+        return torch.zeros(0, dtype=torch.float32), torch.zeros(0, dtype=torch.bool)
     device = input_device(model)
     pad = getattr(tokenizer, "pad_token_id", None) or 0
     head = linear_head(model)
-    for batch in pack_batches([len(s) for s in seqs], token_budget, batch_size):
-        ids, mask = pad_rows([seqs[i] for i in batch], pad)
-        target = _pad_labels([label_rows[i] for i in batch], ids.shape[1])[:, 1:].to(device)
-        ids, mask = ids.to(device), mask.to(device)
-        scored = target != -100
-        nll, top1 = _scores_at(model, head, ids, mask, scored, target, vocab_chunk, position_chunk=ids.numel())
-        row = torch.arange(len(batch), device=device)[:, None].expand_as(scored)[scored]
-        lp = torch.zeros(len(batch), dtype=torch.float32, device=device).index_add_(0, row, -nll)
-        wrong = torch.zeros(len(batch), dtype=torch.long, device=device).index_add_(0, row, (~top1).long())
-        index = torch.tensor(batch, dtype=torch.long)
-        lps[index] = lp.cpu()
-        oks[index] = (wrong == 0).cpu()
-    return lps, oks
+    if _tree_route_ok(model, head, seqs, label_rows, vocab_chunk, device, pad):
+        return _tree_scores(model, head, seqs, label_rows, batch_size, token_budget, vocab_chunk, device)
+    return _padded_scores(model, head, seqs, label_rows, batch_size, token_budget, vocab_chunk, device, pad)
 
 
 def answer_correct(model: torch.nn.Module, tokenizer: Any, pairs: Sequence[tuple[str, str]],
@@ -196,7 +286,8 @@ def perplexity(model: torch.nn.Module, tokenizer: Any, texts: Sequence[str], bat
         ids, mask = pad_rows([seqs[i] for i in batch], pad)
         ids, mask = ids.to(device), mask.to(device)
         scored = mask[:, 1:].bool()
-        nll, _ = _scores_at(model, head, ids, mask, scored, ids[:, 1:], vocab_chunk, position_chunk)
+        nll, _ = _scores_at(model, head, {"input_ids": ids, "attention_mask": mask}, _padded_reads(ids, scored),
+                            ids[:, 1:][scored], vocab_chunk, position_chunk)
         total += float(nll.sum(dtype=torch.float64))
         count += int(scored.sum())
     return math.exp(total / count) if count else float("nan")

@@ -35,12 +35,11 @@ import torch
 from torch import nn
 
 from .head import head_at, linear_head
+from .prefix_tree import takes_custom_mask
 from .probes import input_device
 
 __all__ = ["SuffixForward"]
 
-# attention implementations that take an arbitrary additive 4-D mask as it is given
-_MASKABLE = ("eager", "sdpa", None)
 
 
 def _cache_argument(body: nn.Module) -> str | None:
@@ -95,8 +94,7 @@ class SuffixForward:
             return None
         body = model.base_model
         cache_arg = _cache_argument(body)
-        attn = getattr(getattr(model, "config", None), "_attn_implementation", None)
-        if cache_arg is None or attn not in _MASKABLE or len(rows) != len(cuts):
+        if cache_arg is None or not takes_custom_mask(model) or len(rows) != len(cuts):
             return None
         if any(not 0 <= c < len(row) for row, c in zip(rows, cuts)):
             return None

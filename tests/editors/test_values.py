@@ -9,7 +9,6 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
-from prune_fast.lm.requests import EditRequest  # noqa: E402
 from prune_fast.editors import MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.values import optimize_value  # noqa: E402
 from prune_fast.lm.probes import encode, site_index  # noqa: E402
