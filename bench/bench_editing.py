@@ -14,6 +14,10 @@ Parts (``--only`` picks some; all run in one process, one thread unless ``--thre
 ``split``       short journaled online runs (``python -m prune_fast edit`` in-process) of ROME and
     MEMIT with a fresh covariance cache: end-to-end wall time, and the per-step time split into
     editor / restraint / evaluation / journal / bookkeeping.
+``scoring``     the scorer of every edit metric and ability (:func:`prune_fast.lm.evaluation.answer_logprob`)
+    on the padded route and on the packed-trie route (shared prompt prefixes run once), alternated:
+    one request's edit scores, 60 requests' edit scores, the few-shot tasks, recall; the largest
+    difference of the two routes' log-probabilities.
 ``memory``      resident memory of a fresh process: loading SmolLM2 (peak and after), and the peak during
     its perplexity (:func:`prune_fast.lm.evaluation.perplexity`, as ``--heldout`` runs it) over the
     held-out paragraphs twice (60 texts) and over 600 corpus paragraphs.
@@ -51,8 +55,11 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from prune_fast.commands.edit import EditJob, load_local_model, run_edit  # noqa: E402
 from prune_fast.editors import MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.covariance import second_moments  # noqa: E402
+from prune_fast.lm import evaluation  # noqa: E402
+from prune_fast.lm.edit_set import shipped_requests  # noqa: E402
+from prune_fast.lm.evaluation import Evaluator, answer_logprob  # noqa: E402
 from prune_fast.lm.probes import encode, pad_rows  # noqa: E402
-from prune_fast.lm.real_abilities import covariance_corpus  # noqa: E402
+from prune_fast.lm.real_abilities import covariance_corpus, real_abilities  # noqa: E402
 from prune_fast.lm.requests import EditRequest  # noqa: E402
 from prune_fast.runs.journal import Journal  # noqa: E402
 
@@ -287,6 +294,42 @@ print(f"{{len(texts)}} {{n}} {{ppl:.3f}} {{time.perf_counter() - t0:.1f}} {{load
 """
 
 
+def bench_scoring(model, tok, rounds: int = 2) -> None:
+    """Padded against packed-trie scoring, same calls, alternated ``rounds`` times (medians)."""
+    requests = shipped_requests()[:60]
+    abilities, _ = real_abilities(model, tok)
+    few_shot = [(name, list(task)) for name, task in abilities.items() if not callable(task)]
+    recall = [(name, list(task(requests))) for name, task in abilities.items() if callable(task)]
+    ev = Evaluator(model, tok)
+    cases = [("edit scores, 1 request (12 pairs)", lambda: ev.edit_scores(requests[:1])),
+             ("edit scores, 60 requests (720 pairs)", lambda: ev.edit_scores(requests)),
+             (f"{len(few_shot)} few-shot tasks ({sum(len(p) for _, p in few_shot)} pairs)",
+              lambda: [answer_logprob(model, tok, p) for _, p in few_shot]),
+             *((f"{name} ({len(p)} pairs)", (lambda p=p: answer_logprob(model, tok, p))) for name, p in recall)]
+    routes = {"padded": False, "packed": True}
+    times: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for route, ok in routes.items():
+            evaluation._TREE_ROUTE_OK[model] = ok
+            for name, fn in cases:
+                t0 = time.perf_counter()
+                fn()
+                times.setdefault((name, route), []).append(time.perf_counter() - t0)
+    pairs = [pr for _, p in few_shot for pr in p]
+    lp = {}
+    for route, ok in routes.items():
+        evaluation._TREE_ROUTE_OK[model] = ok
+        lp[route] = answer_logprob(model, tok, pairs)[0]
+    evaluation._TREE_ROUTE_OK.pop(model, None)
+    print("\n## scoring: padded batches against packed tries (median s)\n")
+    print("| call | padded | packed | padded / packed |\n|---|---|---|---|")
+    for name, _ in cases:
+        a, b = (statistics.median(times[(name, r)]) for r in routes)
+        print(f"| {name} | {a:.2f} | {b:.2f} | {a / b:.2f}× |")
+    print(f"\nlargest |Δ log-prob| between the routes over the few-shot pairs: "
+          f"{float((lp['padded'] - lp['packed']).abs().max()):.2e}")
+
+
 def bench_memory(threads: int) -> None:
     print("\n[memory] resident memory of a fresh process (GiB): loading SmolLM2 (its peak, then what stays), then "
           "the peak during perplexity (chunked; the peak counter reset after loading):")
@@ -332,14 +375,15 @@ def main() -> None:
                          "(as a reference-style multi-template value search uses)")
     ap.add_argument("--split-edits", type=int, default=20, help="requests per journaled run in the split")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", nargs="+", choices=["covariance", "stats", "values", "split", "memory", "trend"], default=None)
+    ap.add_argument("--only", nargs="+", choices=["covariance", "stats", "values", "split", "scoring", "memory", "trend"],
+                    default=None)
     ap.add_argument("--run-dir", type=Path, help="trend: the --out folder of a journaled edit run")
     ap.add_argument("--write-requests", nargs=2, metavar=("N", "FILE"))
     args = ap.parse_args()
     if args.write_requests:
         write_requests(int(args.write_requests[0]), Path(args.write_requests[1]))
         return
-    parts = args.only or ["covariance", "values", "split", "memory"]
+    parts = args.only or ["covariance", "values", "split", "scoring", "memory"]
     if parts == ["stats"]:
         texts = covariance_corpus()[:args.samples]
         with tempfile.TemporaryDirectory() as tmp:
@@ -366,6 +410,8 @@ def main() -> None:
             bench_values(model, tok, args.edits, tuple(t + " {}" for t in args.templates))
     if "split" in parts:
         bench_split(args.split_edits, args.threads)
+    if "scoring" in parts:
+        bench_scoring(model, tok)
     if "memory" in parts:
         bench_memory(args.threads)
     if "trend" in parts and args.run_dir:
