@@ -127,10 +127,12 @@ def _scores_at(model: torch.nn.Module, head: torch.nn.Linear | None, inputs: dic
     """
     if head is None:
         logits = model(**inputs).logits
+        flat, target = flat.to(logits.device), target.to(logits.device)  # under device_map: the last device
         logits = logits.reshape(-1, logits.shape[-1])[flat].float()
         return torch.logsumexp(logits, -1) - logits.gather(-1, target[:, None])[:, 0], logits.argmax(-1) == target
     hidden = model.base_model(**inputs, use_cache=False).last_hidden_state
-    h = hidden.reshape(-1, hidden.shape[-1])[flat]                            # (N, d)
+    h = hidden.reshape(-1, hidden.shape[-1])[flat.to(hidden.device)].to(head.weight.device)   # (N, d)
+    target = target.to(head.weight.device)
     parts = [_next_token_scores(head, h[c:c + position_chunk], target[c:c + position_chunk], vocab_chunk)
              for c in range(0, h.shape[0], position_chunk)]
     if not parts:
@@ -191,8 +193,8 @@ def _tree_scores(model, head, seqs, label_rows, batch_size, token_budget, vocab_
 
 def _accumulate(lps, oks, index, row, nll, top1, n):
     """Sum each sequence's answer-token log-probs and count its non-top-1 tokens into ``lps``/``oks``."""
-    lp = torch.zeros(n, dtype=torch.float32, device=nll.device).index_add_(0, row, -nll)
-    wrong = torch.zeros(n, dtype=torch.long, device=nll.device).index_add_(0, row, (~top1).long())
+    lp = torch.zeros(n, dtype=torch.float32, device=nll.device).index_add_(0, row.to(nll.device), -nll)
+    wrong = torch.zeros(n, dtype=torch.long, device=nll.device).index_add_(0, row.to(nll.device), (~top1).long())
     lps[index] = lp.cpu()
     oks[index] = (wrong == 0).cpu()
 
