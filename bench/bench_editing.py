@@ -23,10 +23,17 @@ Parts (``--only`` picks some; all run in one process, one thread unless ``--thre
     held-out paragraphs twice (60 texts) and over 600 corpus paragraphs.
 ``trend``       reads a journaled run's ``results.json`` and prints the per-edit cost by blocks of
     100 edits (the flatness target: edits 900-1000 ≤ 1.3 × edits 100-200).
+``probe``       the same requests edited at two points of one long run: the model and trackers restored
+    from each ``--checkpoints`` file (a journal's ``checkpoint.safetensors``), then every request of
+    ``--probe-requests`` edited, applied (restraint and σ_max(W) as the runner does) and scored, the
+    trackers put back after each: the cost per edit at edit 100 against edit 1,000 with the request
+    mix held fixed (a run's own blocks differ in which requests they edit).
 
     python bench/bench_editing.py --samples 300 --edits 4 --split-edits 20
     python bench/bench_editing.py --write-requests 1000 /tmp/requests1000.json
     python bench/bench_editing.py --only trend --run-dir /tmp/rome1000
+    python bench/bench_editing.py --only probe --probe-requests /tmp/probe.json \
+        --checkpoints /tmp/rome100/run/checkpoint.safetensors /tmp/rome1000/run/checkpoint.safetensors
 
 ``--write-requests N FILE`` cycles the shipped SmolLM2 edit set (429 records) to N requests: pass
 ``c`` of the set keeps every subject and prompt and asks for the ``c``-th next other answer of the
@@ -38,6 +45,7 @@ import argparse
 import contextlib
 import copy
 import json
+import logging
 import os
 import re
 import statistics
@@ -52,7 +60,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from prune_fast.commands.edit import EditJob, load_local_model, run_edit  # noqa: E402
+from prune_fast import SpectralTracker  # noqa: E402
+from prune_fast.cache import default_cache_dir  # noqa: E402
+from prune_fast.commands.edit import EditJob, load_local_model, load_requests, run_edit  # noqa: E402
+from prune_fast.editors import EDITORS, CovarianceStore  # noqa: E402
+from prune_fast.runs.runner import RunConfig, SequentialEditor  # noqa: E402
 from prune_fast.editors import MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.covariance import second_moments  # noqa: E402
 from prune_fast.lm import evaluation  # noqa: E402
@@ -366,6 +378,59 @@ def bench_trend(run_dir: Path) -> None:
         print(f"  last block / edits 101-200: {blocks[last] / blocks[100]:.2f}x (target ≤ 1.3x)")
 
 
+# -- the same requests at two points of a long run ----------------------------------------------------
+
+def bench_probe(checkpoints: list[Path], probe_file: Path) -> None:
+    """Edit, apply and score the requests of ``probe_file`` on the model restored from each checkpoint
+    (online ln ROME with the ``edit`` command's settings for smollm2); trackers restored after each."""
+    probes = load_requests(probe_file)
+    print(f"\n[probe] {len(probes)} requests ({probes[0].case_id} ..), online ln ROME, per checkpoint (median s; "
+          "apply = restraint + σ_max(W) + writing the weight, from a restored tracker: no warm start):")
+    print("  edits      step    editor     apply  restraint  scoring  value-search steps (median, per request)")
+    value_steps: list[int] = []
+
+    class _Steps(logging.Handler):   # ROME's value search reports its step count at debug level
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.msg.startswith("value for"):
+                value_steps.append(int(record.args[3]))
+
+    values_log = logging.getLogger("prune_fast.editors.values")
+    values_log.setLevel(logging.DEBUG)
+    values_log.addHandler(_Steps())
+    rows = []
+    for ckpt in checkpoints:
+        model, tok, _ = load_local_model("smollm2")
+        hp = EDITORS["rome"].hparams_class.resolve(model)
+        editor = EDITORS["rome"](model, tok, hp, CovarianceStore(covariance_corpus(), cache_dir=default_cache_dir(),
+                                                                   progress=False))
+        runner = SequentialEditor(model, tok, config=RunConfig(protocol="online", fn="ln"),
+                                  evaluator=Evaluator(model, tok), progress=False, editor=editor)
+        step, states = Journal(ckpt.parent, {}, 1).load_checkpoint()
+        params = dict(model.named_parameters())
+        editor.prepare()
+        times = []
+        value_steps.clear()
+        for req in probes:
+            runner.adopt_trackers({name: SpectralTracker.from_state_dict(params[name], st, fn="ln")
+                                   for name, st in states.items()})
+            t0 = time.perf_counter()
+            updates = runner.compute_updates([req])
+            t1 = time.perf_counter()
+            apply_s, restrain_s, _ = runner.apply_updates(updates, with_sigma_max_weight=True)
+            t2 = time.perf_counter()
+            runner.evaluator.edit_scores([req])
+            t3 = time.perf_counter()
+            times.append((t3 - t0, t1 - t0, apply_s, restrain_s, t3 - t2))
+        row = [statistics.median(t[i] for t in times) for i in range(5)]
+        row.append(sum(t[1] for t in times) / sum(value_steps))   # editor seconds per value-search step
+        rows.append(row)
+        print(f"  {step + 1:5d}  " + "  ".join(f"{v:8.4f}" for v in row[:5])
+              + f"  {statistics.median(value_steps):g} {value_steps}; editor {row[5]:.3f} s per step  ({ckpt})")
+    if len(rows) == 2:
+        print(f"  ratio (second / first): step {rows[1][0] / rows[0][0]:.2f}x, editor {rows[1][1] / rows[0][1]:.2f}x, "
+              f"apply {rows[1][2] / rows[0][2]:.2f}x, editor per value-search step {rows[1][5] / rows[0][5]:.2f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--samples", type=int, default=300, help="covariance texts (of the smollm2 documentation corpus)")
@@ -375,9 +440,14 @@ def main() -> None:
                          "(as a reference-style multi-template value search uses)")
     ap.add_argument("--split-edits", type=int, default=20, help="requests per journaled run in the split")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--only", nargs="+", choices=["covariance", "stats", "values", "split", "scoring", "memory", "trend"],
+    ap.add_argument("--only", nargs="+", choices=["covariance", "stats", "values", "split", "scoring", "memory", "trend",
+                                                     "probe"],
                     default=None)
     ap.add_argument("--run-dir", type=Path, help="trend: the --out folder of a journaled edit run")
+    ap.add_argument("--checkpoints", nargs="+", type=Path, help="probe: journal checkpoints (edit-run folders' "
+                    "run/checkpoint.safetensors), e.g. after 100 and after 1,000 edits of one request file")
+    ap.add_argument("--probe-requests", type=Path, help="probe: requests edited at every checkpoint (never edited "
+                    "in the run)")
     ap.add_argument("--write-requests", nargs=2, metavar=("N", "FILE"))
     args = ap.parse_args()
     if args.write_requests:
@@ -394,6 +464,11 @@ def main() -> None:
         return
     if parts == ["trend"]:
         bench_trend(args.run_dir)
+        return
+    if parts == ["probe"]:
+        torch.set_num_threads(args.threads)
+        print(machine())
+        bench_probe(args.checkpoints, args.probe_requests)
         return
     torch.set_num_threads(args.threads)
     print(machine())
