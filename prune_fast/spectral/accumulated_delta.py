@@ -43,8 +43,9 @@ class AccumulatedDelta:
         self._core = torch.zeros(0, 0, dtype=torch.float64, device=device)
         self._ra = self._rb = 0
         self.dense: torch.Tensor | None = None
-        # Set when a Krylov solve of the dense Δ ended in a full solve (see triplets_above).
-        self._dense_direct = False
+        # Set when a Krylov solve (of the dense Δ or of the factored core) ended in a full solve: the
+        # next solves go straight to the dense solve (see triplets_above).
+        self._direct_next = False
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -100,11 +101,11 @@ class AccumulatedDelta:
         """
         core = None if self.is_dense or self._core.numel() == 0 else self._core[: self._ra, : self._rb].clone()
         return (self._qa, self._qb, self._core, self._ra, self._rb, self.dense, core,
-                getattr(self, "_last_core", None), self._dense_direct)
+                getattr(self, "_last_core", None), self._direct_next)
 
     def restore(self, snap: tuple) -> None:
         """Undo everything since :meth:`snapshot` (Δ bit-identical to what it was)."""
-        self._qa, self._qb, core_buf, ra, rb, self.dense, core, self._last_core, self._dense_direct = snap
+        self._qa, self._qb, core_buf, ra, rb, self.dense, core, self._last_core, self._direct_next = snap
         if core is not None and core_buf is self._core:  # updated in place: clear the grown block, put back the old
             self._core[: max(ra, self._ra), : max(rb, self._rb)].zero_()
             self._core[:ra, :rb].copy_(core)
@@ -188,7 +189,7 @@ class AccumulatedDelta:
         expected = 0 if start_v is None else start_v.shape[1]
         if self.is_dense:
             shape = self.dense.shape
-            if prefer_direct(shape, expected) or (self._dense_direct and direct_affordable(shape)):
+            if prefer_direct(shape, expected) or (self._direct_next and direct_affordable(shape)):
                 return direct_triplets(self.dense, threshold)
             t = topk_svd(self.dense, threshold=threshold, start_u=start_u, start_v=start_v,
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
@@ -197,19 +198,23 @@ class AccumulatedDelta:
             # per step, so the next solves go straight to the dense solve (SmolLM2's layer 5 after
             # 1,000 ROME edits, 79 values above σ*: 57–103 ms direct against 102–182 ms Krylov-then-
             # direct, one thread, bench/RESULTS.md).
-            self._dense_direct = t.certificate == "exact"
+            self._direct_next = t.certificate == "exact"
             return t
         if min(self._ra, self._rb) == 0:
             z = torch.zeros
             return Triplets(z(self.m, 0, dtype=self.dtype, device=self.device), z(0, dtype=torch.float64),
                             z(self.n, 0, dtype=self.dtype, device=self.device), 0.0, 0.0, 0, 0, True)
         core = self.core
-        if prefer_direct(core.shape, expected):
+        if prefer_direct(core.shape, expected) or (self._direct_next and direct_affordable(core.shape)):
             t = direct_triplets(core, threshold)
         else:
             su, sv = self._core_start(start_u, start_v)
             t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL[self.dtype],
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
+            # As for the dense Δ above: the core grows by an edit per step, so a solve that ended "exact"
+            # predicts the next (a 450×450 core with 71 values above σ*: 26 ms direct against 80–98 ms
+            # Krylov-then-direct, one thread, bench/RESULTS.md).
+            self._direct_next = t.certificate == "exact"
         self._last_core = (t.u, t.v)
         u = self.qa @ t.u.to(self.dtype)
         v = self.qb @ t.v.to(self.dtype)

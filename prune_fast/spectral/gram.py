@@ -49,10 +49,11 @@ _CHECK_EVERY_BLOCK_UP_TO = 64
 
 
 def columns_gram(b: torch.Tensor) -> torch.Tensor:
-    """``bᵀ b`` (``b`` tall, any dtype), symmetric by construction."""
+    """``bᵀ b`` (``b`` tall, any dtype), exactly symmetric: every entry below the diagonal is a copy of
+    its mirror image (a BLAS product ``bᵀ b`` need not be: its two triangles may sum in other orders)."""
     n = b.shape[1]
     if n < _BLOCKED_FROM:
-        return b.T @ b
+        return _mirror_upper_(b.T @ b)
     edges = [n * i // _BLOCKS for i in range(_BLOCKS + 1)]
     gram = torch.empty(n, n, dtype=b.dtype, device=b.device)
     for i in range(_BLOCKS):
@@ -60,8 +61,16 @@ def columns_gram(b: torch.Tensor) -> torch.Tensor:
         # Block row i, from the diagonal on: one product [B_iᵀ B_i … B_iᵀ B_last].
         blk = rows.T @ b[:, edges[i]:]
         gram[edges[i]:edges[i + 1], edges[i]:] = blk
+        _mirror_upper_(gram[edges[i]:edges[i + 1], edges[i]:edges[i + 1]])
         gram[edges[i + 1]:, edges[i]:edges[i + 1]] = blk[:, edges[i + 1] - edges[i]:].T
     return gram
+
+
+def _mirror_upper_(square: torch.Tensor) -> torch.Tensor:
+    """Overwrite the strict lower triangle of ``square`` with the transposed upper one; returns it."""
+    lower = torch.tril_indices(square.shape[0], square.shape[1], -1, device=square.device)
+    square[lower[0], lower[1]] = square[lower[1], lower[0]]
+    return square
 
 
 def gram_route_blocks(m: int, n: int, block: int) -> float:

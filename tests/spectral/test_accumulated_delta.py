@@ -118,6 +118,40 @@ def test_dense_delta_goes_direct_after_a_krylov_solve_that_ended_in_the_full_sol
     assert calls == {"krylov": 2, "direct": 1}
 
 
+def test_factored_core_goes_direct_after_a_krylov_solve_that_ended_in_the_full_solve(rng, monkeypatch):
+    """The factored form's r×r core (500×700 Δ of rank 200: 30 values above τ over a tail hugging it):
+    the first solve runs Krylov on the core and ends in the dense solve, the next (one more edit) goes
+    straight to it. Both return the float64 SVD's values above τ of the float64 sum of the updates, and
+    the left/right vectors reproduce Δ's rank-k part."""
+    m, n, tau = 500, 700, 1.0
+    above = 1.05 + 2 * torch.rand(30, dtype=torch.float64, generator=rng)
+    tail = 0.5 + 0.49 * torch.rand(170, dtype=torch.float64, generator=rng)
+    values = torch.cat([above, tail]).sort(descending=True).values
+    a, _ = torch.linalg.qr(torch.randn(m, 200, dtype=torch.float64, generator=rng))
+    b, _ = torch.linalg.qr(torch.randn(n, 200, dtype=torch.float64, generator=rng))
+    delta = AccumulatedDelta(m, n, torch.float32, torch.device("cpu"))
+    u0, v0 = (a * values).float(), b.float()
+    delta.append_(u0, v0)
+    want = u0.double() @ v0.double().T
+    assert delta.rank == 200
+    calls = _count_routes(monkeypatch)
+    for step in range(2):
+        sv = torch.linalg.svdvals(want)
+        t = delta.triplets_above(tau)
+        k = int((sv >= tau).sum())
+        assert t.s.numel() == k and t.certificate == "exact"
+        torch.testing.assert_close(t.s, sv[:k], rtol=1e-5, atol=0)
+        ref_u, ref_s, ref_vh = torch.linalg.svd(want, full_matrices=False)
+        rank_k = (ref_u[:, :k] * ref_s[:k]) @ ref_vh[:k]
+        got = (t.u.double() * t.s) @ t.v.double().T
+        assert float((got - rank_k).abs().max()) <= 1e-5 * float(rank_k.abs().max())
+        assert calls == ({"krylov": 1, "direct": 0} if step == 0 else {"krylov": 1, "direct": 1}), calls
+        u, v = 0.3 * torch.randn(m, 1, generator=rng) / m ** 0.5, torch.randn(n, 1, generator=rng) / n ** 0.5
+        delta.append_(u, v)
+        want += u.double() @ v.double().T
+    assert delta.rank == 202
+
+
 def test_dense_delta_with_a_far_tail_stays_on_krylov(rng, monkeypatch):
     """Three values above τ and a tail at ≤ 0.1 τ: certified cheaply (not "exact"), so every solve
     stays on the Krylov route."""

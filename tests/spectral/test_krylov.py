@@ -197,6 +197,7 @@ def test_direct_triplets_blocked_gram_and_fp32_back_product(orient, ratio, rng):
     assert t.s.numel() == keep
     assert torch.allclose(t.s, s0[:keep], rtol=1e-9, atol=0), float((t.s - s0[:keep]).abs().max())
     assert t.u.dtype == t.v.dtype == torch.float32
+    assert t.u.is_contiguous() and t.v.is_contiguous()  # row-major, as the products that use them want
     want = (u0[:, :keep] * s0[:keep]) @ vh0[:keep]
     got = (t.u.double() * t.s) @ t.v.double().T
     err = float(torch.linalg.norm(got - want) / torch.linalg.norm(want))
