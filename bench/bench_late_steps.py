@@ -4,8 +4,11 @@ Reads a run's checkpoint (``OUT/run/checkpoint.safetensors`` of ``python -m prun
 tracker on W0 and the saved Δ of one weight, then adds ``--steps`` random rank-1 updates whose size is
 ``--ratio`` σ* (a long run's typical update) and restrains each online (ln), timing every ``add_``.
 
+``--rank R`` starts from Δ's top R singular triplets instead (a factored Δ while R·(m+n) + R² < m·n:
+the r×r core's solve of the middle of a long run).
+
 Usage: ``python bench/bench_late_steps.py OUT/run/checkpoint.safetensors [--param NAME] [--steps 12]
-[--ratio 0.68] [--threads 1]``
+[--ratio 0.68] [--rank R] [--threads 1]``
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ def main() -> int:
     p.add_argument("--param", default="model.layers.5.mlp.down_proj.weight")
     p.add_argument("--steps", type=int, default=12)
     p.add_argument("--ratio", type=float, default=0.68)
+    p.add_argument("--rank", type=int, default=None, help="start from Δ's top RANK triplets (default: all)")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -36,6 +40,7 @@ def main() -> int:
     w0, delta = saved[f"{args.param}::w0"], saved[f"{args.param}::delta"]
     tracker = SpectralTracker(w0.clone(), fn="log")
     u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+    u, s, vh = u[:, :args.rank], s[:args.rank], vh[:args.rank]
     tracker.add_((u * s).float(), vh.T.float().contiguous())  # Δ as it was; this step is not timed
     gen = torch.Generator().manual_seed(0)
     m, n = w0.shape
