@@ -65,8 +65,11 @@ def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
 def _times_vectors(a: torch.Tensor, x: torch.Tensor, tall: bool) -> torch.Tensor:
     """``A x`` (tall A) or ``Aᵀ x`` (wide A) for a row-major A, as a row-major result.
 
-    The wide case runs as ``(xᵀ A)ᵀ``: ``A.T @ x`` with A's transposed view took 35 ms against 3.6 ms
-    at 1536×576 by 576×71 in float64 (one thread), the dense Δ's back product in every late step of a
-    long SmolLM2 run (bench/RESULTS.md).
+    The wide float64 case runs as ``(xᵀ A)ᵀ``: ``A.T @ x`` with A's transposed view took 35 ms against
+    3.6 ms at 1536×576 by 576×71 (one thread), the dense Δ's back product in every late step of a long
+    SmolLM2 run (bench/RESULTS.md). fp32 products take no such slow path, and there the transposed
+    copy would cost more than it saves (6400×700).
     """
-    return a @ x if tall else (x.T @ a).T.contiguous()
+    if tall:
+        return a @ x
+    return a.T @ x if a.dtype == torch.float32 else (x.T @ a).T.contiguous()
