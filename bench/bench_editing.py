@@ -63,9 +63,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from prune_fast import SpectralTracker  # noqa: E402
 from prune_fast.cache import default_cache_dir  # noqa: E402
 from prune_fast.commands.edit import EditJob, load_local_model, load_requests, run_edit  # noqa: E402
-from prune_fast.editors import EDITORS, CovarianceStore  # noqa: E402
-from prune_fast.runs.runner import RunConfig, SequentialEditor  # noqa: E402
-from prune_fast.editors import MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
+from prune_fast.editors import EDITORS, CovarianceStore, MEMITHyperParams, ROMEHyperParams, resolve_site  # noqa: E402
 from prune_fast.editors.covariance import second_moments  # noqa: E402
 from prune_fast.lm import evaluation  # noqa: E402
 from prune_fast.lm.edit_set import shipped_requests  # noqa: E402
@@ -74,6 +72,7 @@ from prune_fast.lm.probes import encode, pad_rows  # noqa: E402
 from prune_fast.lm.real_abilities import covariance_corpus, real_abilities  # noqa: E402
 from prune_fast.lm.requests import EditRequest  # noqa: E402
 from prune_fast.runs.journal import Journal  # noqa: E402
+from prune_fast.runs.runner import RunConfig, SequentialEditor  # noqa: E402
 
 EDIT_SET = ROOT / "prune_fast" / "data" / "smollm2_counterfact.json"
 FACTS = [("The capital of France is", "France", "Rome"), ("The Eiffel Tower is in the city of", "Eiffel Tower", "London"),

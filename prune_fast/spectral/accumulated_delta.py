@@ -16,6 +16,8 @@ dense fp32 matrix and triplets come from the block Krylov solver on Δ, warm-sta
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from ..kernels.orthonormalize import orthonormalize
@@ -188,37 +190,38 @@ class AccumulatedDelta:
         """
         expected = 0 if start_v is None else start_v.shape[1]
         if self.is_dense:
-            shape = self.dense.shape
-            if prefer_direct(shape, expected) or (self._direct_next and direct_affordable(shape)):
-                return direct_triplets(self.dense, threshold)
-            t = topk_svd(self.dense, threshold=threshold, start_u=start_u, start_v=start_v,
-                         frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
-            # A solve that ended "exact" did the dense solve's work after its Krylov steps (its search
-            # or certificate found the basis would cover the short side): Δ only changes by an edit
-            # per step, so the next solves go straight to the dense solve (SmolLM2's layer 5 after
-            # 1,000 ROME edits, 79 values above σ*: 57–103 ms direct against 102–182 ms Krylov-then-
-            # direct, one thread, bench/RESULTS.md).
-            self._direct_next = t.certificate == "exact"
-            return t
+            return self._solve(self.dense, threshold, expected, lambda: (start_u, start_v), generator, None)
         if min(self._ra, self._rb) == 0:
             z = torch.zeros
             return Triplets(z(self.m, 0, dtype=self.dtype, device=self.device), z(0, dtype=torch.float64),
                             z(self.n, 0, dtype=self.dtype, device=self.device), 0.0, 0.0, 0, 0, True)
-        core = self.core
-        if prefer_direct(core.shape, expected) or (self._direct_next and direct_affordable(core.shape)):
-            t = direct_triplets(core, threshold)
-        else:
-            su, sv = self._core_start(start_u, start_v)
-            t = topk_svd(core, threshold=threshold, start_u=su, start_v=sv, tol=_CORE_TOL[self.dtype],
-                         frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
-            # As for the dense Δ above: the core grows by an edit per step, so a solve that ended "exact"
-            # predicts the next (a 450×450 core with 71 values above σ*: 26 ms direct against 80–98 ms
-            # Krylov-then-direct, one thread, bench/RESULTS.md).
-            self._direct_next = t.certificate == "exact"
+        t = self._solve(self.core, threshold, expected, lambda: self._core_start(start_u, start_v), generator,
+                        _CORE_TOL[self.dtype])
         self._last_core = (t.u, t.v)
         u = self.qa @ t.u.to(self.dtype)
         v = self.qb @ t.v.to(self.dtype)
         return Triplets(u, t.s.to(torch.float64), v, t.residual, t.next_value, t.basis_size, t.products, t.exact)
+
+    def _solve(self, a: torch.Tensor, threshold: float, expected: int,
+               starts: Callable[[], tuple[torch.Tensor | None, torch.Tensor | None]], generator: torch.Generator | None,
+               tol: float | None) -> Triplets:
+        """Every triplet of ``a`` (the dense Δ or the factored core) with σ ≥ threshold: the dense solve
+        where it is cheaper, else warm-started Krylov (``starts()`` gives its start vectors).
+
+        A Krylov solve that ended "exact" did the dense solve's work after its Krylov steps (its search
+        or certificate found the basis would cover the short side). Δ only changes by an edit per step,
+        so the next solves go straight to the dense solve while it is affordable: SmolLM2's layer 5
+        after 1,000 ROME edits, 79 values above σ*, 57–103 ms direct against 102–182 ms Krylov-then-
+        direct; a 450×450 core with 71 values above σ*, 26 ms against 80–98 ms (one thread,
+        bench/RESULTS.md).
+        """
+        if prefer_direct(a.shape, expected) or (self._direct_next and direct_affordable(a.shape)):
+            return direct_triplets(a, threshold)
+        start_u, start_v = starts()
+        t = topk_svd(a, threshold=threshold, start_u=start_u, start_v=start_v, tol=tol,
+                     frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
+        self._direct_next = t.certificate == "exact"
+        return t
 
 
 def _pad_rows(x: torch.Tensor, rows: int) -> torch.Tensor:
