@@ -139,5 +139,8 @@ def test_checkpoint_roundtrip_restores_tracker(tmp_path, rng, state_dtype):
     w2 = torch.zeros_like(w)
     tr2 = SpectralTracker.from_state_dict(w2, states["w"])
     assert step == 4 and tr2.n_edits == 5 and tr2._acc == tr._acc
-    assert torch.allclose(w2, w, atol=1e-5, rtol=0)
+    # w took five incremental fp32 updates, w2 one from the saved state: they agree to rounding
+    # (13 ulps of max|w| seen; a lost or doubled edit would be off by O(1)).
+    tol = 64 * torch.finfo(w.dtype).eps * float(w.abs().max())
+    assert torch.allclose(w2, w, atol=tol, rtol=0)
     assert not list((tmp_path / "run").glob("*.tmp"))

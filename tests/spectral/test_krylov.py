@@ -64,15 +64,22 @@ def test_dense_noise_below_threshold(rng):
 
 
 def test_warm_start_converges_with_fewer_products(rng):
+    # A warm start usually certifies in 6 products where a fresh chain needs 8-10, but on ~4 % of
+    # draws it needs one block more than the fresh chain; the promise is fewer products overall, so
+    # it is tested over eight independent draws (the sum fails at random with probability ~1e-4).
     m, n = 400, 300
-    d, _ = make_delta(m, n, spectrum(6, 30, rng), rng)
-    cold = topk_svd(d.float(), threshold=1.0, generator=rng)
-    bump = 1e-3 * torch.randn(m, 1, generator=rng).double() @ torch.randn(1, n, generator=rng).double()
-    warm = topk_svd((d + bump).float(), threshold=1.0, start_u=cold.u, start_v=cold.v, generator=rng)
-    fresh = topk_svd((d + bump).float(), threshold=1.0, generator=rng)
-    assert warm.s.numel() == fresh.s.numel() == 6
-    assert torch.allclose(warm.s, fresh.s, rtol=1e-5, atol=0)
-    assert warm.products <= fresh.products
+    warm_total = fresh_total = 0
+    for _ in range(8):
+        d, _ = make_delta(m, n, spectrum(6, 30, rng), rng)
+        cold = topk_svd(d.float(), threshold=1.0, generator=rng)
+        bump = 1e-3 * torch.randn(m, 1, generator=rng).double() @ torch.randn(1, n, generator=rng).double()
+        warm = topk_svd((d + bump).float(), threshold=1.0, start_u=cold.u, start_v=cold.v, generator=rng)
+        fresh = topk_svd((d + bump).float(), threshold=1.0, generator=rng)
+        assert warm.s.numel() == fresh.s.numel() == 6
+        assert torch.allclose(warm.s, fresh.s, rtol=1e-5, atol=0)
+        warm_total += warm.products
+        fresh_total += fresh.products
+    assert warm_total < fresh_total
 
 
 def test_difference_operator_matches_materialised(rng):
