@@ -16,6 +16,7 @@ import torch
 import prune_fast
 from prune_fast.errors import InvalidInputError
 from prune_fast.spectral.certificate import frobenius_sq_bound
+from prune_fast.spectral import krylov
 from prune_fast.spectral.krylov import topk_svd
 from prune_fast.spectral.lanczos import Chain
 from prune_fast.spectral.reference import restrain_reference
@@ -164,6 +165,75 @@ def test_many_values_above_on_both_sides_of_the_early_direct_switch(count, dense
         assert t.certificate == "frobenius"
     else:
         assert t.certificate in ("randomized", "exact")
+
+
+# -- the range finder for many values above τ (krylov._Solver._range_finder) ----------------------
+def _range_finder_outcomes(monkeypatch) -> list:
+    """Record what each call of the range finder returned: its certificate, or None (handed back)."""
+    outcomes: list = []
+    real = krylov._Solver._range_finder
+
+    def spy(self, *args):
+        out = real(self, *args)
+        outcomes.append(None if out is None else out.certificate)
+        return out
+
+    monkeypatch.setattr(krylov._Solver, "_range_finder", spy)
+    return outcomes
+
+
+RANGE_CASES = {
+    # name: (values, what the range finder returns)
+    "low-rank": (lambda g: torch.linspace(4.0, 1.2, 120, dtype=torch.float64), ["frobenius"]),
+    "straddling": (lambda g: torch.cat([torch.linspace(3.0, 1.001, 60, dtype=torch.float64),
+                                        torch.linspace(0.98, 0.5, 20, dtype=torch.float64)]), ["frobenius"]),
+    "repeated-30": (lambda g: torch.cat([torch.full((30,), 2.0, dtype=torch.float64),
+                                         0.5 * torch.rand(10, generator=g, dtype=torch.float64)]), None),
+    "dense-tail": (lambda g: torch.cat([torch.linspace(3.0, 1.05, 40, dtype=torch.float64),
+                                        torch.linspace(0.9, 0.0, 536, dtype=torch.float64)]), [None]),
+    "half-above": (lambda g: torch.linspace(3.0, 1.05, 320, dtype=torch.float64), ["exact"]),
+}
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e-30, 1e30], ids=["1", "1e-30", "1e30"])
+@pytest.mark.parametrize("case", list(RANGE_CASES))
+def test_range_finder_gives_the_float64_triplets(case, scale, monkeypatch, rng):
+    """Many values above τ at 576×1536: the range finder certifies a low-rank Δ (also with values just
+    below τ), hands a dense tail back to the Krylov chain and leaves 320 values above τ to the dense
+    solve; every route gives the float64 SVD's triplets of the fp32 matrix, at any scale."""
+    m, n = 576, 1536
+    values, expected = RANGE_CASES[case]
+    delta, _ = _low_rank(m, n, values(rng), rng)
+    d = (delta * scale).float()
+    outcomes = _range_finder_outcomes(monkeypatch)
+    t = topk_svd(d, threshold=scale, frobenius_sq=frobenius_sq_bound(d), generator=rng)
+    p, s, qt = torch.linalg.svd(d.double(), full_matrices=False)
+    k = int((s >= scale).sum())
+    assert t.s.numel() == k and k == int((values(rng) >= 1.0).sum())
+    assert torch.allclose(t.s, s[:k], rtol=1e-5, atol=0.0), float(((t.s - s[:k]) / s[:k]).abs().max())
+    want = (p[:, :k] * s[:k]) @ qt[:k]
+    err = rel_err((t.u.double() * t.s) @ t.v.double().T, want)
+    assert err <= 1e-5, f"rank-{k} part off by {err:.3g}"
+    assert torch.isfinite(t.u).all() and torch.isfinite(t.v).all()
+    if expected is not None:
+        assert outcomes == expected, outcomes
+    if outcomes == ["frobenius"]:
+        assert t.certificate == "frobenius" and t.bound < scale
+
+
+def test_range_finder_is_not_tried_on_a_warm_start_or_a_few_values(monkeypatch, rng):
+    """The tracker's warm-started solves and a Δ with a few values above τ keep the Krylov route."""
+    m, n = 576, 1536
+    outcomes = _range_finder_outcomes(monkeypatch)
+    delta, _ = _low_rank(m, n, torch.linspace(4.0, 1.2, 120, dtype=torch.float64), rng)
+    d = delta.float()
+    cold = topk_svd(d, threshold=1.0, generator=rng)
+    assert outcomes == ["frobenius"]
+    warm = topk_svd(d, threshold=1.0, start_u=cold.u, start_v=cold.v, generator=rng)
+    few, _ = _low_rank(m, n, torch.cat([torch.linspace(4.0, 1.2, 5, dtype=torch.float64),
+                                       0.8 * torch.rand(300, generator=rng, dtype=torch.float64)]), rng)
+    topk_svd(few.float(), threshold=1.0, generator=rng)
+    assert outcomes == ["frobenius"] and warm.s.numel() == 120
 
 
 @pytest.mark.parametrize("shape", [(130, 70), (300, 900)], ids=["130x70", "300x900"])
