@@ -27,6 +27,9 @@ from .krylov import direct_affordable, prefer_direct, topk_svd
 from .lanczos import append_columns
 from .triplets import Triplets
 
+# The dense solve stays the route after an exact ending while 1/_DIRECT_SHARE of the short side's
+# values lie above τ (see AccumulatedDelta._solve).
+_DIRECT_SHARE = 8
 # Relative residual asked of the Krylov solver on the float64 core: finer than the factors Q_a, Q_b
 # can represent is wasted work (fp32 by default; a float64 tracker state asks for more).
 _CORE_TOL = {torch.float32: 1e-7, torch.float64: 1e-13}
@@ -45,8 +48,8 @@ class AccumulatedDelta:
         self._core = torch.zeros(0, 0, dtype=torch.float64, device=device)
         self._ra = self._rb = 0
         self.dense: torch.Tensor | None = None
-        # Set when a Krylov solve (of the dense Δ or of the factored core) ended in a full solve: the
-        # next solves go straight to the dense solve (see triplets_above).
+        # Set when a solve (of the dense Δ or of the factored core) ended in a full solve with many
+        # values above τ: the next solves go straight to the dense solve (see _solve).
         self._direct_next = False
 
     # -- state ---------------------------------------------------------------------------------
@@ -210,17 +213,23 @@ class AccumulatedDelta:
 
         A Krylov solve that ended "exact" did the dense solve's work after its Krylov steps (its search
         or certificate found the basis would cover the short side). Δ only changes by an edit per step,
-        so the next solves go straight to the dense solve while it is affordable: SmolLM2's layer 5
-        after 1,000 ROME edits, 79 values above σ*, 57–103 ms direct against 102–182 ms Krylov-then-
-        direct; a 450×450 core with 71 values above σ*, 26 ms against 80–98 ms (one thread,
-        bench/RESULTS.md).
+        so the next solves go straight to the dense solve while it is affordable and at least an
+        eighth of the short side's values lie above τ: SmolLM2's layer 5 after 1,000 ROME edits, 79
+        values above σ* of 576, 57–103 ms direct against 102–182 ms Krylov-then-direct; a 450×450 core
+        with 71 values above σ*, 26 ms against 80–98 ms (one thread, bench/RESULTS.md). With fewer
+        above, warm Krylov is cheaper again: the 1600×6400 tracker bench's ~1000×1000 core with 8
+        values above σ* took 120–190 ms direct against 64 ms for a whole Krylov step.
         """
         if prefer_direct(a.shape, expected) or (self._direct_next and direct_affordable(a.shape)):
-            return direct_triplets(a, threshold)
-        start_u, start_v = starts()
-        t = topk_svd(a, threshold=threshold, start_u=start_u, start_v=start_v, tol=tol,
-                     frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
-        self._direct_next = t.certificate == "exact"
+            t = direct_triplets(a, threshold)
+        else:
+            start_u, start_v = starts()
+            t = topk_svd(a, threshold=threshold, start_u=start_u, start_v=start_v, tol=tol,
+                         frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
+            if t.certificate != "exact":
+                self._direct_next = False
+                return t
+        self._direct_next = _DIRECT_SHARE * t.s.numel() >= min(a.shape)
         return t
 
 

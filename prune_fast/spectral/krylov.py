@@ -337,9 +337,12 @@ class _Solver:
                             + self.oversample - dim)
             if (self.dense is not None and threshold is not None and not certified and pending is None
                     and dim + width > n // 2):
-                # The basis would cover half the short side: the range finder where Δ is low-rank,
-                # else one dense solve, is cheaper.
-                return self._try_range_finder(chain, theta, n_want) or self._direct()
+                # The basis would cover half the short side: one dense solve is cheaper, or the range
+                # finder where the values expected fit in its first round (a low-rank Δ).
+                out = None
+                if self._expected_count(theta, n_want, float((chain.t_mat ** 2).sum())) <= n // 4:
+                    out = self._try_range_finder(chain, theta, n_want)
+                return out or self._direct()
             more = [t for t in (widen, pending) if t is not None]
             if more:
                 v_next = self._widen(vb, v_next, torch.cat(more, 1) if len(more) > 1 else more[0])

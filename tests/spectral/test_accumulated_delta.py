@@ -152,6 +152,25 @@ def test_factored_core_goes_direct_after_a_krylov_solve_that_ended_in_the_full_s
     assert delta.rank == 202
 
 
+def test_exact_ending_with_few_values_above_stays_on_krylov(rng, monkeypatch):
+    """Three values above τ over a tail hugging it (0.9–0.99 τ): the Krylov solve ends in the dense
+    solve ("exact"), but with fewer than an eighth of the short side above τ the next solve tries
+    Krylov again instead of going straight to the dense solve; both give the float64 values."""
+    m, n, tau = 400, 600, 1.0
+    values = torch.cat([torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64),
+                        0.9 + 0.09 * torch.rand(397, dtype=torch.float64, generator=rng)]).sort(descending=True).values
+    delta = _dense_delta_with_spectrum(m, n, values, rng)
+    calls = _count_routes(monkeypatch)
+    for _ in range(2):
+        t = delta.triplets_above(tau)
+        sv = torch.linalg.svdvals(delta.dense.double())
+        k = int((sv >= tau).sum())
+        assert t.certificate == "exact" and t.s.numel() == k and 3 <= k < m // 8
+        torch.testing.assert_close(t.s, sv[:k], rtol=1e-5, atol=0)
+        delta.append_(1e-3 * torch.randn(m, 1, generator=rng), torch.randn(n, 1, generator=rng) / n ** 0.5)
+    assert calls == {"krylov": 2, "direct": 0}
+
+
 def test_dense_delta_with_a_far_tail_stays_on_krylov(rng, monkeypatch):
     """Three values above τ and a tail at ≤ 0.1 τ: certified cheaply (not "exact"), so every solve
     stays on the Krylov route."""
