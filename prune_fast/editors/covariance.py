@@ -48,7 +48,6 @@ import torch
 from torch import nn
 
 from .._atomic import save_safetensors
-from ..cache import default_cache_dir
 from .architectures import EditSite, resolve_module
 from ..errors import EditorError
 from ..lm.probes import StopForward, encode, input_device, pack_batches, pad_rows

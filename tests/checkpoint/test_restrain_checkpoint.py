@@ -151,7 +151,7 @@ def test_refuses_non_finite_and_leaves_no_out(where, gpt2_pair, tmp_path):
     base = _single(tmp_path / "b.safetensors", a=torch.randn(4, 4), w=bad if where == "base" else w)
     edited = _single(tmp_path / "e.safetensors", a=torch.randn(4, 4), w=bad if where == "edited" else other)
     out = tmp_path / "o.safetensors"
-    with pytest.raises(InvalidInputError, match=rf"non-finite.*|.*'w'") as exc:
+    with pytest.raises(InvalidInputError, match=r"non-finite.*|.*'w'") as exc:
         restrain_checkpoint(base, edited, out, progress=False)
     assert "'w'" in str(exc.value) and "non-finite" in str(exc.value) and where.upper() in str(exc.value)
     assert not out.exists()

@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from prune_fast.editors import AlphaEdit, AlphaEditHyperParams, Layout, MEMITHyperParams, compute_memit, resolve_site
+from prune_fast.editors import AlphaEdit, AlphaEditHyperParams, Layout, MEMITHyperParams, compute_memit
 from prune_fast.errors import EditorError, MalformedRequestError
 from prune_fast.updates import TrackerSet
 from prune_fast.editors.alphaedit import null_space_projector, projected_key_factor
