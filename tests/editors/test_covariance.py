@@ -3,6 +3,7 @@ equals the straightforward float64 computation; it resumes from a killed pass; t
 content (not by how the model folder was spelled), shared, written once when two runs fill it at
 once; and the Cholesky factor of C is computed once per module and reused by every edit."""
 import threading
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 
 from prune_fast.editors import CovarianceStore, ROMEHyperParams, compute_rome, resolve_site  # noqa: E402
 from prune_fast.editors import covariance as cov_mod  # noqa: E402
+from prune_fast.cache import default_cache_dir  # noqa: E402
 from prune_fast.editors.covariance import model_key  # noqa: E402
 from prune_fast.lm.probes import pack_batches  # noqa: E402
 from prune_fast.testbed import World, WorldSpec, WordTokenizer  # noqa: E402
@@ -202,8 +204,6 @@ def test_cholesky_factor_is_computed_once_and_reused(tmp_path, rng, monkeypatch)
 
 def test_cache_lives_under_prune_fast_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("PRUNE_FAST_CACHE", str(tmp_path / "shared"))
-    assert cov_mod.default_cache_dir() == tmp_path / "shared"
+    assert default_cache_dir() == tmp_path / "shared"
     monkeypatch.delenv("PRUNE_FAST_CACHE")
-    from pathlib import Path
-
-    assert cov_mod.default_cache_dir() == Path.home() / ".cache" / "prune_fast"
+    assert default_cache_dir() == Path.home() / ".cache" / "prune_fast"
