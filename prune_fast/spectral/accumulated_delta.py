@@ -226,10 +226,7 @@ class AccumulatedDelta:
             start_u, start_v = starts()
             t = topk_svd(a, threshold=threshold, start_u=start_u, start_v=start_v, tol=tol,
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
-            if t.certificate != "exact":
-                self._direct_next = False
-                return t
-        self._direct_next = _DIRECT_SHARE * t.s.numel() >= min(a.shape)
+        self._direct_next = t.certificate == "exact" and _DIRECT_SHARE * t.s.numel() >= min(a.shape)
         return t
 
 

@@ -245,7 +245,7 @@ class _Solver:
                 # such as a long MEMIT run's, or a repeated value). A range finder grown until the
                 # Frobenius tail certifies costs a few wide passes instead of Krylov blocks that
                 # widen one after another; it hands back (None) where the mass left lies below τ.
-                out = self._try_range_finder(chain, theta, n_want)
+                out = self._try_range_finder(theta, n_want, float((chain.t_mat ** 2).sum()), chain.products)
                 if out is not None:
                     return out
             saturated = threshold is not None and n_want > dim // 2
@@ -339,9 +339,9 @@ class _Solver:
                     and dim + width > n // 2):
                 # The basis would cover half the short side: one dense solve is cheaper, or the range
                 # finder where the values expected fit in its first round (a low-rank Δ).
-                out = None
-                if self._expected_count(theta, n_want, float((chain.t_mat ** 2).sum())) <= n // 4:
-                    out = self._try_range_finder(chain, theta, n_want)
+                out, t_sq = None, float((chain.t_mat ** 2).sum())
+                if self._expected_count(theta, n_want, t_sq) <= n // 4:
+                    out = self._try_range_finder(theta, n_want, t_sq, chain.products)
                 return out or self._direct()
             more = [t for t in (widen, pending) if t is not None]
             if more:
@@ -383,14 +383,14 @@ class _Solver:
         mean_sq = float((theta[:n_want] ** 2).sum()) / n_want
         return n_want + int(max(self.fro - t_sq, 0.0) / mean_sq)
 
-    def _try_range_finder(self, chain: Chain, theta: torch.Tensor, n_want: int) -> Triplets | None:
+    def _try_range_finder(self, theta: torch.Tensor, n_want: int, t_sq: float, products: int) -> Triplets | None:
         """:meth:`_range_finder`, once per call, for a dense matrix in threshold mode without a warm
         start (a tracker's warm-started solves keep their Krylov route)."""
         if (self.range_tried or self.threshold is None or self.fro is None or self.dense is None
                 or self.start_v is not None or n_want == 0):
             return None
         self.range_tried = True
-        return self._range_finder(theta, n_want, float((chain.t_mat ** 2).sum()), chain.products)
+        return self._range_finder(theta, n_want, t_sq, products)
 
     def _range_finder(self, theta: torch.Tensor, n_want: int, t_sq: float, products: int) -> Triplets | None:
         """Every triplet above τ from a randomized range finder of the short side, grown block by block
@@ -401,8 +401,9 @@ class _Solver:
         side) and appends B = A Q_new; the singular values of AQ come from the ℓ×ℓ float64 Gram
         matrix of B. The first round's width is the count the Krylov block's Ritz values and the
         Frobenius mass predict (``_expected_count``, at most a quarter of the short side) plus an
-        oversampling, later ones the mass still missing over the smallest value found. Stops when σ_{k+1}(A)² ≤ θ_{k+1}² + ‖A‖_F² − ‖B‖_F² lies
-        below τ (the certificate of the Krylov route, ``certificate.py``) and the returned triplets'
+        oversampling, later ones the mass still missing over the smallest value found. Stops when
+        σ_{k+1}(A)² ≤ θ_{k+1}² + ‖A‖_F² − ‖B‖_F² lies below τ (the certificate of the Krylov route,
+        ``certificate.py``; ‖B‖_F² is the trace of B's Gram matrix) and the returned triplets'
         explicit residuals ‖Aᵀu − σv‖ (one more pass) are at the solver's level. A round whose space
         already holds values below τ while the tail does not certify gets one more round sized for
         the mass left at the size of the next value (a low-rank Δ straddling τ); after that, or when
@@ -415,7 +416,6 @@ class _Solver:
         # small): capped at a quarter of the short side, the next rounds size from what is left.
         width = min(self._expected_count(theta, n_want, t_sq), n // 4) + _RANGE_OVERSAMPLE
         q = b_all = None
-        captured = 0.0
         below_tried = False
         while True:
             dim = 0 if q is None else q.shape[1]
@@ -427,9 +427,10 @@ class _Solver:
             products += 2
             q = q_new if q is None else torch.cat([q, q_new], 1)
             b_all = b_new if b_all is None else torch.cat([b_all, b_new], 1)
-            captured += float((b_new.to(torch.float64) ** 2).sum())
             dim = q.shape[1]
-            lam, w = torch.linalg.eigh(columns_gram(b_all.to(torch.float64)))
+            gram = columns_gram(b_all.to(torch.float64))
+            captured = float(gram.diagonal().sum())
+            lam, w = torch.linalg.eigh(gram)
             s_all, w = lam.flip(0).clamp_min(0.0).sqrt(), w.flip(1)
             scale = float(s_all[0])
             rho = self.tol * scale
