@@ -207,7 +207,8 @@ def _run_arms(setup: DemoSetup, configs: list[RunConfig], parallel: int, progres
                                 progress=progress)
 
     baseline = runner_for(configs[0])          # none: kept to the end, every at_end arm branches from it
-    start = baseline.evaluate_start()          # every arm starts from the same unedited model
+    # every arm starts from the same unedited model; the abilities' selection already scored it on them
+    start = baseline.evaluate_start(known_general={k: v["accuracy"] for k, v in setup.info.items() if v["kept"]})
 
     def run_arm(cfg: RunConfig) -> Any:
         runner = baseline if cfg is configs[0] else runner_for(cfg)   # an online arm's copy goes when it ends

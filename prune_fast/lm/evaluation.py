@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -359,10 +359,20 @@ class Evaluator:
             out[name + "_prob"] = float((lp_a[with_b] > lp_b).float().mean()) if with_b else float("nan")
         return out
 
-    def general(self, edited: Sequence[EditRequest] = ()) -> dict[str, float]:
-        """Accuracy per ability (and ``perplexity`` if held-out text was given)."""
+    def general(self, edited: Sequence[EditRequest] = (), known: Mapping[str, float] | None = None
+                ) -> dict[str, float]:
+        """Accuracy per ability (and ``perplexity`` if held-out text was given).
+
+        ``known``: accuracies already measured on this model as it is now, with ``edited`` the same
+        (the abilities' selection scores the unedited model once, see
+        :func:`~prune_fast.lm.real_abilities.real_abilities`): taken as they are, not re-scored.
+        """
+        known = known or {}
         out = {}
         for name, task in self.abilities.items():
+            if name in known:
+                out[name] = float(known[name])
+                continue
             pairs = task(edited) if callable(task) else task
             _, ok = answer_logprob(self.model, self.tokenizer, list(pairs))
             out[name] = float(ok.float().mean()) if len(ok) else float("nan")

@@ -152,7 +152,8 @@ def real_abilities(model: Any, tokenizer: Any, *, tasks: Sequence[str] | None = 
     kept, info = {}, {}
     for name, task in candidates.items():
         pairs = task(()) if callable(task) else task
-        _, ok = answer_logprob(model, tokenizer, pairs, batch_size=64)
+        # scored as Evaluator.general scores it (same call, same batching): the start evaluation reuses it
+        _, ok = answer_logprob(model, tokenizer, pairs)
         acc = float(ok.float().mean())
         # recall: every fact was selected as known, so "chance" is that of its answers' spread
         chance = chance_of(pairs)

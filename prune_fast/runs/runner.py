@@ -35,7 +35,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -123,13 +123,15 @@ class RunConfig:
         return d
 
 
-def _evaluate_point(evaluator: Evaluator | None, done: Sequence[EditRequest], restrained: bool) -> EvalPoint:
-    """All edits in ``done`` re-scored and the general abilities, by ``evaluator`` (none: no scores)."""
+def _evaluate_point(evaluator: Evaluator | None, done: Sequence[EditRequest], restrained: bool,
+                    known_general: Mapping[str, float] | None = None) -> EvalPoint:
+    """All edits in ``done`` re-scored and the general abilities, by ``evaluator`` (none: no scores;
+    ``known_general``: see :meth:`Evaluator.general`)."""
     start = time.perf_counter()
     if evaluator is None:
         return EvalPoint(edits=len(done), edit={}, general={}, restrained=restrained)
     edit = evaluator.edit_scores(done) if done else {}
-    general = evaluator.general(done)
+    general = evaluator.general(done, known=known_general)
     return EvalPoint(edits=len(done), edit=edit, general=general, restrained=restrained,
                      eval_s=time.perf_counter() - start)
 
@@ -255,10 +257,12 @@ class SequentialEditor:
         return out
 
     # -- the run ---------------------------------------------------------------------------------
-    def evaluate_start(self) -> EvalPoint:
+    def evaluate_start(self, known_general: Mapping[str, float] | None = None) -> EvalPoint:
         """The evaluation at 0 edits of this runner's model as it is now (unedited), for
-        :meth:`run`'s ``prior_evals``: arms that start from the same model can share one."""
-        return _evaluate_point(self.evaluator, [], restrained=False)
+        :meth:`run`'s ``prior_evals``: arms that start from the same model can share one.
+        ``known_general``: ability accuracies already measured on this unedited model (the
+        abilities' selection), taken instead of scoring them again."""
+        return _evaluate_point(self.evaluator, [], restrained=False, known_general=known_general)
 
     def run(self, requests: Sequence[EditRequest], *, start_step: int = 0, prior_steps: Sequence[StepRecord] = (),
             prior_evals: Sequence[EvalPoint] = ()) -> ArmResult:

@@ -27,6 +27,12 @@ def test_demo_short_run_writes_results_and_plots(tmp_path):
     assert at_end["steps"] == none["steps"] and at_end["evals"][:-1] == none["evals"][:-1]
     # online starts from the same unedited model: its evaluation at 0 edits is none's (eval_s included)
     assert doc["arms"]["online-ln"]["evals"][0] == none["evals"][0] and none["evals"][0]["edits"] == 0
+    # the start evaluation took the abilities' selection scores: they equal a fresh scoring of the unedited model
+    from prune_fast.lm.evaluation import Evaluator
+    from prune_fast.testbed import load_testbed, world_abilities
+    bed = load_testbed(progress=False)
+    abilities, _ = world_abilities(bed.world, bed.model, bed.tokenizer, n_recall=1500)
+    assert none["evals"][0]["general"] == Evaluator(bed.model, bed.tokenizer, abilities=abilities).general()
     (param,) = at_end["spectrum"]
     assert at_end["spectrum"][param]["at_end_restraint"]["n_restrained"] >= 1
     for name in doc["arms"]:

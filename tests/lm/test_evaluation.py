@@ -201,3 +201,27 @@ def test_edit_scores_match_per_pair_float64_scoring(rng):
     none = Evaluator(model, tok).edit_scores([EditRequest(prompt="{} w1", subject="w2", target_new="w3")])
     assert none["efficacy"] in (0.0, 1.0) and math.isnan(none["efficacy_prob"])
     assert math.isnan(none["generalization"]) and math.isnan(none["locality_prob"])
+
+
+def test_general_takes_known_scores_and_scores_the_rest(rng):
+    """``known`` accuracies are reported as given and their tasks never called; every other ability is
+    scored as without ``known`` (equal to the float64 per-pair reference's top-1 mean)."""
+    from prune_fast.lm.evaluation import Evaluator
+
+    words = [f"w{i}" for i in range(12)]
+    tok = WordTokenizer(words)
+    model = _tiny_llama(words, int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+    w = lambda: words[int(torch.randint(0, len(words), (1,), generator=rng))]  # noqa: E731
+    pairs = [(f"{w()} {w()}", w()) for _ in range(20)]
+    calls = []
+
+    def skipped(edited):
+        calls.append(edited)
+        return pairs
+
+    ev = Evaluator(model, tok, abilities={"given": skipped, "scored": pairs})
+    got = ev.general(known={"given": 0.125})
+    assert calls == [] and got["given"] == 0.125
+    _, ok = _reference_answer_scores(model, tok, pairs)
+    assert got["scored"] == pytest.approx(float(ok.double().mean()), abs=1e-6)
+    assert ev.general()["scored"] == got["scored"] and len(calls) == 1

@@ -229,6 +229,20 @@ def test_demo_results_file_validates(tmp_path):
     validate_results(json.loads((tmp_path / "demo" / "results.json").read_text()))
 
 
+def test_ability_selection_scores_what_the_evaluator_scores(smol):
+    """The demo's start evaluation takes the selection's unedited accuracies instead of re-scoring:
+    they must be what Evaluator.general gives on the same model."""
+    from prune_fast.lm.evaluation import Evaluator
+    from prune_fast.lm.real_abilities import FEW_SHOT_TASKS, real_abilities
+
+    model, tok, _ = smol
+    abilities, info = real_abilities(model, tok, tasks=list(FEW_SHOT_TASKS)[:2], recall_facts=shipped_recall()[:48])
+    got = Evaluator(model, tok, abilities=abilities).general()
+    assert set(got) == set(abilities) and "recall" in got
+    for name in abilities:
+        assert got[name] == info[name]["accuracy"], name
+
+
 def test_rome_key_over_generated_prefixes_follows_the_reference(smol, store, hparams):
     """With generated key prefixes: the update maps the bare prompt's key exactly to v*, its input-side
     direction is C⁻¹ k̄ for the mean key k̄ over the prefixes plus "{}" (rome/compute_u.py and
