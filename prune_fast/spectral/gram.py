@@ -37,15 +37,23 @@ __all__ = ["columns_gram", "gram_route_blocks", "sigma_max_by_gram"]
 # diagonal (10 of 16 for 4 blocks): torch has no syrk, and bᵀb as one product computes both halves.
 _BLOCKED_FROM = 512
 _BLOCKS = 4
-# Block width of the Lanczos on G: a product with G costs about the same for 8 or 16 columns, and
-# the clustered top of a Gaussian-like W0 converges in fewer, wider steps.
-_LANCZOS_BLOCK = 16
+# Block width of the Lanczos on G. Products with G are cheap (G sits in cache); what grows with the
+# width is the basis a given polynomial degree needs, and with it the orthogonalisation and the
+# projected eigen-decompositions. Gaussian W0, the whole σ_max, 8 against 16 columns (with the
+# check spacing below 32 against 64): 154–160 against 195–197 ms at 1600×6400, 27 against 30 ms at
+# 576×1536, 127–134 against 144–147 ms at 2048² (2 threads; one thread 264 against 318 ms at
+# 1600×6400), same accuracy (bench/RESULTS.md, 2026-12-02).
+_LANCZOS_BLOCK = 8
 # The Gram route's flops run this much faster than a Krylov step's (see gram_route_blocks).
 _FITTED_SPEED_RATIO = 0.55
+# Width of the Lanczos block when that factor was fitted; the cost model keeps it, so the 8-wide
+# Lanczos since (~20 % cheaper) leaves the route decision slightly on the Krylov side, as before.
+_FITTED_LANCZOS_BLOCK = 16
 # Test convergence after every block up to this basis width, then every ~dim/width blocks: the
 # eigen-decomposition of the projected matrix grows like dim³ and, on G, costs more than the block
-# steps between two checks (measured at 1600×6400, Gaussian: 123 ms with 64 against 142 with 128).
-_CHECK_EVERY_BLOCK_UP_TO = 64
+# steps between two checks (measured at 1600×6400, Gaussian: 123 ms with 64 against 142 with 128
+# for 16-wide blocks; 44 ms with 32 against 54 ms with 64 for 8-wide, the Lanczos alone).
+_CHECK_EVERY_BLOCK_UP_TO = 32
 
 
 def columns_gram(b: torch.Tensor) -> torch.Tensor:
@@ -84,7 +92,7 @@ def gram_route_blocks(m: int, n: int, block: int) -> float:
     """
     s, l = min(m, n), max(m, n)
     gram = (10 / 16 if s >= _BLOCKED_FROM else 1.0) * 2.0 * s * s * l
-    lanczos = 30 * 4.0 * s * s * _LANCZOS_BLOCK  # ~30 block steps on G, each a product and CGS2
+    lanczos = 30 * 4.0 * s * s * _FITTED_LANCZOS_BLOCK  # ~30 block steps on G, each a product and CGS2
     step = 4 * (2.0 * s * l * block) + 4.0 * (s + l) * 8 * block * block
     return _FITTED_SPEED_RATIO * (gram + lanczos) / step
 
