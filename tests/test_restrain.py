@@ -274,8 +274,15 @@ def test_scratch_buffer_is_reused_and_never_shared():
             assert inner.data_ptr() != ptr
     with _scratch.borrow((20, 10), torch.float32) as b:  # smaller: the same memory
         assert b.data_ptr() == ptr and b.shape == (20, 10) and b.is_contiguous()
-    with _scratch.borrow((30, 40), torch.float64) as c:  # another dtype: a new buffer
-        assert c.dtype == torch.float64 and c.shape == (30, 40)
+    with _scratch.borrow((20, 30), torch.float64) as c:  # another dtype, as many bytes: the same memory
+        assert c.dtype == torch.float64 and c.shape == (20, 30) and c.data_ptr() == ptr and c.is_contiguous()
+        c.fill_(1.5)
+        assert float(c.sum()) == 1.5 * 600
+    with _scratch.borrow((30, 40), torch.float64) as d:  # more bytes: a new, larger buffer
+        assert d.dtype == torch.float64 and d.shape == (30, 40)
+        grown = d.data_ptr()
+    with _scratch.borrow((30, 40), torch.float32) as e:  # which the next, smaller request reuses
+        assert e.data_ptr() == grown and e.dtype == torch.float32
     _scratch.release()
 
 

@@ -8,8 +8,12 @@ itself (``certificate="exact"``).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 
+from .. import _scratch
 from .gram import columns_gram
 from .triplets import Triplets
 
@@ -37,7 +41,24 @@ def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
     side's vectors u = A v / σ of a fp32 matrix come from a fp32 product while σ₁ ≤ 4·threshold
     (see ``_FP32_BACK_PRODUCT_MAX_RATIO``).
     """
-    a64 = a.to(torch.float64)
+    with _float64_copy(a) as a64:
+        return _direct_float64(a, a64, threshold)
+
+
+@contextmanager
+def _float64_copy(a: torch.Tensor) -> Iterator[torch.Tensor]:
+    """``a`` in float64; on the CPU written into the thread's reused buffer (``_scratch``), valid in
+    the block: a fresh 82 MB float64 copy of a 1600×6400 Δ costs 18.5 ms, mostly first touch, against
+    3.1 ms into memory already held (two threads; 55 against 7.8 ms with one)."""
+    if a.dtype == torch.float64 or a.device.type != "cpu":
+        yield a.to(torch.float64)
+        return
+    with _scratch.borrow(tuple(a.shape), torch.float64) as buf:
+        yield buf.copy_(a)
+
+
+def _direct_float64(a: torch.Tensor, a64: torch.Tensor, threshold: float) -> Triplets:
+    """:func:`direct_triplets` with ``a64`` = ``a`` in float64 (read only: nothing returned aliases it)."""
     tall = a64.shape[0] >= a64.shape[1]
     short = a64 if tall else a64.T
     if short.shape[1]:
@@ -46,7 +67,7 @@ def direct_triplets(a: torch.Tensor, threshold: float) -> Triplets:
         keep = int((s_all >= threshold).sum())
         if keep == 0 or threshold >= _GRAM_MIN_RATIO * float(s_all[0]):
             # eigh returns column-major vectors; made row-major here, as every product below wants them
-            v = vecs.flip(1)[:, :keep].contiguous()
+            v = vecs[:, vecs.shape[1] - keep:].flip(1).contiguous()
             s = s_all[:keep]
             if a.dtype == torch.float32 and keep and float(s_all[0]) <= _FP32_BACK_PRODUCT_MAX_RATIO * threshold:
                 u = _times_vectors(a, (v / s).to(torch.float32), tall)

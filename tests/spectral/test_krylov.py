@@ -99,6 +99,39 @@ def test_zero_matrix_and_direct_path(rng):
     assert t.s.numel() == 3 and torch.allclose(t.s, s[:3]) and t.next_value == pytest.approx(float(s[3]))
 
 
+@pytest.mark.parametrize("shape", [(90, 230), (230, 90)], ids=["wide", "tall"])
+def test_direct_triplets_with_the_reused_float64_buffer(shape, rng):
+    """fp32 input: the float64 copy goes to the thread's reused buffer (``_scratch``). Several calls in a
+    row on different matrices, one of them while the buffer is lent out, each equal the float64 SVD
+    of its own matrix; no result aliases the buffer (a later call does not change an earlier result)."""
+    from prune_fast import _scratch
+
+    _scratch.release()
+    results, refs = [], []
+    for i in range(3):
+        a64 = torch.randn(*shape, generator=rng, dtype=torch.float64) * 10.0 ** (i - 1)
+        a = a64.float()
+        s_ref = torch.linalg.svdvals(a.double())
+        tau = float(s_ref[4] + s_ref[5]) / 2
+        if i == 1:
+            with _scratch.borrow(shape, torch.float64) as held:   # the buffer is taken: a fresh copy
+                held.fill_(float("nan"))
+                t = direct_triplets(a, tau)
+                assert bool(torch.isnan(held).all())
+        else:
+            t = direct_triplets(a, tau)
+        results.append((t.u.clone(), t.s.clone(), t.v.clone(), t))
+        refs.append((a.double(), s_ref))
+    for (u, s, v, t), (a, s_ref) in zip(results, refs):
+        assert torch.equal(t.u, u) and torch.equal(t.s, s) and torch.equal(t.v, v)   # untouched by later calls
+        assert s.numel() == 5 and torch.allclose(s, s_ref[:5], rtol=1e-12, atol=0)
+        rank5 = (u.double() * s) @ v.double().T
+        p, sv, ht = torch.linalg.svd(a, full_matrices=False)
+        want = (p[:, :5] * sv[:5]) @ ht[:5]
+        assert float((rank5 - want).norm() / want.norm()) <= 1e-6
+    _scratch.release()
+
+
 def test_needs_exactly_one_of_k_and_threshold():
     with pytest.raises(ValueError):
         topk_svd(torch.eye(3))
