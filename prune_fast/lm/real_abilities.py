@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from .edit_set import shipped_recall
-from .evaluation import answer_logprob
+from .evaluation import Evaluator
 from .requests import EditRequest
 
 __all__ = ["FEW_SHOT_TASKS", "heldout_text", "covariance_corpus", "recall_task", "real_abilities",
@@ -149,12 +149,12 @@ def real_abilities(model: Any, tokenizer: Any, *, tasks: Sequence[str] | None = 
     candidates: dict[str, Any] = {"recall": recall_task(recall_facts)}
     for name in tasks if tasks is not None else FEW_SHOT_TASKS:
         candidates[name] = few_shot_pairs(name)
+    unedited = {name: task(()) if callable(task) else task for name, task in candidates.items()}
+    # scored by Evaluator.general itself, so a start evaluation may take these accuracies as its own
+    accuracy = Evaluator(model, tokenizer, abilities=unedited).general()
     kept, info = {}, {}
     for name, task in candidates.items():
-        pairs = task(()) if callable(task) else task
-        # scored as Evaluator.general scores it (same call, same batching): the start evaluation reuses it
-        _, ok = answer_logprob(model, tokenizer, pairs)
-        acc = float(ok.float().mean())
+        pairs, acc = unedited[name], accuracy[name]
         # recall: every fact was selected as known, so "chance" is that of its answers' spread
         chance = chance_of(pairs)
         keep = name == "recall" or acc >= max(THRESHOLD_FACTOR * chance, chance + THRESHOLD_MARGIN)

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..lm.evaluation import answer_correct, answer_logprob
+from ..lm.evaluation import Evaluator, answer_correct
 from ..lm.probes import input_device
 from ..lm.requests import EditRequest
 from .world import World
@@ -81,11 +81,12 @@ def world_abilities(world: Any, model: torch.nn.Module, tokenizer: Any, *, n_rec
     copy = [(e.prompt, e.answer) for e in world.copy_examples(200, seed=4242)]
     candidates: dict[str, Any] = {"recall": recall, "addition": add, "copy": copy}
     chance = chance_levels(world)
+    unedited = {name: task(()) if callable(task) else task for name, task in candidates.items()}
+    # scored by Evaluator.general itself, so a start evaluation may take these accuracies as its own
+    accuracy = Evaluator(model, tokenizer, abilities=unedited).general()
     kept, info = {}, {}
     for name, task in candidates.items():
-        pairs = task(()) if callable(task) else task
-        _, ok = answer_logprob(model, tokenizer, pairs)
-        acc = float(ok.float().mean())
+        acc = accuracy[name]
         keep = acc >= margin * chance[name]
         info[name] = {"accuracy": acc, "chance": chance[name], "kept": keep}
         if keep:
