@@ -108,8 +108,8 @@ def _top_ritz(g: torch.Tensor, value_tol: float, generator: torch.Generator | No
     b = min(_LANCZOS_BLOCK, s)
     q, _ = torch.linalg.qr(gaussian(s, b, g.dtype, g.device, generator))
     basis = Basis(q, 8 * b)
-    images = Basis(g @ q, 8 * b)
-    h = (q.T @ images.view).to(torch.float64)  # Qᵀ G Q, grown block by block
+    images = Basis(skinny_matmul_cpu(g, q), 8 * b)
+    h = skinny_matmul_cpu(q.T, images.view).to(torch.float64)  # Qᵀ G Q, grown block by block
     since_check = 0
     while True:
         qb, pb = basis.view, images.view
@@ -134,8 +134,8 @@ def _top_ritz(g: torch.Tensor, value_tol: float, generator: torch.Generator | No
             since_check = _CHECK_EVERY_BLOCK_UP_TO
             continue
         q, _, _ = orthonormalize(pb[:, -q.shape[1]:][:, :width], qb, backend="torch", generator=generator)
-        p = g @ q
-        cross = (qb.T @ p).to(torch.float64)
+        p = skinny_matmul_cpu(g, q)
+        cross = skinny_matmul_cpu(qb.T, p).to(torch.float64)
         h = torch.cat([torch.cat([h, cross], 1), torch.cat([cross.T, (q.T @ p).to(torch.float64)], 1)], 0)
         basis.append(q)
         images.append(p)
