@@ -7,6 +7,8 @@ at 1600×6400 with 16 columns, one thread, sgemm takes 5.8 ms, oneDNN's fp32 inn
 (true fp32, no bf16 down-conversion: relative error vs float64 ~5e-7 for both). So fp32 products
 with a large ``A`` go to oneDNN when this torch build has it, and otherwise to sgemm, written as
 ``(Xᵀ Aᵀ)ᵀ`` for 2–11 columns, the form sgemm runs fastest (1.5–3× faster than ``A @ X`` there).
+Those figures are an AVX-512 Xeon's; on an AVX2-only CPU (an AMD EPYC measured) sgemm beats oneDNN
+at multiples of 16 columns, which there go to sgemm (``_sgemm_for_full_blocks``).
 
 float64 products (the tracker's r×r core, the exact solve) run as ``(Xᵀ Aᵀ)ᵀ`` from 2 columns: dgemm
 is slow when A is column-major (a transposed view) and, on the AMD EPYC, with row-major A too:
@@ -39,11 +41,12 @@ _SGEMM_BLOCK = 16
 @functools.cache
 def _sgemm_for_full_blocks() -> bool:
     """Whether ``A @ X`` with a multiple of 16 columns goes to sgemm rather than oneDNN: on CPUs whose
-    best instruction set torch uses is AVX2. Measured on an AMD EPYC (Zen 2, AVX2), 1600×6400 fp32, two threads: 16 columns
-    3.8 against 4.3 ms (A) and 4.6 against 6.7 ms (Aᵀ), 64 columns 10.2 against 12.1 and 10.6
-    against 14.6 ms; with other counts sgemm is slower there (8 columns: 6.7 against 3.2 ms). On the
-    AVX-512 Xeon oneDNN was the faster one at 16 columns (3.2 against 5.8 ms, one thread). Fixed per
-    machine, so the same inputs always take the same route (bit-identical results)."""
+    best instruction set torch uses is AVX2. Measured on an AMD EPYC (Zen 2, AVX2), 1600×6400 fp32,
+    two threads: 16 columns 3.8 against 4.3 ms (A) and 4.6 against 6.7 ms (Aᵀ), 64 columns 10.2
+    against 12.1 and 10.6 against 14.6 ms; with other counts sgemm is slower there (8 columns: 6.7
+    against 3.2 ms). On the AVX-512 Xeon oneDNN was the faster one at 16 columns (3.2 against 5.8 ms,
+    one thread). Fixed per machine, so the same inputs always take the same route (bit-identical
+    results)."""
     return torch.backends.cpu.get_cpu_capability() == "AVX2"
 
 
