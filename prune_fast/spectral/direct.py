@@ -14,6 +14,7 @@ from contextlib import contextmanager
 import torch
 
 from .. import _scratch
+from ..kernels.cpu_matmul import skinny_matmul_cpu
 from .gram import columns_gram
 from .triplets import Triplets
 
@@ -86,11 +87,11 @@ def _direct_float64(a: torch.Tensor, a64: torch.Tensor, threshold: float) -> Tri
 def _times_vectors(a: torch.Tensor, x: torch.Tensor, tall: bool) -> torch.Tensor:
     """``A x`` (tall A) or ``Aᵀ x`` (wide A) for a row-major A, as a row-major result.
 
-    The wide float64 case runs as ``(xᵀ A)ᵀ``: ``A.T @ x`` with A's transposed view took 35 ms against
-    3.6 ms at 1536×576 by 576×71 (one thread), the dense Δ's back product in every late step of a long
-    SmolLM2 run (bench/RESULTS.md). fp32 products take no such slow path, and there the transposed
-    copy would cost more than it saves (6400×700).
+    The wide float64 case goes through ``skinny_matmul_cpu``, which runs it as ``(xᵀ A)ᵀ``: ``A.T @ x``
+    with A's transposed view took 35 ms against 3.6 ms at 1536×576 by 576×71 (one thread), the dense
+    Δ's back product in every late step of a long SmolLM2 run (bench/RESULTS.md). fp32 products take
+    no such slow path, and there the transposed copy would cost more than it saves (6400×700).
     """
     if tall:
         return a @ x
-    return a.T @ x if a.dtype == torch.float32 else (x.T @ a).T.contiguous()
+    return a.T @ x if a.dtype == torch.float32 else skinny_matmul_cpu(a.T, x).contiguous()

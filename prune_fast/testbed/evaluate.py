@@ -81,9 +81,9 @@ def world_abilities(world: Any, model: torch.nn.Module, tokenizer: Any, *, n_rec
     copy = [(e.prompt, e.answer) for e in world.copy_examples(200, seed=4242)]
     candidates: dict[str, Any] = {"recall": recall, "addition": add, "copy": copy}
     chance = chance_levels(world)
-    unedited = {name: task(()) if callable(task) else task for name, task in candidates.items()}
-    # scored by Evaluator.general itself, so a start evaluation may take these accuracies as its own
-    accuracy = Evaluator(model, tokenizer, abilities=unedited).general()
+    # scored by Evaluator.general itself (recall with nothing edited), so a start evaluation may take
+    # these accuracies as its own
+    accuracy = Evaluator(model, tokenizer, abilities=candidates).general()
     kept, info = {}, {}
     for name, task in candidates.items():
         acc = accuracy[name]
