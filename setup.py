@@ -11,7 +11,8 @@ setup(
     version="0.1.0",
     description="Fast PRUNE restraint of sequential knowledge edits in large language models",
     packages=find_packages(include=["prune_fast", "prune_fast.*"]),
-    package_data={"prune_fast": ["data/*"]},
+    # data/testbed and data/mend: the shipped test-bed model and its MEND editor (prune_fast.testbed.folders)
+    package_data={"prune_fast": ["data/*", "data/testbed/*/*", "data/mend/*/*"]},
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.4,<2.15",

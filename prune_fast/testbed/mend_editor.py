@@ -6,16 +6,17 @@ template and new object, :meth:`World.counterfactual_requests`), with a locality
 training subjects' facts and the addition and copy tasks; its efficacy is measured on edits of
 the *held-out* subjects, which it never saw.  Settings: ``MENDHyperParams.preset("testbed")``.
 
-The trained editor is cached under ``$PRUNE_FAST_CACHE`` (default ``~/.cache/prune_fast``) as
-``mend/<key>/editor.safetensors`` (+ ``report.json``); ``<key>`` hashes the test-bed model's own
-cache key, the hyper-parameters and the training and evaluation data, so a changed model, setting
-or split never reuses a stale editor.  Training uses one CPU thread (see
-:mod:`prune_fast.testbed.model` on why): about 200 s for the preset's 600 steps.
+The editor of the shipped test-bed model at the preset is shipped too (``prune_fast/data/mend/<key>/``;
+:mod:`.folders` says why). Any other is trained on first use and cached under ``$PRUNE_FAST_CACHE``
+(default ``~/.cache/prune_fast``) as ``mend/<key>/editor.safetensors`` (+ ``report.json``);
+``<key>`` hashes the test-bed model's own key, the hyper-parameters and the training and
+evaluation data, so a changed model, setting or split never reuses a stale editor.  Training uses
+one CPU thread (see :mod:`prune_fast.testbed.model` on why): about 200 s for the preset's 600 steps.
 
 Example::
 
     bed = load_testbed()
-    ed = load_testbed_mend(bed)                 # trains once (a few minutes), then loads in a second
+    ed = load_testbed_mend(bed)                 # the shipped editor; others train once (minutes)
     mend = MEND(bed.model, bed.tokenizer, ed.path)
     ed.report["heldout"]["efficacy"]
 """
@@ -32,11 +33,13 @@ from typing import Any
 
 import torch
 
+from .. import _validate
 from .._atomic import atomic_folder
-from ..cache import default_cache_dir
+from ..editors.covariance import model_key
 from ..editors.hparams import MENDHyperParams
 from ..editors.mend import train
 from ..lm.requests import EditRequest
+from .folders import artefact_folder
 from .model import Testbed, load_testbed
 from .world import World
 
@@ -74,10 +77,9 @@ def mend_training_data(world: World, heldout: float = HELDOUT_FRACTION, seed: in
 
 
 def _cache_key(bed: Testbed, hp: Any, data: tuple[list[EditRequest], list[str], list[EditRequest]]) -> str:
-    """Hash of the model's own cache key, the settings and the training and evaluation data."""
-    model_id = bed.path.name if bed.path is not None else hashlib.sha256(
-        bed.model.get_input_embeddings().weight.detach().numpy().tobytes()).hexdigest()[:16]
-    h = hashlib.sha256(json.dumps({"format": _FORMAT, "model": model_id, "hparams": hp.to_dict()},
+    """Hash of the model's content fingerprint (a bed trained on this machine is another model than the
+    shipped one, whatever its folder is called), the settings and the training and evaluation data."""
+    h = hashlib.sha256(json.dumps({"format": _FORMAT, "model": model_key(bed.model), "hparams": hp.to_dict()},
                                   sort_keys=True).encode())
     requests, locality, evaluation = data
     for r in (*requests, *evaluation):
@@ -87,19 +89,23 @@ def _cache_key(bed: Testbed, hp: Any, data: tuple[list[EditRequest], list[str], 
 
 
 def load_testbed_mend(bed: Testbed | None = None, cache_dir: str | Path | None = None, hp: Any = None,
-                      retrain: bool = False, progress: bool = True) -> TestbedMEND:
-    """The cached MEND editor of the test-bed model, training (one thread) and caching it first if needed.
+                      retrain: bool = False, progress: bool = True, shipped: bool = True) -> TestbedMEND:
+    """The MEND editor of the test-bed model: the shipped one if it fits, else the cached one,
+    training (one thread) and caching it first if needed.
 
     Args:
-        bed: the test bed (default :func:`load_testbed` with the same ``cache_dir``).
+        bed: the test bed (default :func:`load_testbed` with the same ``cache_dir`` and ``shipped``).
         hp: :class:`~prune_fast.editors.MENDHyperParams` (default: the ``testbed`` preset).
-        retrain: ignore a cached editor and train again.
+        retrain: ignore a cached editor and train again; implies ``shipped=False``.
+        shipped: use the editor shipped with the package when its key matches (``False``: the cache).
     """
-    root = Path(cache_dir or default_cache_dir()).expanduser()
-    bed = bed or load_testbed(root, progress=progress)
+    _validate.check_flag("retrain", retrain)
+    _validate.check_flag("shipped", shipped)
+    bed = bed or load_testbed(cache_dir, progress=progress, shipped=shipped)
     hp = hp or MENDHyperParams.preset("testbed", bed.model.config.num_hidden_layers)
     requests, locality, evaluation, train_subj, held_subj = mend_training_data(bed.world)
-    folder = root / "mend" / _cache_key(bed, hp, (requests, locality, evaluation))
+    folder = artefact_folder("mend", _cache_key(bed, hp, (requests, locality, evaluation)), cache_dir,
+                             shipped and not retrain)
     if retrain and folder.exists():
         shutil.rmtree(folder)
     if not (folder / "report.json").exists():
@@ -112,7 +118,8 @@ def load_testbed_mend(bed: Testbed | None = None, cache_dir: str | Path | None =
                                locality=locality, eval_requests=evaluation, progress=progress)
                 shutil.rmtree(tmp / "editor.training", ignore_errors=True)
                 doc = {k: v for k, v in asdict(report).items() if k != "history"}
-                doc |= {"n_train_requests": len(requests), "n_heldout_requests": len(evaluation)}
+                doc |= {"n_train_requests": len(requests), "n_heldout_requests": len(evaluation),
+                        "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # training differs by it
                 (tmp / "report.json").write_text(json.dumps(doc, indent=1))
         finally:
             torch.set_num_threads(old_threads)

@@ -7,14 +7,17 @@ well-above-chance addition and copying; see ``TrainReport`` of a cached model fo
 measured when it was trained.  One thread is the default on purpose: on a shared 2-core machine
 two OpenMP threads spin against other jobs and cost several times the CPU for the same steps.
 
-The trained model is cached under ``$PRUNE_FAST_CACHE`` (default ``~/.cache/prune_fast``) in
-``testbed/<key>/`` as ``model.safetensors`` + ``config.json`` (``save_pretrained``),
-``tokenizer.json`` and ``report.json``; ``<key>`` hashes the world and training specs, so a
-changed spec never reuses a stale model.
+The model of the default specs is shipped with the package (``prune_fast/data/testbed/<key>/``,
+trained once with this code; :mod:`.folders` says why). Any other spec, or ``shipped=False``, trains
+on first use and is cached under ``$PRUNE_FAST_CACHE`` (default ``~/.cache/prune_fast``) in
+``testbed/<key>/``. Either folder holds ``model.safetensors`` + ``config.json``
+(``save_pretrained``), ``tokenizer.json``, ``spec.json`` and ``report.json``; ``<key>``
+(:func:`bed_key`) hashes the world and training specs. To ship a new default model, train it
+with ``load_testbed(retrain=True)`` and copy its cache folder to ``prune_fast/data/testbed/``.
 
 Example::
 
-    bed = load_testbed()            # trains once (a few minutes), then loads in about a second
+    bed = load_testbed()            # the shipped model; other specs train once (minutes), then load in a second
     bed.report.accuracies           # {'recall': 0.99..., 'addition': ..., 'copy': ...}
 """
 from __future__ import annotations
@@ -32,15 +35,16 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from .. import _validate
 from .._atomic import atomic_folder
-from ..cache import default_cache_dir
 from ..errors import CorruptStateError
 from ..lm.evaluation import answer_correct, encode_pairs
 from .evaluate import task_accuracies
+from .folders import artefact_folder
 from .tokenizer import WordTokenizer
 from .world import World, WorldSpec
 
-__all__ = ["TrainSpec", "TrainReport", "Testbed", "build_model", "train_model", "load_testbed"]
+__all__ = ["TrainSpec", "TrainReport", "Testbed", "build_model", "train_model", "load_testbed", "bed_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +71,7 @@ class TrainSpec:
 
 @dataclass
 class TrainReport:
-    """What training measured: wall and CPU time, threads, final loss and accuracy per task.
+    """What training measured: wall and CPU time, threads, final loss and accuracy per task, and where.
 
     ``seconds`` is wall-clock time of the optimisation loop; ``cpu_seconds`` the CPU time the
     process used meanwhile (all threads), which does not grow when other jobs share the machine.
@@ -80,6 +84,8 @@ class TrainReport:
     accuracies: dict[str, float]
     cpu_seconds: float = float("nan")
     torch_version: str = field(default_factory=lambda: torch.__version__)
+    # the instruction set torch's CPU kernels used ("AVX512", "AVX2", ...): fp32 training differs by it
+    cpu_capability: str = field(default_factory=lambda: torch.backends.cpu.get_cpu_capability())
 
 
 @dataclass
@@ -171,7 +177,8 @@ def train_model(world: World, spec: TrainSpec | None = None, progress: bool = Tr
     return Testbed(model=model, tokenizer=tok, world=world, report=report)
 
 
-def _cache_key(world_spec: WorldSpec, train_spec: TrainSpec) -> str:
+def bed_key(world_spec: WorldSpec, train_spec: TrainSpec) -> str:
+    """The folder name of a model trained with these specs (cache or shipped): a hash of both and ``_FORMAT``."""
     blob = json.dumps({"format": _FORMAT, "world": asdict(world_spec), "train": asdict(train_spec)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -186,20 +193,28 @@ def _save(bed: Testbed, folder: Path, world_spec: WorldSpec, train_spec: TrainSp
 
 
 def load_testbed(cache_dir: str | Path | None = None, world_spec: WorldSpec | None = None,
-                 train_spec: TrainSpec | None = None, retrain: bool = False, progress: bool = True) -> Testbed:
-    """Load the cached test-bed model, training and caching it first if it is not there.
+                 train_spec: TrainSpec | None = None, retrain: bool = False, progress: bool = True,
+                 shipped: bool = True) -> Testbed:
+    """Load the test-bed model: the shipped one for these specs if there is one, else the cached one,
+    training and caching it first if it is not there.
 
     Args:
         cache_dir: root of the cache (default :func:`default_cache_dir`).
         world_spec, train_spec: what to build (defaults: ``WorldSpec()``, ``TrainSpec()``).
-        retrain: ignore a cached copy and train again (the cache is then replaced).
+        retrain: ignore a cached copy and train again (the cache is then replaced); implies
+            ``shipped=False``.
+        shipped: use the model shipped with the package for these specs when there is one (the
+            default specs have one: every machine then loads the same weights). ``False``: the
+            cache, trained on this machine.
     """
     from transformers import GPT2LMHeadModel  # heavy: imported only where used
 
+    _validate.check_flag("retrain", retrain)
+    _validate.check_flag("shipped", shipped)
     world_spec = world_spec or WorldSpec()
     train_spec = train_spec or TrainSpec()
     world = World.generate(world_spec)
-    folder = Path(cache_dir or default_cache_dir()).expanduser() / "testbed" / _cache_key(world_spec, train_spec)
+    folder = artefact_folder("testbed", bed_key(world_spec, train_spec), cache_dir, shipped and not retrain)
     if retrain and folder.exists():
         shutil.rmtree(folder)
     if not (folder / "report.json").exists():

@@ -42,10 +42,9 @@ def test_batch_of_twenty_edits(bed):
     kept = sum(a == b for a, b in zip(before, after)) / len(others)
     print(f"MEMIT batch of 20: efficacy {efficacy:.2f}, paraphrase {generalisation:.2f}, unrelated kept {kept:.3f}")
     assert efficacy >= 0.9
-    # The test bed is trained on the machine that runs the tests (fp32 training differs by CPU): an
-    # AMD EPYC-trained bed keeps 0.868 of these 400 unrelated facts after this batch, the Intel-trained
-    # bed of earlier runs kept ≥ 0.9. A batch whose updates leaked into other subjects keeps far less.
-    assert kept >= 0.85
+    # the shipped bed keeps 0.900 of these 400 unrelated facts (360); a batch whose updates leaked into
+    # other subjects keeps far less. The margin allows a few near-ties to fall the other way on another CPU.
+    assert kept >= 0.88
 
 
 def test_layers_share_the_residual(bed):

@@ -31,27 +31,28 @@ def _unrelated_prompts(bed, exclude, n=400, seed=0):
     return [prompts[i] for i in idx]
 
 
-def test_one_edit_flips_the_fact_and_keeps_the_rest(bed):
+def test_one_edit_flips_the_fact_and_a_paraphrase(bed):
     req = bed.world.edit_requests(1, seed=0)[0]
     others = _unrelated_prompts(bed, {req.subject})
     before = top1_next(bed.model, bed.tokenizer, others)
-    assert top1_next(bed.model, bed.tokenizer, [req.text]) == [req.target_true]
 
     res = compute_rome(bed.model, bed.tokenizer, req, HP, shared_store())
+    assert len(res.updates) == 1 and res.updates[0].rank == 1
     TrackerSet(bed.model, restrain_every=None).apply_(res.updates)
 
     assert top1_next(bed.model, bed.tokenizer, [req.text]) == [req.target_new]
+    # on the shipped bed the first paraphrase prefers the new object by 0.155 nats (the second does not)
+    para = top1_next(bed.model, bed.tokenizer, list(req.paraphrase_prompts))
+    assert req.target_new in para, f"no paraphrase generalised: {para}"
     after = top1_next(bed.model, bed.tokenizer, others)
     kept = sum(a == b for a, b in zip(before, after)) / len(others)
     assert kept >= 0.9, f"only {kept:.1%} of unrelated facts kept"
 
 
 def test_single_edits_generalise_to_paraphrases():
-    """Ten requests, each edited alone into a fresh copy of the bed: every edit flips its fact, and a
-    fair share reaches a paraphrase. Counted over ten rather than asserted for one request because the
-    test bed is trained on the machine that runs the tests and fp32 training differs by CPU: on an
-    AMD EPYC-trained bed 5 of these 10 generalise (request 0 does not), on the Intel-trained bed of
-    earlier runs request 0 did."""
+    """Ten requests, each edited alone into a fresh copy of the bed: every edit flips its fact, and
+    most reach a paraphrase. On the shipped bed 6 of 10 do, the weakest of them by 0.155 nats and the
+    nearest miss by 0.039 nats (log-probability of the new object over the best other token)."""
     reqs = fresh_testbed().world.edit_requests(10, seed=0)
     generalised = []
     for req in reqs:
@@ -61,7 +62,7 @@ def test_single_edits_generalise_to_paraphrases():
         assert top1_next(bed.model, bed.tokenizer, [req.text]) == [req.target_new], req.case_id
         para = top1_next(bed.model, bed.tokenizer, list(req.paraphrase_prompts))
         generalised.append(req.target_new in para)
-    assert sum(generalised) >= 3, f"only {sum(generalised)} of 10 edits reached a paraphrase"
+    assert sum(generalised) >= 5, f"only {sum(generalised)} of 10 edits reached a paraphrase"
 
 
 def test_update_maps_key_to_value_exactly(bed):

@@ -14,7 +14,6 @@ import torch
 from safetensors.torch import load_file
 
 from prune_fast.runs.journal import Journal, JournalError, JournalMismatchError, read_journal
-from testbed_models import fresh_testbed
 
 WORKER = Path(__file__).with_name("journal_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -44,9 +43,6 @@ def _steps(path: Path) -> int:
 
 @pytest.mark.parametrize("protocol", ["online", "at_end"])
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path, protocol):
-    # The workers load the cached test bed: train it here first when this machine has none, or two
-    # workers each train it (minutes) and the kill window below passes before a step is written.
-    fresh_testbed()
     straight = _worker(tmp_path / "straight", protocol)
     killed = _worker(tmp_path / "killed", protocol)
     journal = tmp_path / "killed" / "run" / "journal.jsonl"

@@ -7,8 +7,14 @@ import torch
 
 pytest.importorskip("transformers")
 
+from prune_fast.errors import InvalidTypeError  # noqa: E402
 from prune_fast.testbed import (TASKS, TrainSpec, World, WordTokenizer, WorldSpec, chance_levels,  # noqa: E402
                                 load_testbed, shipped_corpus, task_accuracies, trace_fact_sites, train_model)
+from prune_fast.editors import MENDHyperParams  # noqa: E402
+from prune_fast.testbed import load_testbed_mend, mend_training_data  # noqa: E402
+from prune_fast.testbed.folders import SHIPPED_DIR, artefact_folder  # noqa: E402
+from prune_fast.testbed.mend_editor import _cache_key as _mend_key  # noqa: E402
+from prune_fast.testbed.model import bed_key  # noqa: E402
 from testbed_models import fresh_testbed  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -94,6 +100,56 @@ def test_trained_model_knows_its_facts_and_tasks(bed):
     assert acc == pytest.approx(bed.report.accuracies, abs=1e-6)  # the report describes this model
 
 
+def test_default_specs_load_the_shipped_model(bed):
+    """Every machine tests one model: the default specs' weights ship with the package (fp32 training
+    differs by CPU). A spec change without a newly shipped model fails here rather than silently
+    training a machine-dependent bed."""
+    key = bed_key(WorldSpec(), TrainSpec())
+    assert (SHIPPED_DIR / "testbed" / key / "report.json").exists(), (
+        f"no shipped test bed for the current specs ({key}): train it with load_testbed(retrain=True) "
+        f"and copy its cache folder to {SHIPPED_DIR / 'testbed'}")
+    assert bed.path == SHIPPED_DIR / "testbed" / key
+
+
+def test_the_shipped_mend_editor_belongs_to_the_shipped_bed_only(bed):
+    """The MEND editor's key hashes the model's content: a bed trained on this machine (another model
+    under the same specs) never gets the editor that was trained on the shipped one."""
+    ed = load_testbed_mend(bed, progress=False)
+    assert ed.path.parent.parent == SHIPPED_DIR / "mend"
+    hp = MENDHyperParams.preset("testbed", bed.model.config.num_hidden_layers)
+    requests, locality, evaluation, *_ = mend_training_data(bed.world)
+    other = fresh_testbed()
+    with torch.no_grad():
+        other.model.get_input_embeddings().weight[0, 0] += 1e-3
+    keys = [_mend_key(b, hp, (requests, locality, evaluation)) for b in (bed, other)]
+    assert ed.path.parent.name == keys[0] != keys[1]
+
+
+def test_artefact_folder_prefers_shipped_only_when_asked(tmp_path):
+    key = bed_key(WorldSpec(), TrainSpec())
+    assert artefact_folder("testbed", key, tmp_path, shipped=True) == SHIPPED_DIR / "testbed" / key
+    assert artefact_folder("testbed", key, tmp_path, shipped=False) == tmp_path / "testbed" / key
+    assert artefact_folder("testbed", "0" * 16, tmp_path, shipped=True) == tmp_path / "testbed" / ("0" * 16)
+
+
+def test_other_specs_train_into_the_cache_and_reload(tmp_path):
+    world_spec = WorldSpec(n_subjects=20, n_relations=2)
+    spec = TrainSpec(n_layer=1, n_embd=32, n_head=2, n_inner=64, steps=4, batch_size=8, warmup=1)
+    first = load_testbed(tmp_path, world_spec, spec, progress=False)
+    assert first.path == tmp_path / "testbed" / bed_key(world_spec, spec)
+    again = load_testbed(tmp_path, world_spec, spec, progress=False)
+    assert again.path == first.path
+    state = again.model.state_dict()
+    assert all(torch.equal(v, state[k]) for k, v in first.model.state_dict().items())
+
+
+@pytest.mark.parametrize("flag", ["shipped", "retrain"])
+def test_load_flags_must_be_bools(flag, tmp_path):
+    with pytest.raises(InvalidTypeError, match=flag):
+        load_testbed(tmp_path, **{flag: 1})
+    assert not any(tmp_path.iterdir())
+
+
 def test_cached_model_reloads_fast(bed):
     start = time.perf_counter()
     again = load_testbed(progress=False)
@@ -108,12 +164,8 @@ def test_causal_trace_finds_facts_at_the_last_token(bed):
     tr = trace_fact_sites(bed.model, bed.tokenizer, bed.world, n_facts=150)
     print(tr.table())
     assert tr.clean_prob > 0.9 and tr.corrupted_prob < 0.5 * tr.clean_prob
-    # The test-bed model is trained on the machine that runs the tests, and fp32 training differs by
-    # CPU. Earlier beds had the prompt's last token as the best single site (an Intel-trained one,
-    # maximum 0.227 against 0.204; an AMD-trained one, last > 2× subject); the AMD EPYC-trained bed of
-    # 2026-12-02 has its single largest effect at layer 0's MLP on the subject (0.197, the block right
-    # on the corrupted embedding) while the prompt's last token carries more over the layers (0.320
-    # against 0.197). So the test asks for the larger summed effect at the last token, not the
-    # single best cell.
+    # the shipped bed: prompt_last at layer 0 is the best single site (0.227 against the subject's
+    # 0.204), and the prompt's last token carries more over the layers (0.330 against 0.207)
+    assert tr.best_site == "prompt_last"
     subject_total, last_total = tr.effect.sum(dim=0).tolist()
     assert last_total > max(subject_total, 0.0)
