@@ -115,9 +115,9 @@ def test_heldout_single_edits_reach_efficacy(bed):
         for k in scores:
             scores[k] += got[k] / len(reqs)
     print(f"MEND held-out single edits ({len(reqs)}): " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-    # 0.78 with an Intel-trained test bed, >= 0.8 with an AMD-trained one (the bed is trained where the
-    # tests run, and fp32 training differs by CPU); chance is a few percent
-    assert scores["efficacy"] >= 0.7
+    # the shipped bed and editor: 0.78 (39 of 50; its training report says the same); chance is a few
+    # percent. Two edits may fall the other way on another CPU's rounding.
+    assert scores["efficacy"] >= 0.74
     hooks = evaluate_heldout(bed.model, bed.tokenizer, MEND(bed.model, bed.tokenizer, ed.path).net,
                              edited_sites(bed.model, MEND(bed.model, bed.tokenizer, ed.path).hparams), reqs)
     assert hooks["efficacy"] == pytest.approx(scores["efficacy"], abs=1e-9)
