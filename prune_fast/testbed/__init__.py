@@ -1,8 +1,8 @@
 """The package's own small real model: a synthetic world of facts and tasks, and a tiny GPT-2 trained on it.
 
 ``load_testbed()`` returns the trained model (shipped with the package; other specs are trained and
-cached on first use); tests, the demo and the benchmarks all use this one model.  Importing this package does not import
-``transformers``; loading the model does.
+cached on first use); tests, the demo and the benchmarks all use this one model.  Importing this
+package does not import ``transformers``; loading the model does.
 """
 from .evaluate import chance_levels, task_accuracies, top1_next, world_abilities
 from .mend_editor import TestbedMEND, load_testbed_mend, mend_training_data

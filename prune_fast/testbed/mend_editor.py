@@ -9,8 +9,8 @@ the *held-out* subjects, which it never saw.  Settings: ``MENDHyperParams.preset
 The editor of the shipped test-bed model at the preset is shipped too (``prune_fast/data/mend/<key>/``;
 :mod:`.folders` says why). Any other is trained on first use and cached under ``$PRUNE_FAST_CACHE``
 (default ``~/.cache/prune_fast``) as ``mend/<key>/editor.safetensors`` (+ ``report.json``);
-``<key>`` hashes the test-bed model's own key, the hyper-parameters and the training and
-evaluation data, so a changed model, setting or split never reuses a stale editor.  Training uses
+``<key>`` hashes the model's content fingerprint (``model_key``), the hyper-parameters and the
+training and evaluation data, so a changed model, setting or split never reuses a stale editor.  Training uses
 one CPU thread (see :mod:`prune_fast.testbed.model` on why): about 200 s for the preset's 600 steps.
 
 Example::
