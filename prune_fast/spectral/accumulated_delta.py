@@ -28,8 +28,11 @@ from .lanczos import append_columns
 from .triplets import Triplets
 
 # The dense solve stays the route after an exact ending while 1/_DIRECT_SHARE of the short side's
-# values lie above τ (see AccumulatedDelta._solve).
+# values lie above τ; with fewer, after _EXACT_STREAK Krylov solves in a row that ended in it, for
+# the next _DIRECT_RUN solves, then Krylov is tried again (see AccumulatedDelta._solve).
 _DIRECT_SHARE = 8
+_EXACT_STREAK = 2
+_DIRECT_RUN = 8
 # Relative residual asked of the Krylov solver on the float64 core: finer than the factors Q_a, Q_b
 # can represent is wasted work (fp32 by default; a float64 tracker state asks for more).
 _CORE_TOL = {torch.float32: 1e-7, torch.float64: 1e-13}
@@ -51,6 +54,10 @@ class AccumulatedDelta:
         # Set when a solve (of the dense Δ or of the factored core) ended in a full solve with many
         # values above τ: the next solves go straight to the dense solve (see _solve).
         self._direct_next = False
+        # Krylov solves in a row that ended in the full solve, and dense solves left before Krylov
+        # is tried again (see _solve).
+        self._exact_streak = 0
+        self._direct_left = 0
 
     # -- state ---------------------------------------------------------------------------------
     @property
@@ -106,11 +113,12 @@ class AccumulatedDelta:
         """
         core = None if self.is_dense or self._core.numel() == 0 else self._core[: self._ra, : self._rb].clone()
         return (self._qa, self._qb, self._core, self._ra, self._rb, self.dense, core,
-                getattr(self, "_last_core", None), self._direct_next)
+                getattr(self, "_last_core", None), (self._direct_next, self._exact_streak, self._direct_left))
 
     def restore(self, snap: tuple) -> None:
         """Undo everything since :meth:`snapshot` (Δ bit-identical to what it was)."""
-        self._qa, self._qb, core_buf, ra, rb, self.dense, core, self._last_core, self._direct_next = snap
+        self._qa, self._qb, core_buf, ra, rb, self.dense, core, self._last_core, route = snap
+        self._direct_next, self._exact_streak, self._direct_left = route
         if core is not None and core_buf is self._core:  # updated in place: clear the grown block, put back the old
             self._core[: max(ra, self._ra), : max(rb, self._rb)].zero_()
             self._core[:ra, :rb].copy_(core)
@@ -217,15 +225,24 @@ class AccumulatedDelta:
         eighth of the short side's values lie above τ: SmolLM2's layer 5 after 1,000 ROME edits, 79
         values above σ* of 576, 57–103 ms direct against 102–182 ms Krylov-then-direct; a 450×450 core
         with 71 values above σ*, 26 ms against 80–98 ms (one thread, bench/RESULTS.md). With fewer
-        above, warm Krylov is cheaper again: the 1600×6400 tracker bench's ~1000×1000 core with 8
-        values above σ* took 120–190 ms direct against 64 ms for a whole Krylov step.
+        above, one exact ending says little: the 1600×6400 tracker bench's ~1000×1000 core with 8
+        values above σ* took 120–190 ms direct against 64 ms for a whole Krylov step, and its Krylov
+        solves end in the full solve only now and then. Where they do so every time (the same
+        SmolLM2 layer in mid-run, 46 values above σ*: 88 ms Krylov-then-direct against 44 ms direct),
+        two such endings in a row send the next eight solves straight to the dense solve, after
+        which Krylov is tried again. The route depends only on the solves' outcomes, never on timing.
         """
-        if prefer_direct(a.shape, expected) or (self._direct_next and direct_affordable(a.shape)):
+        if prefer_direct(a.shape, expected) or (direct_affordable(a.shape)
+                                                 and (self._direct_next or self._direct_left > 0)):
             t = direct_triplets(a, threshold)
+            self._direct_left = max(self._direct_left - 1, 0)
         else:
             start_u, start_v = starts()
             t = topk_svd(a, threshold=threshold, start_u=start_u, start_v=start_v, tol=tol,
                          frobenius_sq=self.frobenius_sq(), generator=generator, backend=self.backend)
+            self._exact_streak = self._exact_streak + 1 if t.certificate == "exact" else 0
+            if self._exact_streak >= _EXACT_STREAK:
+                self._direct_left = _DIRECT_RUN
         self._direct_next = t.certificate == "exact" and _DIRECT_SHARE * t.s.numel() >= min(a.shape)
         return t
 

@@ -1,6 +1,8 @@
 """spectral/accumulated_delta.py: the factored Δ against the float64 sum of its updates."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -152,23 +154,62 @@ def test_factored_core_goes_direct_after_a_krylov_solve_that_ended_in_the_full_s
     assert delta.rank == 202
 
 
-def test_exact_ending_with_few_values_above_stays_on_krylov(rng, monkeypatch):
-    """Three values above τ over a tail hugging it (0.9–0.99 τ): the Krylov solve ends in the dense
-    solve ("exact"), but with fewer than an eighth of the short side above τ the next solve tries
-    Krylov again instead of going straight to the dense solve; both give the float64 values."""
+def test_exact_endings_with_few_values_above(rng, monkeypatch):
+    """Three values above τ over a tail hugging it (0.9–0.99 τ): every Krylov solve ends in the dense
+    solve ("exact"), with fewer than an eighth of the short side above τ. One such ending is not
+    enough to leave Krylov; two in a row send the next eight solves straight to the dense solve, then
+    Krylov is tried again (and, ending exact once more, hands back to eight dense solves). Every
+    solve gives the float64 values; a snapshot restores the route with Δ."""
     m, n, tau = 400, 600, 1.0
     values = torch.cat([torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64),
                         0.9 + 0.09 * torch.rand(397, dtype=torch.float64, generator=rng)]).sort(descending=True).values
     delta = _dense_delta_with_spectrum(m, n, values, rng)
     calls = _count_routes(monkeypatch)
-    for _ in range(2):
+    routes, snap = [], None
+    for step in range(12):
+        if step == 2:
+            snap = delta.snapshot()
+        before = dict(calls)
         t = delta.triplets_above(tau)
+        routes.append("krylov" if calls["krylov"] > before["krylov"] else "direct")
         sv = torch.linalg.svdvals(delta.dense.double())
         k = int((sv >= tau).sum())
         assert t.certificate == "exact" and t.s.numel() == k and 3 <= k < m // 8
         torch.testing.assert_close(t.s, sv[:k], rtol=1e-5, atol=0)
         delta.append_(1e-3 * torch.randn(m, 1, generator=rng), torch.randn(n, 1, generator=rng) / n ** 0.5)
-    assert calls == {"krylov": 2, "direct": 0}
+    assert routes == ["krylov"] * 2 + ["direct"] * 8 + ["krylov", "direct"], routes
+    delta.restore(snap)  # taken after two exact endings: the dense solve comes next
+    before = dict(calls)
+    delta.triplets_above(tau)
+    assert calls["direct"] == before["direct"] + 1 and calls["krylov"] == before["krylov"]
+
+
+def test_an_isolated_exact_ending_keeps_krylov(monkeypatch):
+    """A Krylov solve that ends exact between ones that do not (the tracker bench's large core now and
+    then) never switches the route: only two exact endings in a row do."""
+    import prune_fast.spectral.accumulated_delta as mod
+
+    values = torch.cat([torch.tensor([3.0, 2.0, 1.5], dtype=torch.float64),
+                        torch.linspace(0.9, 0.1, 197, dtype=torch.float64)])
+    delta = _dense_delta_with_spectrum(300, 200, values, torch.Generator().manual_seed(0))
+    endings = iter(["randomized", "exact", "frobenius", "exact", "randomized", "exact", "exact", "randomized"])
+    routes = []
+    real_direct = mod.direct_triplets
+
+    def topk(a, threshold, **_):
+        routes.append("krylov")
+        t = real_direct(a, threshold)
+        return dataclasses.replace(t, certificate=next(endings))
+
+    def direct(a, threshold):
+        routes.append("direct")
+        return real_direct(a, threshold)
+
+    monkeypatch.setattr(mod, "topk_svd", topk)
+    monkeypatch.setattr(mod, "direct_triplets", direct)
+    for _ in range(8):
+        delta.triplets_above(1.0)
+    assert routes == ["krylov"] * 7 + ["direct"], routes
 
 
 def test_dense_delta_with_a_far_tail_stays_on_krylov(rng, monkeypatch):
